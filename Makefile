@@ -28,9 +28,10 @@ format: install
 
 # The suite runs against its own embedded servers (.devstack/test), never the ones `make up`
 # uses; set DATABASE_URL and REDIS_URL to run it against other servers instead.
+TEST_STACK ?= .devstack/test
 test: lint
 	DJANGO_SECRET_KEY=test-only-secret-key \
-	$(if $(DATABASE_URL),python -m pytest $(PYTEST_ARGS),python -m deploy.devstack run --root .devstack/test -- python -m pytest $(PYTEST_ARGS)); \
+	$(if $(DATABASE_URL),python -m pytest $(PYTEST_ARGS),python -m deploy.devstack run --root $(TEST_STACK) -- python -m pytest $(PYTEST_ARGS)); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
 up: install
@@ -41,7 +42,7 @@ demo: install
 
 stack-stop:
 	python -m deploy.devstack stop
-	python -m deploy.devstack stop --root .devstack/test
+	python -m deploy.devstack stop --root $(TEST_STACK)
 
 clean: stack-stop
 	rm -rf $(VENV) .devstack

@@ -149,6 +149,8 @@ def worker_env(django_db_setup) -> dict[str, str]:
         "TASK_RETRY_BACKOFF_MAX": "5",
         "TASK_MAX_RETRIES": "4",
         "CELERY_VISIBILITY_TIMEOUT": "5",
+        "CELERY_UNACKED_RESTORE_INTERVAL": "1",
+        "CELERY_UNACKED_RESTORE_THROTTLE": "1",
         "PYTHONUNBUFFERED": "1",
     }
 
