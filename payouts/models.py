@@ -94,3 +94,183 @@ class Transfer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} #{self.debit_account_id}->#{self.credit_account_id}"
+
+
+class PayoutJob(models.Model):
+    """Settling one challenge: paying its winners (``payout``) or refunding its stakers
+    (``refund``: a draw, a cancellation, or a winning side nobody staked on).
+
+    One job per challenge (a second resolve is a clean conflict). The fee rate is copied here
+    when the job is created, so a later settings change never alters a settled job. Counters
+    are bumped by the batches that do the work, in the same transaction, so progress is always
+    exact.
+    """
+
+    class Kind(models.TextChoices):
+        PAYOUT = "payout"
+        REFUND = "refund"
+
+    class Rail(models.TextChoices):
+        LEDGER = "ledger"
+        STRIPE = "stripe"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        EXPANDING = "expanding"
+        RUNNING = "running"
+        PAUSED = "paused"
+        COMPLETED = "completed"
+        COMPLETED_WITH_FAILURES = "completed_with_failures"
+        CANCELLED = "cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.EXPANDING, Status.RUNNING, Status.PAUSED)
+
+    challenge = models.OneToOneField(
+        "challenges.Challenge", on_delete=models.PROTECT, related_name="payout_job"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    rail = models.CharField(max_length=16, choices=Rail.choices, default=Rail.LEDGER)
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.QUEUED)
+    # The side that wins ("yes"/"no"); empty for refunds.
+    winning_side = models.CharField(max_length=3, blank=True)
+    fee_bps = models.IntegerField()
+    batch_size = models.IntegerField()
+    parallelism = models.IntegerField()
+    total_entries = models.IntegerField(default=0)
+    completed_count = models.IntegerField(default=0)
+    failed_count = models.IntegerField(default=0)
+    cancelled_count = models.IntegerField(default=0)
+    total_amount = models.BigIntegerField(default=0)
+    paid_amount = models.BigIntegerField(default=0)
+    fee_amount = models.BigIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(fee_bps__gte=0, fee_bps__lte=10_000), name="payoutjob_fee_bps_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    completed_count__gte=0,
+                    failed_count__gte=0,
+                    cancelled_count__gte=0,
+                    paid_amount__gte=0,
+                    fee_amount__gte=0,
+                ),
+                name="payoutjob_counters_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(paid_amount__lte=F("total_amount")),
+                name="payoutjob_paid_within_total",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status"],
+                condition=Q(status__in=["queued", "expanding", "running", "paused"]),
+                name="payoutjob_active_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"job #{self.pk} {self.kind} challenge #{self.challenge_id} ({self.status})"
+
+
+class PayoutEntry(models.Model):
+    """What one user receives from one job: created with its exact amount when the job expands."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSING = "processing"
+        RETRYABLE = "retryable"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        REVERSED = "reversed"
+
+    job = models.ForeignKey(PayoutJob, on_delete=models.PROTECT, related_name="entries")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    stake_amount = models.BigIntegerField()
+    amount = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.IntegerField(default=0)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.CharField(max_length=64, blank=True)
+    last_error = models.TextField(blank=True)
+    stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "user"], name="payoutentry_one_per_user"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payoutentry_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(amount__gte=F("stake_amount")), name="payoutentry_never_below_stake"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["job", "status", "id"], name="payoutentry_job_status_idx"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="retryable"),
+                name="payoutentry_retry_due_idx",
+            ),
+            models.Index(
+                fields=["lease_until"],
+                condition=Q(status="processing"),
+                name="payoutentry_lease_idx",
+            ),
+        ]
+        verbose_name_plural = "payout entries"
+
+    def __str__(self) -> str:
+        return f"entry #{self.pk} user {self.user_id} {self.amount} ({self.status})"
+
+
+class ConnectedAccount(models.Model):
+    """A user's Stripe Connect account, kept current by ``account.updated`` webhooks."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="connected_account"
+    )
+    stripe_account_id = models.CharField(max_length=64, unique=True)
+    payouts_enabled = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(stripe_account_id__startswith="acct_"),
+                name="connectedaccount_id_format",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_account_id} (user {self.user_id})"
+
+
+class StripeEvent(models.Model):
+    """Each Stripe webhook event, stored once by id so a replayed event does nothing."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=128)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

@@ -1,0 +1,120 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+
+class Challenge(models.Model):
+    """A question with a deadline that users stake coins on.
+
+    The creator is the challenger (side ``yes``); the challenged side is ``no``. Per-side totals
+    and counts are kept here as stakes arrive (in the staking transaction), so that resolving a
+    challenge and showing it never scan its stakes. Stakes sit in the challenge's own escrow
+    account until a payout job settles them.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACTIVE = "active"
+        PENDING_ADMIN = "pending_admin"
+        RESOLVING = "resolving"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+
+    class Result(models.TextChoices):
+        CHALLENGER_WON = "challenger_won"
+        CHALLENGED_WON = "challenged_won"
+        DRAW = "draw"
+
+    OPEN_STATUSES = (Status.PENDING, Status.ACTIVE)
+
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    category = models.CharField(max_length=64, blank=True)
+    challenger = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="challenges_made"
+    )
+    challenged = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="challenges_received",
+    )
+    escrow = models.OneToOneField(
+        "payouts.Account", on_delete=models.PROTECT, related_name="escrow_challenge"
+    )
+    due_date = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    result = models.CharField(max_length=16, choices=Result.choices, blank=True)
+    yes_total = models.BigIntegerField(default=0)
+    no_total = models.BigIntegerField(default=0)
+    yes_count = models.IntegerField(default=0)
+    no_count = models.IntegerField(default=0)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(yes_total__gte=0, no_total__gte=0, yes_count__gte=0, no_count__gte=0),
+                name="challenge_totals_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(result="") | Q(status__in=["resolving", "completed"]),
+                name="challenge_result_only_when_resolved",
+            ),
+            models.CheckConstraint(
+                condition=Q(challenged__isnull=True) | ~Q(challenged=F("challenger")),
+                name="challenge_not_against_self",
+            ),
+        ]
+        indexes = [
+            # The deadline sweep and the warning scan read only open challenges by due date;
+            # a partial index keeps them cheap however many closed challenges pile up.
+            models.Index(
+                fields=["due_date"],
+                condition=Q(status__in=["pending", "active"]),
+                name="challenge_open_due_idx",
+            ),
+            models.Index(fields=["status", "-id"], name="challenge_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title} ({self.status})"
+
+
+class Stake(models.Model):
+    """One user's coins on one side of one challenge (one stake per user per challenge)."""
+
+    class Side(models.TextChoices):
+        YES = "yes"
+        NO = "no"
+
+    challenge = models.ForeignKey(Challenge, on_delete=models.PROTECT, related_name="stakes")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    side = models.CharField(max_length=3, choices=Side.choices)
+    amount = models.BigIntegerField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["challenge", "user"], name="stake_one_per_user"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="stake_amount_positive"),
+            models.CheckConstraint(condition=Q(side__in=["yes", "no"]), name="stake_side_valid"),
+        ]
+        indexes = [models.Index(fields=["challenge", "side", "id"], name="stake_side_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.side} {self.amount} on #{self.challenge_id}"

@@ -1,0 +1,59 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+
+class Notification(models.Model):
+    """One message to one user, stored first and delivered (Pusher or log) afterwards.
+
+    ``dedup_key`` is unique: every producer derives it from what the message is about (for
+    example ``warn_1h:<challenge>:<user>``), so producing the same message twice -- two beats,
+    a retried task -- inserts it once. ``delivered_at`` is set only after the backend accepted it.
+    """
+
+    class Kind(models.TextChoices):
+        DEADLINE_1H = "deadline_1h"
+        DEADLINE_10M = "deadline_10m"
+        NEEDS_RESOLUTION = "needs_resolution"
+        CHALLENGE_CANCELLED = "challenge_cancelled"
+        PAYOUT = "payout"
+        REFUND = "refund"
+
+    class Priority(models.TextChoices):
+        NORMAL = "normal"
+        HIGH = "high"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+    )
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    challenge = models.ForeignKey(
+        "challenges.Challenge",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+    )
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    data = models.JSONField(default=dict, blank=True)
+    dedup_key = models.CharField(max_length=128, unique=True)
+    created_at = models.DateTimeField(db_default=Now())
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="notification_user_idx"),
+            models.Index(
+                fields=["id"],
+                condition=Q(delivered_at__isnull=True),
+                name="notification_undelivered_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.user_id}: {self.title}"
