@@ -36,6 +36,7 @@ _GENERIC_CODES = {
     "overflow",
     "max_string_length",
     "not_a_dict",
+    "not_a_string",
 }
 
 
@@ -86,6 +87,12 @@ class AmountField(serializers.Field):
         "invalid_amount": "Amounts are positive integers of minor units (1 to 10**15).",
     }
 
+    def validate_empty_values(self, data):
+        # ``null`` is a wrong amount, not a missing one: same code as any other bad amount.
+        if data is None:
+            self.fail("invalid_amount")
+        return super().validate_empty_values(data)
+
     def to_internal_value(self, data):
         from payouts.services.ledger import MAX_AMOUNT
 
@@ -95,6 +102,17 @@ class AmountField(serializers.Field):
 
     def to_representation(self, value):
         return int(value)
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string and nothing else: DRF's CharField would turn ``5`` or ``true`` into text."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
 
 
 class IsStaff(permissions.BasePermission):

@@ -1,4 +1,5 @@
 from django.contrib.auth import authenticate
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
@@ -6,13 +7,18 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import StrictCharField
 from core.errors import DomainError
 from users.services import user_create
 
 
+class UsernameField(StrictCharField):
+    default_validators = [RegexValidator(r"^[\w.@+-]+\Z", "Letters, digits and @/./+/-/_ only.")]
+
+
 class CredentialsSerializer(serializers.Serializer):
-    username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
-    password = serializers.CharField(max_length=128, trim_whitespace=False)
+    username = UsernameField(max_length=150)
+    password = StrictCharField(max_length=128, trim_whitespace=False)
 
 
 class UserOutputSerializer(serializers.Serializer):
