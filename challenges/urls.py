@@ -1,1 +1,11 @@
-urlpatterns: list = []
+from django.urls import path
+
+from challenges.api import ChallengeDetailApi, ChallengeListCreateApi, StakeCreateApi
+
+urlpatterns = [
+    path("challenges/", ChallengeListCreateApi.as_view(), name="challenges"),
+    path("challenges/<int:challenge_id>/", ChallengeDetailApi.as_view(), name="challenge"),
+    path(
+        "challenges/<int:challenge_id>/stakes/", StakeCreateApi.as_view(), name="challenge-stakes"
+    ),
+]

@@ -4,6 +4,8 @@ import logging
 
 from django.db import connection
 from django.http import Http404, JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, permissions, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -80,6 +82,7 @@ def exception_handler(exc, context):
     return response
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class AmountField(serializers.Field):
     """A money amount in minor units: a JSON integer, 1 to 10**15. Never a float or a string."""
 

@@ -39,21 +39,7 @@ class PusherBackend:
     """Pusher Channels through the official client's ``trigger_batch``."""
 
     def __init__(self) -> None:
-        import pusher
-
-        options: dict[str, Any] = {"ssl": settings.PUSHER_SSL, "timeout": 5}
-        if settings.PUSHER_HOST:
-            options["host"] = settings.PUSHER_HOST
-            if settings.PUSHER_PORT:
-                options["port"] = settings.PUSHER_PORT
-        else:
-            options["cluster"] = settings.PUSHER_CLUSTER
-        self.client = pusher.Pusher(
-            app_id=settings.PUSHER_APP_ID,
-            key=settings.PUSHER_KEY,
-            secret=settings.PUSHER_SECRET,
-            **options,
-        )
+        self.client = pusher_client()
 
     def send(self, events: Sequence[Event]) -> None:
         import pusher.errors
@@ -72,6 +58,26 @@ class PusherBackend:
 
 def pusher_configured() -> bool:
     return bool(settings.PUSHER_APP_ID and settings.PUSHER_KEY and settings.PUSHER_SECRET)
+
+
+@cache
+def pusher_client() -> Any:
+    """The official Pusher client, built once per process (delivery and channel auth share it)."""
+    import pusher
+
+    options: dict[str, Any] = {"ssl": settings.PUSHER_SSL, "timeout": 5}
+    if settings.PUSHER_HOST:
+        options["host"] = settings.PUSHER_HOST
+        if settings.PUSHER_PORT:
+            options["port"] = settings.PUSHER_PORT
+    else:
+        options["cluster"] = settings.PUSHER_CLUSTER
+    return pusher.Pusher(
+        app_id=settings.PUSHER_APP_ID,
+        key=settings.PUSHER_KEY,
+        secret=settings.PUSHER_SECRET,
+        **options,
+    )
 
 
 @cache

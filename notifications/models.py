@@ -8,7 +8,7 @@ class Notification(models.Model):
     """One message to one user, stored first and delivered (Pusher or log) afterwards.
 
     ``dedup_key`` is unique: every producer derives it from what the message is about (for
-    example ``warn_1h:<challenge>:<user>``), so producing the same message twice -- two beats,
+    example ``deadline_1h:<challenge>:<user>``), so producing the same message twice -- two beats,
     a retried task -- inserts it once. ``delivered_at`` is set only after the backend accepted it.
     """
 

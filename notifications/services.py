@@ -1,13 +1,28 @@
-"""Notifications: created set-based and idempotently, delivered after commit by a task."""
+"""Notifications: created set-based and idempotently, delivered after commit in chunked tasks."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications.backends import STAFF_CHANNEL, backend, user_channel
+from core.errors import DomainError, Forbidden, NotFound
+from notifications.backends import (
+    PUSHER_BATCH_LIMIT,
+    STAFF_CHANNEL,
+    backend,
+    pusher_client,
+    pusher_configured,
+    user_channel,
+)
 from notifications.models import Notification
+
+# Ids per delivery task: a warning to 100,000 users becomes 200 messages of 500 ids each --
+# neither one giant task argument nor one task per user -- which the notification workers
+# drain in parallel.
+DELIVERY_CHUNK = 500
 
 # The caller's SELECT must yield, in this order: user_id, kind, challenge_id, title, body,
 # priority, data (jsonb), dedup_key. ON CONFLICT makes a repeated run insert nothing, so two
@@ -21,57 +36,153 @@ RETURNING id
 """
 
 
-def notifications_insert_select(*, select_sql: str, params: Sequence[object] = ()) -> list[int]:
+def notifications_insert_select(
+    *, select_sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[int]:
     """Insert one notification per row of ``select_sql`` (one statement, whatever the count)
     and schedule their delivery after the surrounding transaction commits.
 
-    Idempotent through ``dedup_key``: rows whose key exists already are skipped. Returns the
-    ids actually inserted.
+    ``params`` are the SELECT's query parameters (a sequence for ``%s``, a mapping for
+    ``%(name)s``). Idempotent through ``dedup_key``: rows whose key exists already are skipped,
+    including keys a concurrent transaction is inserting (the unique index makes it wait for
+    that one). Returns the ids actually inserted.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL.format(select=select_sql), list(params))
+        cursor.execute(
+            _INSERT_SQL.format(select=select_sql),
+            dict(params) if isinstance(params, Mapping) else list(params),
+        )
         ids = [row[0] for row in cursor.fetchall()]
     if ids:
-        from notifications.tasks import notifications_deliver_task
-
-        transaction.on_commit(partial(notifications_deliver_task.delay, ids))
+        transaction.on_commit(partial(notifications_deliver_enqueue, notification_ids=ids))
     return ids
+
+
+def notifications_deliver_enqueue(*, notification_ids: Sequence[int]) -> int:
+    """Queue delivery of the given notifications, ``DELIVERY_CHUNK`` ids per task; return how
+    many tasks were sent. Safe to repeat: delivery skips what was delivered already.
+    """
+    from notifications.tasks import notifications_deliver_task
+
+    ids = sorted(notification_ids)
+    for start in range(0, len(ids), DELIVERY_CHUNK):
+        notifications_deliver_task.delay(ids[start : start + DELIVERY_CHUNK])
+    return -(-len(ids) // DELIVERY_CHUNK)
+
+
+# A notification still undelivered this long after it was stored lost its delivery task (the
+# process died between commit and enqueue, the broker lost the message, or retries ran out):
+# beat queues it again. Older than a day it is stale news and stays in the in-app list only.
+REDELIVERY_AFTER = timedelta(minutes=5)
+REDELIVERY_MAX_AGE = timedelta(days=1)
+REDELIVERY_LIMIT = 5_000
+
+
+def notifications_redeliver_stale(*, now: datetime | None = None) -> int:
+    """Queue delivery again for notifications undelivered ``REDELIVERY_AFTER`` after they were
+    stored (at most ``REDELIVERY_LIMIT`` per run, oldest first); return how many.
+
+    The safety net for lost delivery tasks, never the main path. Safe alongside a delivery
+    that is still retrying: delivery claims rows with ``SKIP LOCKED`` and skips delivered ones.
+    """
+    now = now or timezone.now()
+    ids = list(
+        Notification.objects.filter(
+            delivered_at__isnull=True,
+            created_at__lte=now - REDELIVERY_AFTER,
+            created_at__gt=now - REDELIVERY_MAX_AGE,
+        )
+        .order_by("id")
+        .values_list("id", flat=True)[:REDELIVERY_LIMIT]
+    )
+    notifications_deliver_enqueue(notification_ids=ids)
+    return len(ids)
+
+
+def _event(notification: Notification) -> tuple[str, str, dict[str, Any]]:
+    return (
+        user_channel(notification.user_id),
+        "notification",
+        {
+            "id": notification.pk,
+            "kind": notification.kind,
+            "challenge_id": notification.challenge_id,
+            "title": notification.title,
+            "body": notification.body,
+            "priority": notification.priority,
+            "data": notification.data,
+        },
+    )
 
 
 def notifications_deliver(*, notification_ids: Sequence[int]) -> int:
     """Send the given notifications that are not delivered yet; return how many were sent.
 
-    Safe to run twice: only undelivered rows are sent and ``delivered_at`` is set after the
-    backend accepted them (a crash in between re-sends, which clients de-duplicate by id).
+    Works in backend batches (Pusher takes 10 events per call), each in its own short
+    transaction: claim the batch's undelivered rows (``FOR UPDATE SKIP LOCKED``, so a duplicate
+    task running at the same time sends none of them), send, set ``delivered_at``, commit. A
+    failure in batch k leaves batches before it delivered and marked, so the retry sends only
+    the rest: each notification is sent once unless the process dies between a send and its
+    commit, in which case it is sent again (clients de-duplicate by ``id``).
     """
-    pending = list(
-        Notification.objects.filter(pk__in=notification_ids, delivered_at__isnull=True).order_by(
-            "id"
-        )
-    )
-    if not pending:
-        return 0
-    backend().send(
-        [
-            (
-                user_channel(n.user_id),
-                "notification",
-                {
-                    "id": n.pk,
-                    "kind": n.kind,
-                    "challenge_id": n.challenge_id,
-                    "title": n.title,
-                    "body": n.body,
-                    "priority": n.priority,
-                    "data": n.data,
-                },
+    ids = sorted(notification_ids)
+    sent = 0
+    for start in range(0, len(ids), PUSHER_BATCH_LIMIT):
+        with transaction.atomic():
+            batch = list(
+                Notification.objects.select_for_update(skip_locked=True)
+                .filter(pk__in=ids[start : start + PUSHER_BATCH_LIMIT], delivered_at__isnull=True)
+                .order_by("id")
             )
-            for n in pending
-        ]
+            if not batch:
+                continue
+            backend().send([_event(n) for n in batch])
+            sent += Notification.objects.filter(pk__in=[n.pk for n in batch]).update(
+                delivered_at=timezone.now()
+            )
+    return sent
+
+
+def notification_mark_read(*, user: Any, notification_id: int) -> Notification:
+    """Mark one of the user's own notifications read (idempotent: the first read time stays).
+
+    Someone else's notification is indistinguishable from a missing one (``not_found``).
+    """
+    Notification.objects.filter(pk=notification_id, user=user, read_at__isnull=True).update(
+        read_at=timezone.now()
     )
-    return Notification.objects.filter(
-        pk__in=[n.pk for n in pending], delivered_at__isnull=True
-    ).update(delivered_at=timezone.now())
+    notification = Notification.objects.filter(pk=notification_id, user=user).first()
+    if notification is None:
+        raise NotFound("No such notification.", code="notification_not_found")
+    return notification
+
+
+class PusherNotConfigured(DomainError):
+    code = "pusher_not_configured"
+    status = 503
+    default_detail = "Live notifications are not configured on this server."
+
+
+def pusher_channel_authorize(*, user: Any, channel_name: str, socket_id: str) -> dict[str, str]:
+    """Sign a private-channel subscription for ``socket_id`` (Pusher's ``authenticate``).
+
+    Only the user's own ``private-user-<id>`` channel, plus ``private-staff`` for staff; any
+    other channel is ``channel_forbidden``. Read-only.
+    """
+    allowed = {user_channel(user.pk)} | ({STAFF_CHANNEL} if user.is_staff else set())
+    if channel_name not in allowed:
+        raise Forbidden("You may not subscribe to this channel.", code="channel_forbidden")
+    if not pusher_configured():
+        raise PusherNotConfigured()
+    return pusher_client().authenticate(channel=channel_name, socket_id=socket_id)
+
+
+def staff_event_publish_on_commit(*, event: str, data: dict) -> None:
+    """Publish a staff event from a task once the surrounding transaction commits, so a Pusher
+    outage is retried by the task and never fails or delays the caller."""
+    from notifications.tasks import staff_event_publish_task
+
+    transaction.on_commit(partial(staff_event_publish_task.delay, event, data))
 
 
 def staff_event_publish(*, event: str, data: dict) -> None:

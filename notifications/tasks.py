@@ -1,7 +1,21 @@
 from config.celery import app
-from notifications.services import notifications_deliver
+from notifications.services import (
+    notifications_deliver,
+    notifications_redeliver_stale,
+    staff_event_publish,
+)
+
+
+@app.task(time_limit=300, soft_time_limit=270)
+def notifications_deliver_task(notification_ids: list[int]) -> int:
+    return notifications_deliver(notification_ids=[int(pk) for pk in notification_ids])
 
 
 @app.task(time_limit=60, soft_time_limit=50)
-def notifications_deliver_task(notification_ids: list[int]) -> int:
-    return notifications_deliver(notification_ids=notification_ids)
+def staff_event_publish_task(event: str, data: dict) -> None:
+    staff_event_publish(event=str(event), data=dict(data))
+
+
+@app.task(time_limit=60, soft_time_limit=50)
+def notifications_redeliver_stale_task() -> int:
+    return notifications_redeliver_stale()

@@ -1,0 +1,126 @@
+"""Challenges REST API: explicit input and output serializers, business rules in services."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from challenges.models import Challenge, Stake
+from challenges.selectors import challenge_get, challenge_list
+from challenges.services import challenge_create, stake_place
+from core.api import AmountField
+from core.errors import InvalidInput
+
+
+class UserRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class ChallengeOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    description = serializers.CharField()
+    category = serializers.CharField()
+    status = serializers.CharField()
+    result = serializers.CharField()
+    due_date = serializers.DateTimeField()
+    challenger = UserRefSerializer()
+    challenged = UserRefSerializer(allow_null=True)
+    yes_total = serializers.IntegerField()
+    no_total = serializers.IntegerField()
+    yes_count = serializers.IntegerField()
+    no_count = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class ChallengeCreateInputSerializer(serializers.Serializer):
+    # Only what a creator may choose: status, totals, escrow and the challenger are never
+    # taken from the request (unknown fields are ignored).
+    title = serializers.CharField(max_length=200)
+    description = serializers.CharField(max_length=5000, required=False, allow_blank=True)
+    category = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    due_date = serializers.DateTimeField()
+    challenged_username = serializers.CharField(max_length=150, required=False, allow_null=True)
+
+
+class ChallengePagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class ChallengeListCreateApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("status", enum=Challenge.Status.values, required=False)],
+        responses={200: ChallengeOutputSerializer(many=True)},
+    )
+    def get(self, request):
+        wanted = request.query_params.get("status") or None
+        if wanted is not None and wanted not in Challenge.Status.values:
+            raise InvalidInput(
+                f"status must be one of {', '.join(Challenge.Status.values)}.",
+                code="invalid_status",
+            )
+        paginator = ChallengePagination()
+        page = paginator.paginate_queryset(challenge_list(status=wanted), request, view=self)
+        return paginator.get_paginated_response(ChallengeOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=ChallengeCreateInputSerializer, responses={201: ChallengeOutputSerializer}
+    )
+    def post(self, request):
+        data = ChallengeCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        challenge = challenge_create(creator=request.user, **data.validated_data)
+        return Response(
+            ChallengeOutputSerializer(challenge_get(challenge_id=challenge.pk)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class ChallengeDetailApi(APIView):
+    @extend_schema(responses={200: ChallengeOutputSerializer})
+    def get(self, request, challenge_id: int):
+        return Response(ChallengeOutputSerializer(challenge_get(challenge_id=challenge_id)).data)
+
+
+class StakeInputSerializer(serializers.Serializer):
+    side = serializers.CharField(max_length=8)
+    amount = AmountField()
+
+    def validate_side(self, value: str) -> str:
+        if value not in Stake.Side.values:
+            raise serializers.ValidationError("side must be 'yes' or 'no'.", code="invalid_side")
+        return value
+
+
+class StakeOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    challenge_id = serializers.IntegerField()
+    side = serializers.CharField()
+    amount = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class StakeCreateOutputSerializer(serializers.Serializer):
+    stake = StakeOutputSerializer()
+    challenge = ChallengeOutputSerializer()
+
+
+class StakeCreateApi(APIView):
+    @extend_schema(request=StakeInputSerializer, responses={201: StakeCreateOutputSerializer})
+    def post(self, request, challenge_id: int):
+        data = StakeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        stake = stake_place(user=request.user, challenge_id=challenge_id, **data.validated_data)
+        stake.refresh_from_db(fields=["created_at"])
+        return Response(
+            {
+                "stake": StakeOutputSerializer(stake).data,
+                "challenge": ChallengeOutputSerializer(
+                    challenge_get(challenge_id=challenge_id)
+                ).data,
+            },
+            status=status.HTTP_201_CREATED,
+        )

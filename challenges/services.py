@@ -1,0 +1,283 @@
+"""Challenge lifecycle: creating challenges, staking, the deadline sweep and deadline warnings.
+
+Lifecycle (DESIGN.md section 1)::
+
+    pending --(both sides staked)--> active --(deadline, sweep)--> pending_admin --> ...
+    pending --(deadline, sweep: nobody to play against)--> cancelled (refunded by the payout engine)
+
+The sweep and the warnings run from beat every minute. Both are set-based: a fixed number of
+statements whatever the number of challenges and participants, with nothing looped over in
+Python. Both are safe to run twice at once: the sweep's ``UPDATE ... WHERE status IN (open)``
+re-checks each row after the row lock, and every notification has a unique ``dedup_key`` that
+``ON CONFLICT DO NOTHING`` honours.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from challenges.models import Challenge, Stake
+from core.errors import Conflict, InvalidInput, NotFound
+from notifications.services import notifications_insert_select, staff_event_publish_on_commit
+from payouts.models import Account, Transfer
+from payouts.selectors import wallet_get
+from payouts.services.ledger import MAX_AMOUNT, account_create, transfer_post
+
+User = get_user_model()
+
+# --- Deadline warning policy -------------------------------------------------------------------
+# Beat runs the warning scan every minute, and a scan may run late or be skipped, so each
+# warning has a window rather than an instant; whichever scan first finds a challenge inside a
+# window sends that warning (once per user and challenge, by dedup key):
+#
+#   * 10-minute warning (high priority): while 0 < time left <= 10 minutes. It is never
+#     suppressed: everyone who is a participant before the deadline gets it, however late they
+#     joined and whatever was sent before.
+#   * 1-hour warning: while 40 minutes < time left <= 60 minutes. It is not sent once 40 minutes
+#     or less remain, because the 10-minute warning (sent at 10 minutes or less) would then follow
+#     within 30 minutes. This is how "never two deadline warnings within 30 minutes" holds without
+#     ever dropping the 10-minute warning: any 1-hour warning precedes the 10-minute one by more
+#     than 30 minutes by construction.
+#
+# So a challenge created 15 minutes before its deadline gets only the 10-minute warning, and one
+# whose deadline is 5 minutes away when a user joins still gives that user the 10-minute warning.
+# The windows are 10 and 20 minutes wide: up to 9 (resp. 19) consecutive missed beats lose nothing.
+WARNING_10M_WINDOW = timedelta(minutes=10)
+WARNING_1H_WINDOW = timedelta(minutes=60)
+WARNING_MIN_GAP = timedelta(minutes=30)
+WARNING_1H_CLOSES = WARNING_10M_WINDOW + WARNING_MIN_GAP  # 40 minutes before the deadline
+
+
+def challenge_create(
+    *,
+    creator: Any,
+    title: str,
+    due_date: datetime,
+    description: str = "",
+    category: str = "",
+    challenged_username: str | None = None,
+) -> Challenge:
+    """Create a ``pending`` challenge with its own empty escrow account; the creator is the
+    challenger (side ``yes``).
+
+    Refuses a ``due_date`` that is not in the future (``due_date_in_past``), an unknown
+    challenged user (``user_not_found``) and challenging oneself (``cannot_challenge_self``).
+    Not idempotent: each call makes a new challenge.
+    """
+    if timezone.is_naive(due_date):
+        raise InvalidInput("due_date needs a time zone.", code="invalid_due_date")
+    if due_date <= timezone.now():
+        raise InvalidInput("The deadline must be in the future.", code="due_date_in_past")
+    if not title.strip():
+        raise InvalidInput("A challenge needs a title.", code="invalid_title")
+    challenged = None
+    if challenged_username:
+        challenged = User.objects.filter(username=challenged_username, is_active=True).first()
+        if challenged is None:
+            raise InvalidInput("No such user to challenge.", code="user_not_found")
+        if challenged.pk == creator.pk:
+            raise InvalidInput("You cannot challenge yourself.", code="cannot_challenge_self")
+    with transaction.atomic():
+        escrow = account_create(kind=Account.Kind.CHALLENGE_ESCROW)
+        return Challenge.objects.create(
+            title=title.strip(),
+            description=description,
+            category=category,
+            challenger=creator,
+            challenged=challenged,
+            escrow=escrow,
+            due_date=due_date,
+        )
+
+
+def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stake:
+    """Stake ``amount`` of the user's wallet on ``side`` of an open challenge.
+
+    One durable transaction: lock the challenge row (so the open-check, the totals and the
+    activation see every earlier stake), insert the stake (one per user and challenge), move
+    the money wallet -> escrow with key ``stake:<stake_id>``, bump the side's total and count,
+    and turn a ``pending`` challenge ``active`` once both sides have a stake. Any refusal
+    (``invalid_side``, ``invalid_amount``, ``challenge_not_found``, ``challenge_not_open``,
+    ``already_staked``, ``insufficient_funds``) changes nothing.
+    """
+    if side not in Stake.Side.values:
+        raise InvalidInput("side must be 'yes' or 'no'.", code="invalid_side")
+    if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
+        raise InvalidInput("Amounts are positive integers of minor units.", code="invalid_amount")
+    wallet = wallet_get(user_id=user.pk)
+    with transaction.atomic(durable=True):
+        challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
+        if challenge is None:
+            raise NotFound("No such challenge.", code="challenge_not_found")
+        if challenge.status not in Challenge.OPEN_STATUSES or challenge.due_date <= timezone.now():
+            raise Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
+        try:
+            with transaction.atomic():
+                stake = Stake.objects.create(
+                    challenge=challenge, user=user, side=side, amount=amount
+                )
+        except IntegrityError as exc:
+            raise Conflict("You already have a stake here.", code="already_staked") from exc
+        transfer_post(
+            debit_account_id=wallet.pk,
+            credit_account_id=challenge.escrow_id,
+            amount=amount,
+            kind=Transfer.Kind.STAKE,
+            idempotency_key=f"stake:{stake.pk}",
+        )
+        yes, no = side == Stake.Side.YES, side == Stake.Side.NO
+        both_sides = (challenge.yes_count > 0 or yes) and (challenge.no_count > 0 or no)
+        changes: dict[str, Any] = {"updated_at": timezone.now()}
+        if yes:
+            changes |= {"yes_total": F("yes_total") + amount, "yes_count": F("yes_count") + 1}
+        else:
+            changes |= {"no_total": F("no_total") + amount, "no_count": F("no_count") + 1}
+        if challenge.status == Challenge.Status.PENDING and both_sides:
+            changes["status"] = Challenge.Status.ACTIVE
+        Challenge.objects.filter(pk=challenge.pk).update(**changes)
+    return stake
+
+
+# Every participant of the challenges in ``targets`` (columns id, challenger_id,
+# challenged_id): the challenger, the challenged user and every staker, each once per challenge.
+# ``{select}`` reads ``participants AS p JOIN targets AS t``.
+_WITH_PARTICIPANTS = """
+WITH targets AS ({targets}),
+participants AS (
+    SELECT t.id AS challenge_id, t.challenger_id AS user_id FROM targets AS t
+    UNION
+    SELECT t.id, t.challenged_id FROM targets AS t WHERE t.challenged_id IS NOT NULL
+    UNION
+    SELECT s.challenge_id, s.user_id
+    FROM challenges_stake AS s JOIN targets AS t ON t.id = s.challenge_id
+)
+{select}
+FROM participants AS p JOIN targets AS t ON t.id = p.challenge_id
+"""
+
+# The status list matches the partial index ``challenge_open_due_idx``, so both scans below
+# read only open challenges near their deadline, however many challenges exist.
+_SWEEP_SQL = """
+UPDATE challenges_challenge
+SET status = CASE status WHEN 'active' THEN 'pending_admin' ELSE 'cancelled' END,
+    updated_at = %s
+WHERE status IN ('pending', 'active') AND due_date <= %s
+RETURNING id, status
+"""
+
+_NEEDS_RESOLUTION_SELECT = """
+SELECT u.id, 'needs_resolution', c.id, 'Challenge needs resolution',
+       left('"' || c.title || '" passed its deadline and waits for a result.', 1000),
+       'normal', jsonb_build_object('challenge_id', c.id, 'due_date', c.due_date),
+       'needs_resolution:' || c.id || ':' || u.id
+FROM challenges_challenge AS c CROSS JOIN auth_user AS u
+WHERE c.id = ANY(%s) AND u.is_staff AND u.is_active
+"""
+
+_CANCELLED_SELECT = _WITH_PARTICIPANTS.format(
+    targets="""
+    SELECT id, title, challenger_id, challenged_id FROM challenges_challenge WHERE id = ANY(%s)
+    """,
+    select="""
+    SELECT p.user_id, 'challenge_cancelled', t.id, 'Challenge cancelled',
+           left('"' || t.title || '" reached its deadline without stakes on both sides; '
+                || 'every stake is refunded.', 1000),
+           'normal', jsonb_build_object('challenge_id', t.id, 'reason', 'no_opponent'),
+           'challenge_cancelled:' || t.id || ':' || p.user_id
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    pending_admin: list[int]
+    cancelled: list[int]
+    notifications: int
+
+
+def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
+    """Close every open challenge whose deadline has passed (``due_date <= now``).
+
+    One ``UPDATE`` moves expired ``active`` challenges to ``pending_admin`` and expired
+    ``pending`` ones (one side never staked) to ``cancelled``; then every active staff user gets
+    a ``needs_resolution`` notification per challenge and every participant of a cancelled one a
+    ``challenge_cancelled`` notification, each one ``INSERT ... SELECT``, and a live alert goes
+    to the staff channel after commit. Three statements whatever the number of challenges.
+
+    Idempotent and safe to run concurrently: a second run finds the rows no longer open (the
+    row lock makes it re-check them) and moves nothing; notification dedup keys
+    (``<kind>:<challenge>:<user>``) make any repeat insert nothing. Refunds of cancelled
+    challenges are created by the payout engine, not here.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_SWEEP_SQL, [now, now])
+            moved = cursor.fetchall()
+        pending_admin = [pk for pk, status in moved if status == Challenge.Status.PENDING_ADMIN]
+        cancelled = [pk for pk, status in moved if status == Challenge.Status.CANCELLED]
+        notified = 0
+        if pending_admin:
+            notified += len(
+                notifications_insert_select(
+                    select_sql=_NEEDS_RESOLUTION_SELECT, params=[pending_admin]
+                )
+            )
+            # Stored notifications reach each staff member; this is the live signal for open
+            # dashboards. The id list is capped to stay far below Pusher's 10 kB event limit.
+            staff_event_publish_on_commit(
+                event="challenges.needs_resolution",
+                data={"count": len(pending_admin), "challenge_ids": pending_admin[:100]},
+            )
+        if cancelled:
+            notified += len(
+                notifications_insert_select(select_sql=_CANCELLED_SELECT, params=[cancelled])
+            )
+    return SweepResult(pending_admin=pending_admin, cancelled=cancelled, notifications=notified)
+
+
+_WARNINGS_SELECT = _WITH_PARTICIPANTS.format(
+    targets="""
+    SELECT id, title, due_date, challenger_id, challenged_id,
+           CASE WHEN due_date <= %(t10)s THEN 'deadline_10m' ELSE 'deadline_1h' END AS kind,
+           ceil(extract(epoch FROM due_date - %(now)s) / 60)::int AS minutes_left
+    FROM challenges_challenge
+    WHERE status IN ('pending', 'active')
+      AND due_date > %(now)s AND due_date <= %(t60)s
+      AND (due_date <= %(t10)s OR due_date > %(t40)s)
+    """,
+    select="""
+    SELECT p.user_id, t.kind, t.id,
+           CASE t.kind WHEN 'deadline_10m' THEN 'Less than 10 minutes left'
+                       ELSE 'Less than an hour left' END,
+           left('"' || t.title || '" closes in ' || t.minutes_left || ' minutes.', 1000),
+           CASE t.kind WHEN 'deadline_10m' THEN 'high' ELSE 'normal' END,
+           jsonb_build_object('challenge_id', t.id, 'due_date', t.due_date,
+                              'minutes_left', t.minutes_left),
+           t.kind || ':' || t.id || ':' || p.user_id
+    """,
+)
+
+
+def challenges_send_deadline_warnings(*, now: datetime | None = None) -> int:
+    """Create the due 1-hour and 10-minute warnings (policy at the top of this module) for
+    every participant of every open challenge, in one ``INSERT ... SELECT``; return how many
+    were new. Delivery is enqueued after commit in chunks (``notifications_insert_select``).
+
+    Idempotent and safe to run concurrently: each warning's dedup key is
+    ``<kind>:<challenge>:<user>``, so a repeated or parallel run inserts nothing twice.
+    """
+    now = now or timezone.now()
+    params = {
+        "now": now,
+        "t10": now + WARNING_10M_WINDOW,
+        "t40": now + WARNING_1H_CLOSES,
+        "t60": now + WARNING_1H_WINDOW,
+    }
+    with transaction.atomic():
+        return len(notifications_insert_select(select_sql=_WARNINGS_SELECT, params=params))

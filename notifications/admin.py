@@ -1,0 +1,36 @@
+from django.contrib import admin, messages
+
+from challenges.admin import ReadOnlyAdminMixin
+from notifications.models import Notification
+from notifications.services import notifications_deliver_enqueue
+
+
+class DeliveredFilter(admin.SimpleListFilter):
+    title = "delivered"
+    parameter_name = "delivered"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Delivered"), ("no", "Not delivered")]
+
+    def queryset(self, request, queryset):
+        if self.value() in {"yes", "no"}:
+            return queryset.filter(delivered_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "user", "kind", "priority", "challenge", "created_at", "delivered_at"]
+    list_filter = ["kind", "priority", DeliveredFilter]
+    search_fields = ["=id", "user__username", "dedup_key", "=challenge__id"]
+    list_select_related = ["user", "challenge"]
+    show_full_result_count = False
+    actions = ["deliver_again"]
+
+    @admin.action(description="Deliver the selected undelivered notifications now")
+    def deliver_again(self, request, queryset):
+        ids = list(queryset.filter(delivered_at__isnull=True).values_list("id", flat=True))
+        tasks = notifications_deliver_enqueue(notification_ids=ids)
+        self.message_user(
+            request, f"Queued {len(ids)} notifications in {tasks} tasks.", messages.SUCCESS
+        )

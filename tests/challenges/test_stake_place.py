@@ -1,0 +1,164 @@
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from challenges.models import Challenge, Stake
+from challenges.services import challenges_sweep_deadlines, stake_place
+from core.errors import DomainError
+from payouts.models import Transfer
+from payouts.selectors import wallet_get
+from tests.challenges.helpers import open_challenge
+
+
+def _snapshot(challenge: Challenge, *users) -> tuple:
+    challenge.refresh_from_db()
+    return (
+        challenge.status,
+        challenge.yes_total,
+        challenge.no_total,
+        challenge.yes_count,
+        challenge.no_count,
+        challenge.escrow.balance,
+        Transfer.objects.count(),
+        Stake.objects.count(),
+        *(wallet_get(user_id=u.pk).balance for u in users),
+    )
+
+
+@pytest.mark.django_db
+def test_stakes_move_money_to_escrow_bump_totals_and_activate_once_both_sides_stake(make_user):
+    challenger, alice, bob = make_user(balance=500), make_user(balance=500), make_user(balance=500)
+    challenge = open_challenge(challenger)
+
+    first = stake_place(user=challenger, challenge_id=challenge.pk, side="yes", amount=120)
+    stake_place(user=alice, challenge_id=challenge.pk, side="yes", amount=30)
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.PENDING  # nobody on the other side yet
+
+    stake_place(user=bob, challenge_id=challenge.pk, side="no", amount=200)
+
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.ACTIVE
+    assert (challenge.yes_total, challenge.yes_count) == (150, 2)
+    assert (challenge.no_total, challenge.no_count) == (200, 1)
+    assert challenge.escrow.balance == 350
+    assert wallet_get(user_id=challenger.pk).balance == 380
+    transfer = Transfer.objects.get(idempotency_key=f"stake:{first.pk}")
+    assert (transfer.kind, transfer.amount) == (Transfer.Kind.STAKE, 120)
+    assert transfer.credit_account_id == challenge.escrow_id
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("side", "amount", "code"),
+    [
+        ("maybe", 10, "invalid_side"),
+        ("", 10, "invalid_side"),
+        ("yes", 0, "invalid_amount"),
+        ("yes", -5, "invalid_amount"),
+        ("yes", 1.5, "invalid_amount"),
+        ("yes", "10", "invalid_amount"),
+        ("yes", True, "invalid_amount"),
+        ("yes", 10**16, "invalid_amount"),
+        ("yes", 501, "insufficient_funds"),
+    ],
+)
+def test_bad_stakes_change_nothing(make_user, side, amount, code):
+    staker = make_user(balance=500)
+    challenge = open_challenge(make_user())
+    before = _snapshot(challenge, staker)
+
+    with pytest.raises(DomainError) as error:
+        stake_place(user=staker, challenge_id=challenge.pk, side=side, amount=amount)
+
+    assert error.value.code == code
+    assert _snapshot(challenge, staker) == before
+
+
+@pytest.mark.django_db
+def test_a_second_stake_by_the_same_user_is_refused(make_user):
+    staker = make_user(balance=500)
+    challenge = open_challenge(make_user())
+    stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=10)
+    before = _snapshot(challenge, staker)
+
+    with pytest.raises(DomainError) as error:
+        stake_place(user=staker, challenge_id=challenge.pk, side="no", amount=10)
+
+    assert error.value.code == "already_staked"
+    assert _snapshot(challenge, staker) == before
+
+
+@pytest.mark.django_db
+def test_staking_at_or_after_the_deadline_or_on_a_closed_challenge_is_refused(make_user):
+    staker = make_user(balance=500)
+    challenge = open_challenge(make_user(), due_in=timedelta(minutes=5))
+    before = _snapshot(challenge, staker)
+
+    # exactly at the deadline, before the sweep has run: the clock alone closes it
+    with time_machine.travel(challenge.due_date, tick=False):
+        with pytest.raises(DomainError) as at_deadline:
+            stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=10)
+        challenges_sweep_deadlines()
+    assert at_deadline.value.code == "challenge_not_open"
+    # and once swept (cancelled: nobody staked), even with a clock that is wrong
+    with pytest.raises(DomainError) as closed:
+        stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=10)
+    assert closed.value.code == "challenge_not_open"
+    with pytest.raises(DomainError) as missing:
+        stake_place(user=staker, challenge_id=10**9, side="yes", amount=10)
+    assert missing.value.code == "challenge_not_found"
+    assert _snapshot(challenge, staker)[1:] == before[1:]
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_second_stake_written_around_the_service(make_user):
+    staker = make_user(balance=500)
+    challenge = open_challenge(make_user())
+    stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=10)
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Stake.objects.create(challenge=challenge, user=staker, side="no", amount=5)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Challenge.objects.filter(pk=challenge.pk).update(yes_total=-1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_stakes_on_one_challenge_keep_exact_totals(make_user):
+    # Given eight users staking on the same challenge at the same moment, one of them twice
+    users = [make_user(balance=100) for _ in range(8)]
+    challenge = open_challenge(make_user())
+    start = threading.Barrier(9)
+    errors: list[str] = []
+
+    def stake(user, side):
+        start.wait()
+        try:
+            stake_place(user=user, challenge_id=challenge.pk, side=side, amount=7)
+        except DomainError as exc:
+            errors.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=stake, args=(u, "yes" if i % 2 else "no"))
+        for i, u in enumerate(users)
+    ]
+    threads.append(threading.Thread(target=stake, args=(users[0], "yes")))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then every distinct user staked once and the totals match the stakes and the escrow
+    assert errors == ["already_staked"]
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.ACTIVE
+    assert challenge.yes_count + challenge.no_count == 8
+    assert challenge.yes_total + challenge.no_total == 56 == challenge.escrow.balance
+    assert timezone.now() < challenge.due_date

@@ -1,0 +1,152 @@
+"""The deadline sweep, with a frozen clock (time-machine)."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from challenges.models import Challenge
+from challenges.services import challenges_sweep_deadlines, stake_place
+from notifications.models import Notification
+from notifications.tasks import staff_event_publish_task
+from tests.challenges.helpers import active_challenge, open_challenge
+
+
+def _kinds(user) -> list[tuple[str, int]]:
+    return sorted(Notification.objects.filter(user=user).values_list("kind", "challenge_id"))
+
+
+@pytest.mark.django_db
+def test_nothing_moves_one_second_before_the_deadline(make_user):
+    challenge, _ = active_challenge(make_user, due_in=timedelta(minutes=30))
+
+    with time_machine.travel(challenge.due_date - timedelta(seconds=1), tick=False):
+        result = challenges_sweep_deadlines()
+
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.ACTIVE
+    assert (result.pending_admin, result.cancelled, result.notifications) == ([], [], 0)
+
+
+@pytest.mark.django_db
+def test_exactly_at_the_deadline_active_goes_to_staff_and_pending_is_cancelled(
+    make_user, django_capture_on_commit_callbacks
+):
+    # Given staff (one inactive), an active challenge and a pending one (only one side staked)
+    admin_a, admin_b = make_user("admin_a", staff=True), make_user("admin_b", staff=True)
+    retired = make_user("retired", staff=True)
+    retired.is_active = False
+    retired.save()
+    lonely_creator, lonely_rival, lonely_staker = make_user(), make_user(), make_user(balance=50)
+    with time_machine.travel(timezone.now(), tick=False):  # one deadline for both challenges
+        active, players = active_challenge(make_user, due_in=timedelta(hours=1), stakers=2)
+        pending = open_challenge(lonely_creator, due_in=timedelta(hours=1), challenged=lonely_rival)
+        stake_place(user=lonely_staker, challenge_id=pending.pk, side="yes", amount=50)
+        later = open_challenge(make_user(), due_in=timedelta(hours=2))
+
+    # When the sweep runs exactly at the deadline
+    with (
+        time_machine.travel(active.due_date, tick=False),
+        django_capture_on_commit_callbacks() as callbacks,
+    ):
+        result = challenges_sweep_deadlines()
+
+    # Then the active challenge waits for staff and the pending one is cancelled
+    assert result.pending_admin == [active.pk]
+    assert result.cancelled == [pending.pk]
+    statuses = dict(Challenge.objects.values_list("id", "status"))
+    assert statuses[active.pk] == Challenge.Status.PENDING_ADMIN
+    assert statuses[pending.pk] == Challenge.Status.CANCELLED
+    assert statuses[later.pk] == Challenge.Status.PENDING
+    # Each active staff member is told once; players of the active challenge hear nothing yet
+    assert _kinds(admin_a) == _kinds(admin_b) == [("needs_resolution", active.pk)]
+    assert _kinds(retired) == []
+    assert all(_kinds(p) == [] for p in players)
+    # Every participant of the cancelled challenge is told why
+    for user in (lonely_creator, lonely_rival, lonely_staker):
+        assert _kinds(user) == [("challenge_cancelled", pending.pk)]
+    assert result.notifications == 5
+    # The money stays in escrow for the refund job; the sweep moves none
+    pending.escrow.refresh_from_db()
+    assert pending.escrow.balance == 50
+    # And a live alert for the staff channel is sent after commit
+    alerts = [c for c in callbacks if getattr(c, "func", None) == staff_event_publish_task.delay]
+    assert [a.args for a in alerts] == [
+        ("challenges.needs_resolution", {"count": 1, "challenge_ids": [active.pk]})
+    ]
+
+
+@pytest.mark.django_db
+def test_a_second_sweep_changes_and_sends_nothing(make_user):
+    make_user("admin", staff=True)
+    challenge, _ = active_challenge(make_user, due_in=timedelta(minutes=5))
+    with time_machine.travel(challenge.due_date + timedelta(minutes=1), tick=False):
+        first = challenges_sweep_deadlines()
+        second = challenges_sweep_deadlines()
+    assert (len(first.pending_admin), first.notifications) == (1, 1)
+    assert (second.pending_admin, second.cancelled, second.notifications) == ([], [], 0)
+    assert Notification.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("count", [10, 1000])
+def test_the_sweep_issues_a_constant_number_of_queries(make_user, django_assert_num_queries, count):
+    # Given `count` expired challenges, half active, half pending, and two staff members
+    make_user("admin_a", staff=True)
+    make_user("admin_b", staff=True)
+    yes, no = make_user(balance=10**6), make_user(balance=10**6)
+    challenges = [open_challenge(yes, due_in=timedelta(minutes=30)) for _ in range(count)]
+    for i, challenge in enumerate(challenges):
+        stake_place(user=yes, challenge_id=challenge.pk, side="yes", amount=1)
+        if i % 2:
+            stake_place(user=no, challenge_id=challenge.pk, side="no", amount=1)
+
+    # When the sweep runs after their deadline: the same statements whatever the count
+    # (savepoint, UPDATE, staff INSERT, participants INSERT, release)
+    with (
+        time_machine.travel(challenges[-1].due_date + timedelta(minutes=1), tick=False),
+        django_assert_num_queries(5),
+    ):
+        result = challenges_sweep_deadlines()
+
+    # Then all of them moved and were notified
+    assert len(result.pending_admin) == len(result.cancelled) == count // 2
+    assert result.notifications == 2 * (count // 2) + count // 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sweeps_at_the_same_moment_move_and_notify_each_challenge_once(make_user):
+    # Given staff, ten expired active challenges and ten expired pending ones
+    make_user("admin", staff=True)
+    yes, no = make_user(balance=1000), make_user(balance=1000)
+    challenges = [open_challenge(yes, due_in=timedelta(minutes=20)) for _ in range(20)]
+    for i, challenge in enumerate(challenges):
+        stake_place(user=yes, challenge_id=challenge.pk, side="yes", amount=1)
+        if i < 10:
+            stake_place(user=no, challenge_id=challenge.pk, side="no", amount=1)
+    start = threading.Barrier(2)
+    results = []
+
+    def sweep():
+        start.wait()
+        try:
+            results.append(challenges_sweep_deadlines())
+        finally:
+            connection.close()
+
+    # When two sweeps start together after the deadline
+    with time_machine.travel(challenges[-1].due_date + timedelta(seconds=30), tick=False):
+        threads = [threading.Thread(target=sweep) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    # Then between them each challenge moved once and each notification was created once
+    assert len(results) == 2
+    assert sorted(pk for r in results for pk in r.pending_admin) == [c.pk for c in challenges[:10]]
+    assert sorted(pk for r in results for pk in r.cancelled) == [c.pk for c in challenges[10:]]
+    assert sum(r.notifications for r in results) == 20 == Notification.objects.count()
