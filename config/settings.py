@@ -127,8 +127,11 @@ PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)
 if not 0 <= PLATFORM_FEE_BPS <= 10_000:
     raise ImproperlyConfigured("PLATFORM_FEE_BPS must be between 0 and 10000")
 PAYOUT_DEFAULT_RAIL = env.str("PAYOUT_DEFAULT_RAIL", default="ledger")
-PAYOUT_BATCH_SIZE = env.int("PAYOUT_BATCH_SIZE", default=5_000)
+PAYOUT_BATCH_SIZE = env.int("PAYOUT_BATCH_SIZE", default=10_000)
 PAYOUT_PARALLELISM = env.int("PAYOUT_PARALLELISM", default=2)
+# Stakes per expansion slice: a job's entries are created slice by slice, and each slice is
+# paid while the next one is being created.
+PAYOUT_EXPAND_CHUNK = env.int("PAYOUT_EXPAND_CHUNK", default=100_000)
 
 # --- Redis and Celery -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -160,6 +163,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "payouts.tasks.payout_batch_stripe_task": {"queue": "payouts_stripe"},
+    # Creating a job's notifications (a million rows) must not hold up payout workers.
+    "payouts.tasks.payout_job_notify_task": {"queue": "notifications"},
     "payouts.tasks.*": {"queue": "payouts"},
     "notifications.tasks.*": {"queue": "notifications"},
     "challenges.tasks.*": {"queue": "scheduler"},
@@ -181,6 +186,21 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_RATE_LIMIT = env.float("STRIPE_RATE_LIMIT", default=25.0)
 STRIPE_RATE_BURST = env.int("STRIPE_RATE_BURST", default=5)
 STRIPE_MAX_ATTEMPTS = env.int("STRIPE_MAX_ATTEMPTS", default=8)
+# The currency of Stripe transfers; one platform coin (minor unit) is one minor unit of it.
+STRIPE_CURRENCY = env.str("STRIPE_CURRENCY", default="usd")
+# Seconds one Stripe request may take before it counts as a (transient) timeout.
+STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=30.0)
+# Entry retries after transient Stripe errors: base * 2**attempt with jitter, capped.
+STRIPE_RETRY_BACKOFF_BASE = env.float("STRIPE_RETRY_BACKOFF_BASE", default=5.0)
+STRIPE_RETRY_BACKOFF_MAX = env.float("STRIPE_RETRY_BACKOFF_MAX", default=600.0)
+# Entries one Stripe batch task claims, and how long its lease on them lasts; the lease must
+# cover claim size / rate limit plus the request timeout, or the watchdog re-claims early
+# (harmless: the idempotency key makes the second call return the same transfer).
+STRIPE_CLAIM_SIZE = env.int("STRIPE_CLAIM_SIZE", default=10)
+STRIPE_LEASE_SECONDS = env.int("STRIPE_LEASE_SECONDS", default=120)
+# One Stripe batch task works this long, then hands over to a fresh message (fair to other
+# jobs); it must stay below CELERY_VISIBILITY_TIMEOUT or Redis delivers the message twice.
+STRIPE_BATCH_SECONDS = env.float("STRIPE_BATCH_SECONDS", default=30.0)
 
 PUSHER_APP_ID = env.str("PUSHER_APP_ID", default="")
 PUSHER_KEY = env.str("PUSHER_KEY", default="")
@@ -213,4 +233,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # The stripe library logs two INFO lines per request; the rail logs outcomes itself.
+    "loggers": {"stripe": {"level": "WARNING"}},
 }

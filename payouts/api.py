@@ -1,10 +1,28 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from core.api import AmountField, IsStaff
-from payouts.selectors import account_transfers, wallet_get
+from core.services import dead_letter_replay
+from payouts.selectors import (
+    account_transfers,
+    dead_letter_list,
+    payout_job_get,
+    payout_job_list,
+    payout_job_progress,
+    wallet_get,
+)
+from payouts.services.jobs import (
+    challenge_cancel,
+    challenge_resolve,
+    payout_job_cancel,
+    payout_job_pause,
+    payout_job_resume,
+    payout_job_retry_failed,
+)
 from payouts.services.wallets import wallet_deposit
 
 
@@ -62,3 +80,153 @@ class DepositApi(APIView):
         posted = wallet_deposit(user_id=user_id, actor=request.user, **data.validated_data)
         wallet = wallet_get(user_id=user_id)
         return Response({"user_id": user_id, "balance": wallet.balance, "posted": posted})
+
+
+class JobStartedOutputSerializer(serializers.Serializer):
+    payout_job_id = serializers.IntegerField()
+    status_url = serializers.CharField()
+
+
+def _job_started(request, job) -> Response:
+    url = reverse("payout-job-detail", args=[job.pk], request=request)
+    return Response({"payout_job_id": job.pk, "status_url": url}, status=202)
+
+
+class ResolveInputSerializer(serializers.Serializer):
+    # Checked by the service, which answers invalid_result / invalid_rail with stable codes.
+    result = serializers.CharField()
+    rail = serializers.CharField(required=False)
+
+
+class ChallengeResolveApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(request=ResolveInputSerializer, responses={202: JobStartedOutputSerializer})
+    def post(self, request, challenge_id: int):
+        data = ResolveInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = challenge_resolve(
+            challenge_id=challenge_id, actor=request.user, **data.validated_data
+        )
+        return _job_started(request, job)
+
+
+class ChallengeCancelApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(request=None, responses={202: JobStartedOutputSerializer})
+    def post(self, request, challenge_id: int):
+        job = challenge_cancel(challenge_id=challenge_id, actor=request.user)
+        return _job_started(request, job)
+
+
+class PayoutJobOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    challenge = serializers.IntegerField()
+    kind = serializers.CharField()
+    rail = serializers.CharField()
+    status = serializers.CharField()
+    total_entries = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    total_amount = serializers.IntegerField()
+    paid_amount = serializers.IntegerField()
+    fee_amount = serializers.IntegerField()
+    progress_percent = serializers.FloatField()
+    rate = serializers.FloatField(allow_null=True, help_text="Entries finished per second.")
+    eta_seconds = serializers.FloatField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+def _job_output(job) -> dict:
+    return PayoutJobOutputSerializer(payout_job_progress(job=job)).data
+
+
+class StatusFilterSerializer(serializers.Serializer):
+    status = serializers.CharField(required=False)
+
+
+class PayoutJobListApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        parameters=[StatusFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
+    )
+    def get(self, request):
+        filters = StatusFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(payout_job_list(**filters.validated_data), request, self)
+        return paginator.get_paginated_response([_job_output(job) for job in page])
+
+
+class PayoutJobDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(responses={200: PayoutJobOutputSerializer})
+    def get(self, request, job_id: int):
+        return Response(_job_output(payout_job_get(job_id=job_id)))
+
+
+JOB_CONTROLS = {
+    "pause": payout_job_pause,
+    "resume": payout_job_resume,
+    "cancel": payout_job_cancel,
+    "retry-failed": payout_job_retry_failed,
+}
+
+
+class PayoutJobControlApi(APIView):
+    """``pause``, ``resume``, ``cancel`` or ``retry-failed``: one service each, audited."""
+
+    permission_classes = [IsStaff]
+    control: str = ""
+
+    @extend_schema(request=None, responses={200: PayoutJobOutputSerializer})
+    def post(self, request, job_id: int):
+        job = JOB_CONTROLS[self.control](job_id=job_id, actor=request.user)
+        return Response(_job_output(job))
+
+
+class DeadLetterOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    task_id = serializers.CharField()
+    task_name = serializers.CharField()
+    args = serializers.JSONField()
+    kwargs = serializers.JSONField()
+    queue = serializers.CharField()
+    subject = serializers.CharField()
+    error = serializers.CharField()
+    attempts = serializers.IntegerField()
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    replayed_at = serializers.DateTimeField(allow_null=True)
+    replay_task_id = serializers.CharField()
+
+
+class DeadLetterListApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        parameters=[StatusFilterSerializer], responses={200: DeadLetterOutputSerializer(many=True)}
+    )
+    def get(self, request):
+        filters = StatusFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(
+            dead_letter_list(**filters.validated_data), request, self
+        )
+        return paginator.get_paginated_response(DeadLetterOutputSerializer(page, many=True).data)
+
+
+class DeadLetterReplayApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(request=None, responses={200: DeadLetterOutputSerializer})
+    def post(self, request, dead_letter_id: int):
+        letter = dead_letter_replay(dead_letter_id=dead_letter_id, actor=request.user)
+        return Response(DeadLetterOutputSerializer(letter).data)

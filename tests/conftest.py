@@ -1,10 +1,6 @@
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -13,10 +9,16 @@ from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
+from deploy.workers import WorkerPool
 from payouts.services.ledger import ledger_check
 from users.services import user_create
 
-ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    # Scenarios create up to thousands of users through user_create; the production hasher is
+    # deliberately slow.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
@@ -78,57 +80,12 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-class Workers:
-    """Real Celery worker processes (solo pool: one process each, so SIGKILL kills the task)."""
+class Workers(WorkerPool):
+    """Real Celery worker processes running the test app (the project's tasks plus test-only
+    ones); solo pool by default, so SIGKILL kills the running task."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, queues: str = "default", *, name: str | None = None, **extra_env: str):
-        name = name or f"w{len(self.procs)}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker_app",
-                "worker",
-                "-P",
-                "solo",
-                "-Q",
-                queues,
-                "-n",
-                f"{name}@%h",
-                "-l",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env={**self.env, **extra_env},
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        super().__init__(env, app="tests.worker_app")
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +119,21 @@ def workers(worker_env, redis_client) -> Iterator[Workers]:
     yield pool
     pool.stop_all()
     redis_client.flushdb()
+
+
+@pytest.fixture
+def fake_stripe(settings) -> Iterator:
+    """A fake Stripe API on a local port, with this process's settings pointed at it.
+
+    Worker processes get the same settings with ``workers.start(..., **fake_stripe.env())``.
+    """
+    from tests.fakes.stripe_server import FakeStripe
+
+    fake = FakeStripe().start()
+    for name, value in fake.env().items():
+        setattr(settings, name, float(value) if name == "STRIPE_TIMEOUT" else value)
+    yield fake
+    fake.stop()
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1):

@@ -1,0 +1,100 @@
+"""Celery worker processes started, killed and stopped from Python.
+
+The test suite, the benchmark and the chaos run all need real worker processes that they can
+SIGKILL at will; this is the one place that knows how to start and stop them. Each worker runs
+in its own process group, so a kill takes its pool children with it.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerPool:
+    def __init__(self, env: dict[str, str], *, app: str = "config", log_dir: Path | None = None):
+        self.env = env
+        self.app = app
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+        self._started = 0
+
+    def start(
+        self,
+        queues: str = "default",
+        *,
+        name: str | None = None,
+        pool: str = "solo",
+        concurrency: int = 1,
+        loglevel: str = "WARNING",
+        **extra_env: str,
+    ) -> subprocess.Popen:
+        """Start one worker consuming ``queues``. The solo pool runs tasks in the worker
+        process itself, so a SIGKILL of that process kills the task mid-flight."""
+        self._started += 1
+        name = name or f"w{self._started}"
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-Q",
+            queues,
+            "-n",
+            f"{name}@%h",
+            "-l",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"{name}.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**self.env, **extra_env},
+                start_new_session=True,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+            )
+        finally:
+            if output is not None:
+                output.close()
+        self.procs.append(proc)
+        return proc
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [proc for proc in self.procs if proc.poll() is None]
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the worker and everything it started: no cleanup, no acknowledgement."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self, *, grace: float = 10) -> None:
+        """Warm shutdown (SIGTERM) of every worker; SIGKILL whatever outlives ``grace``."""
+        for proc in self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(proc)

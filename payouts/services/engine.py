@@ -1,0 +1,633 @@
+"""The payout job engine: settle a job, create its entries in slices, pay them in batches,
+finalize, notify, watch.
+
+State machines (DESIGN.md section 4)::
+
+    PayoutJob:   queued -> expanding -> running <-> paused
+                 running -> completed | completed_with_failures      (finalize)
+                 queued | expanding | running | paused -> cancelled  (staff)
+                 completed_with_failures -> running                  (retry failed entries)
+    PayoutEntry: pending -> completed                                (ledger rail, one transaction)
+                 pending -> processing -> completed | retryable | failed   (stripe rail)
+                 retryable -> processing ...
+                 failed -> pending                                   (retry failed entries)
+                 pending | retryable -> cancelled                    (job cancelled)
+
+Who moves what:
+
+- ``payout_job_expand`` (worker): ``queued -> expanding`` in a short transaction (so staff see
+  it), then under the job row lock the settlement's terms (``settlement_terms``: pools, fee,
+  who gets a leftover unit), the job's totals and ``running`` commit together. The entries
+  are then created slice by slice (``payout_job_expand_chunk``, ``PAYOUT_EXPAND_CHUNK`` stakes
+  per transaction, each slice sending the next), and every slice starts batches at its own
+  first entry: a million-entry job pays its first slice while the later ones are created.
+  ``total_entries`` is known from the terms, so the job cannot finish before every slice
+  exists.
+- Batches are rail-specific; ``payout_batches_enqueue`` is the one place that picks the batch
+  task by ``job.rail``. Every rail's batch task takes the job id as its first argument.
+  ``payout_batch_ledger`` claims pending entries (``FOR UPDATE SKIP LOCKED``, keyset by id so
+  that dead index entries of already-paid rows are not rescanned), posts their ledger transfers
+  ``payout:<entry_id>`` escrow -> wallet and the wallet credits in one statement, marks them
+  ``completed``, bumps the job's counters and debits the escrow -- one transaction, so a
+  crash at any line pays a whole batch or none of it. The entry never shows ``processing`` on
+  this rail. Then it sends itself again (after commit) while it found work; a batch that
+  finds nothing tries to finalize.
+- ``payout_job_counters_bump`` and ``payout_job_finalize`` are the rail-independent helpers
+  (the Stripe rail calls them too). The counters are the truth about progress: an entry is
+  terminal when it is counted in ``completed_count``, ``failed_count`` or ``cancelled_count``,
+  so "nothing pending, processing or retryable" is ``completed + failed + cancelled == total``,
+  an O(1) check. Each rail must bump ``completed``/``failed`` in the transaction that makes an
+  entry terminal.
+- ``payout_job_finalize``: fee transfer escrow -> platform_fees (``fee:<job_id>``, the fee the
+  settlement computed, also when some entries failed), job ``completed`` or
+  ``completed_with_failures``, challenge ``resolving -> completed`` (a cancelled challenge
+  stays cancelled), escrow checked to hold exactly the failed entries' money (0 when none
+  failed); after commit, ``payout_job_notify`` inserts one notification per paid entry in
+  one statement.
+- ``payout_watchdog`` (beat, every minute): creates refund jobs for cancelled challenges,
+  re-sends the expansion of jobs stuck in ``queued``/``expanding`` or missing entries, and
+  batches of ``running`` jobs with no progress for a while (which also finalizes a job whose
+  last batch died before finalizing, and gives the Stripe rail's due retries and expired
+  leases a batch), cancels the leftover entries of a job whose cancellation was interrupted,
+  and re-sends lost notifications.
+
+Pause and cancel need no cooperation from running batches: a batch bumps the job counters only
+``WHERE status = 'running'``, and rolls back the whole batch if the job was paused or cancelled
+meanwhile; so no entry is paid after a pause or cancel commits.
+
+Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts. Fairness:
+every batch re-enqueues itself at the back of the ``payouts`` queue, so the batches of several
+jobs take turns on the workers.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import cache, partial
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from config.celery import app
+from core.errors import NotFound
+from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from payouts.services.ledger import system_account_id, transfer_post
+from payouts.services.settlement import (
+    SettlementTerms,
+    payout_entries_insert,
+    settlement_terms,
+)
+
+logger = logging.getLogger(__name__)
+
+EXPAND_TASK = "payouts.tasks.payout_job_expand_task"
+EXPAND_CHUNK_TASK = "payouts.tasks.payout_job_expand_chunk_task"
+NOTIFY_TASK = "payouts.tasks.payout_job_notify_task"
+BATCH_TASKS: dict[str, str] = {
+    PayoutJob.Rail.LEDGER: "payouts.tasks.payout_batch_ledger_task",
+    PayoutJob.Rail.STRIPE: "payouts.tasks.payout_batch_stripe_task",
+}
+# A job that made no progress for this long has no batch in flight (a batch takes well under a
+# second), so the watchdog sends it new ones.
+WATCHDOG_STALE_SECONDS = 60
+# Expansions at least this large refresh the planner's statistics of the entries table before
+# the batches start, so their claim query never runs on a plan made for an empty table.
+ANALYZE_ENTRIES_THRESHOLD = 50_000
+PROGRESS_INTERVAL_MS = 1_000
+
+EXPANDABLE = (PayoutJob.Status.QUEUED, PayoutJob.Status.EXPANDING)
+# States in which an expansion that lost a slice is resumed (a cancelled job's late entries
+# are cancelled by the watchdog, so its counters still add up).
+RESUMABLE = (PayoutJob.Status.RUNNING, PayoutJob.Status.PAUSED, PayoutJob.Status.CANCELLED)
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def expand_enqueue(*, job_id: int) -> None:
+    """Send the expansion task of a job (call it after commit)."""
+    app.send_task(EXPAND_TASK, args=[job_id])
+
+
+def payout_batches_enqueue(*, job_id: int, rail: str, count: int, after_id: int = 0) -> None:
+    """Send ``count`` batch tasks for a job, picking the batch task of its rail.
+
+    ``after_id`` tells the ledger rail where its keyset claim starts; other rails' batch
+    tasks take the job id only. Extra batches are harmless (they claim with SKIP LOCKED and
+    post with unique keys), so this is safe to call twice.
+    """
+    kwargs = {"after_id": after_id} if rail == PayoutJob.Rail.LEDGER and after_id else {}
+    for _ in range(count):
+        app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs)
+
+
+def _job_terms(job: PayoutJob) -> SettlementTerms:
+    payout = job.kind == PayoutJob.Kind.PAYOUT
+    with connection.cursor() as cursor:
+        # The settlement sorts every winner by remainder: in memory, not in temp files.
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+    return settlement_terms(
+        challenge_id=job.challenge_id,
+        winning_side=job.winning_side if payout else None,
+        fee_bps=job.fee_bps,
+    )
+
+
+def _entries_missing(job: PayoutJob) -> bool:
+    return PayoutEntry.objects.filter(job=job).count() < job.total_entries
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    terms: SettlementTerms
+    next_stake_id: int | None  # where the next slice starts (its task is sent), or None
+
+
+def payout_job_expand(*, job_id: int) -> Expansion | None:
+    """Settle a queued job, create its first slice of entries and start paying them.
+
+    Under the job row lock: the settlement's terms (``settlement_terms``), the job's totals,
+    ``running`` and the first slice of entries commit together; after commit the batches and
+    the next slice's task are sent (a job with no stake at all gets a batch at once, which
+    finalizes it). Idempotent: a rerun finds the job running and does nothing -- unless some
+    of its entries are missing (a slice's task was lost), in which case it goes through the
+    slices again from the first, skipping what exists. None when there was nothing to do.
+    """
+    PayoutJob.objects.filter(pk=job_id, status=PayoutJob.Status.QUEUED).update(
+        status=PayoutJob.Status.EXPANDING, updated_at=Now()
+    )
+    with transaction.atomic(durable=True):
+        job = PayoutJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            raise NotFound("No such payout job.", code="job_not_found")
+        if job.status in EXPANDABLE:
+            terms = _job_terms(job)
+            job.kind = PayoutJob.Kind.REFUND if terms.refund else job.kind
+            job.total_entries = terms.entries
+            job.total_amount = terms.total_amount
+            job.fee_amount = terms.fee
+            job.status = PayoutJob.Status.RUNNING
+            job.started_at = job.updated_at = timezone.now()
+            job.save(
+                update_fields=[
+                    "kind",
+                    "total_entries",
+                    "total_amount",
+                    "fee_amount",
+                    "status",
+                    "started_at",
+                    "updated_at",
+                ]
+            )
+        elif job.status in RESUMABLE and _entries_missing(job):
+            terms = _job_terms(job)
+        else:
+            return None
+        if terms.first_stake_id is None:
+            transaction.on_commit(
+                partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=1)
+            )
+            return Expansion(terms, None)
+        next_id = _slice_expand(
+            job_id=job.pk,
+            terms=terms,
+            from_stake_id=terms.first_stake_id,
+            job={"status": job.status, "rail": job.rail, "parallelism": job.parallelism},
+        )
+    return Expansion(terms, next_id)
+
+
+def payout_job_expand_chunk(*, job_id: int, terms: dict, from_stake_id: int) -> int | None:
+    """Create the entries of the next slice of stakes (sent by the slice before it).
+
+    One transaction per slice (idempotent: entries are unique per job and user); see
+    ``_slice_expand``. Returns where the slice after it starts, or None.
+    """
+    with transaction.atomic(durable=True):
+        job = PayoutJob.objects.filter(pk=job_id).values("status", "rail", "parallelism").first()
+        if job is None:
+            raise NotFound("No such payout job.", code="job_not_found")
+        return _slice_expand(
+            job_id=job_id,
+            terms=SettlementTerms(**terms),
+            from_stake_id=from_stake_id,
+            job=job,
+        )
+
+
+def _slice_expand(
+    *, job_id: int, terms: SettlementTerms, from_stake_id: int, job: Mapping[str, Any]
+) -> int | None:
+    """Insert one slice of ``PAYOUT_EXPAND_CHUNK`` stakes' entries; after commit, send the
+    next slice's task and, if the job is running, batches starting at this slice's first entry
+    (``parallelism`` of them for the first slice, one for each later slice), so payment starts
+    after the first slice instead of after the last. Slices are created whatever the job's
+    state, so that its counters always add up to ``total_entries``."""
+    limit = settings.PAYOUT_EXPAND_CHUNK
+    chunk = payout_entries_insert(
+        job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
+    )
+    first = from_stake_id == terms.first_stake_id
+    if first and chunk.inserted >= ANALYZE_ENTRIES_THRESHOLD:
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE payouts_payoutentry")
+    full = chunk.stakes == limit and chunk.last_stake_id is not None
+    next_id = chunk.last_stake_id + 1 if full and chunk.last_stake_id is not None else None
+    if next_id is not None:
+        transaction.on_commit(
+            partial(app.send_task, EXPAND_CHUNK_TASK, args=[job_id, asdict(terms), next_id])
+        )
+    if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
+        transaction.on_commit(
+            partial(
+                payout_batches_enqueue,
+                job_id=job_id,
+                rail=job["rail"],
+                count=job["parallelism"] if first else 1,
+                after_id=chunk.first_entry_id - 1,
+            )
+        )
+    return next_id
+
+
+def payout_job_counters_bump(
+    *,
+    job_id: int,
+    completed: int = 0,
+    failed: int = 0,
+    paid_amount: int = 0,
+    require_running: bool = False,
+) -> bool:
+    """Add to a job's counters; call it inside the transaction that made the entries terminal.
+
+    With ``require_running`` nothing changes and False comes back unless the job is
+    ``running`` (re-checked on the latest row version, so a pause committed a moment ago
+    counts): the ledger batch then rolls back. Rails whose money already left (a Stripe
+    transfer) record regardless of the job state.
+    """
+    jobs = PayoutJob.objects.filter(pk=job_id)
+    if require_running:
+        jobs = jobs.filter(status=PayoutJob.Status.RUNNING)
+    return bool(
+        jobs.update(
+            completed_count=F("completed_count") + completed,
+            failed_count=F("failed_count") + failed,
+            paid_amount=F("paid_amount") + paid_amount,
+            updated_at=Now(),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    claimed: int
+    paid_amount: int
+    last_id: int
+
+
+# Claim, post, credit and mark in one statement (no hot row touched here, so parallel batches
+# of one job do not wait on each other). Entries skipped by ON CONFLICT had been paid already:
+# they are marked, but no money moves again.
+_BATCH_SQL = """
+WITH claimed AS (
+    SELECT id, user_id, amount FROM payouts_payoutentry
+    WHERE job_id = %(job_id)s AND status = 'pending' AND id > %(after_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), targets AS (
+    SELECT c.id, c.amount, w.id AS wallet_id
+    FROM claimed AS c
+    JOIN payouts_account AS w
+      ON w.user_id = c.user_id AND w.kind = 'user_wallet' AND w.currency = %(currency)s
+), posted AS (
+    INSERT INTO payouts_transfer
+        (debit_account_id, credit_account_id, amount, kind, idempotency_key)
+    SELECT %(escrow_id)s, wallet_id, amount, %(kind)s, 'payout:' || id FROM targets
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING credit_account_id, amount
+), credited AS (
+    UPDATE payouts_account AS a SET balance = a.balance + p.amount
+    FROM posted AS p
+    WHERE a.id = p.credit_account_id
+    RETURNING p.amount
+), marked AS (
+    -- = ANY(array) keeps this an index lookup per entry; a join on the CTE lets the planner
+    -- pick a hash join over a scan of the whole entries table.
+    UPDATE payouts_payoutentry AS e SET status = 'completed', completed_at = now()
+    WHERE e.id = ANY(ARRAY(SELECT id FROM targets))
+    RETURNING e.id
+)
+SELECT (SELECT count(*) FROM marked),
+       (SELECT coalesce(sum(amount), 0) FROM credited),
+       (SELECT coalesce(max(id), 0) FROM claimed)
+"""
+
+_ESCROW_DEBIT_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
+
+
+def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
+    """Pay up to ``batch_size`` pending entries of a running ledger-rail job, then keep going.
+
+    One transaction: claim (SKIP LOCKED, entries after ``after_id``), transfers
+    ``payout:<entry_id>`` escrow -> wallet, wallet credits, entries ``completed``, job counters,
+    escrow debit. Idempotent (a duplicate message claims other entries or none; the unique
+    transfer key pays nobody twice) and crash-safe (nothing commits halfway). After commit it
+    sends the next batch of its chain if it found work, or tries to finalize if it found none,
+    and publishes progress at most once a second per job. Does nothing unless the job is
+    ``running``; a pause or cancel committed during the batch rolls it back.
+    """
+    job = (
+        PayoutJob.objects.filter(pk=job_id)
+        .values("status", "kind", "batch_size", "rail", "challenge__escrow_id")
+        .first()
+    )
+    if job is None or job["status"] != PayoutJob.Status.RUNNING:
+        return BatchOutcome(0, 0, after_id)
+    params = {
+        "job_id": job_id,
+        "after_id": after_id,
+        "limit": job["batch_size"],
+        "currency": settings.CURRENCY,
+        "escrow_id": job["challenge__escrow_id"],
+        # The job kinds are also transfer kinds: "payout" or "refund".
+        "kind": job["kind"],
+    }
+    with transaction.atomic(durable=True):
+        with connection.cursor() as cursor:
+            cursor.execute(_BATCH_SQL, params)
+            claimed, paid, last_id = cursor.fetchone()
+        if claimed:
+            with connection.cursor() as cursor:
+                # Run the deferred foreign-key checks of the rows inserted above now, before
+                # the job row and the escrow are locked: at commit they would hold those hot
+                # rows while checking, and parallel batches of the job would queue on them.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            if not payout_job_counters_bump(
+                job_id=job_id, completed=claimed, paid_amount=paid, require_running=True
+            ):
+                # Paused or cancelled meanwhile: this batch must not pay anyone.
+                transaction.set_rollback(True)
+                return BatchOutcome(0, 0, after_id)
+            with connection.cursor() as cursor:
+                cursor.execute(_ESCROW_DEBIT_SQL, [paid, params["escrow_id"]])
+            transaction.on_commit(
+                partial(
+                    app.send_task,
+                    BATCH_TASKS[job["rail"]],
+                    args=[job_id],
+                    kwargs={"after_id": last_id},
+                )
+            )
+    if not claimed:
+        payout_job_finalize(job_id=job_id)
+    payout_progress_publish(job_id=job_id)
+    return BatchOutcome(int(claimed), int(paid), int(last_id) or after_id)
+
+
+_NOTIFY_SELECT = """
+SELECT e.user_id, %s, %s, %s,
+       format(%s, e.amount, %s, %s), 'normal',
+       jsonb_build_object('payout_job_id', e.job_id, 'entry_id', e.id, 'amount', e.amount),
+       'payout:' || e.id
+FROM payouts_payoutentry AS e
+WHERE e.job_id = %s AND e.status = 'completed'
+"""
+
+
+def payout_job_notify(*, job_id: int) -> int:
+    """Notify every staker a job paid, once (dedup key ``payout:<entry_id>``); one statement.
+
+    Sent by ``payout_job_finalize`` after commit, and by the watchdog for a finished job whose
+    last paid entry has no notification. Idempotent: what exists is skipped. Returns how many
+    notifications were created.
+    """
+    from notifications.models import Notification
+    from notifications.services import notifications_insert_select
+
+    job = PayoutJob.objects.select_related("challenge").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("No such payout job.", code="job_not_found")
+    if job.kind == PayoutJob.Kind.REFUND:
+        kind, title = Notification.Kind.REFUND, "Your stake was refunded"
+        body = 'Your %s %s stake on "%s" is back in your wallet.'
+    else:
+        kind, title = Notification.Kind.PAYOUT, "You won a challenge"
+        body = '%s %s paid to your wallet for "%s".'
+    with transaction.atomic(durable=True):
+        ids = notifications_insert_select(
+            select_sql=_NOTIFY_SELECT,
+            params=[
+                kind,
+                job.challenge_id,
+                title,
+                body,
+                settings.CURRENCY,
+                job.challenge.title,
+                job.pk,
+            ],
+        )
+    return len(ids)
+
+
+class LedgerMismatch(Exception):
+    """The escrow does not hold what the job's counters say it must: finalizing stops."""
+
+
+def payout_job_finalize(*, job_id: int) -> bool:
+    """Close a running job whose every entry is terminal; False when it is not (yet) closable.
+
+    Idempotent (the job row lock and the status check let one caller through; the fee
+    transfer has the unique key ``fee:<job_id>``) and rail-independent. Posts the fee the
+    settlement computed, checks that the escrow then holds exactly the unpaid (failed) amount
+    -- 0 when everything was paid -- and raises ``LedgerMismatch`` otherwise, sets the job to
+    ``completed`` or ``completed_with_failures`` and completes the challenge; after commit it
+    sends the notification of every paid staker (``payout_job_notify``), which takes a while
+    for a million stakers and so runs as its own task, not inside the money transaction.
+    """
+    job = PayoutJob.objects.filter(pk=job_id).first()
+    # Unlocked look first: batches that found nothing call this while others still work.
+    if job is None or job.status != PayoutJob.Status.RUNNING or _open_entries(job):
+        return False
+    with transaction.atomic(durable=True):
+        job = (
+            PayoutJob.objects.select_for_update(of=("self",))
+            .select_related("challenge")
+            .get(pk=job_id)
+        )
+        if job.status != PayoutJob.Status.RUNNING or _open_entries(job):
+            return False
+        escrow_id = job.challenge.escrow_id
+        if job.fee_amount:
+            transfer_post(
+                debit_account_id=escrow_id,
+                credit_account_id=system_account_id(Account.Kind.PLATFORM_FEES),
+                amount=job.fee_amount,
+                kind=Transfer.Kind.FEE,
+                idempotency_key=f"fee:{job.pk}",
+            )
+        escrow = Account.objects.get(pk=escrow_id)
+        unpaid = job.total_amount - job.paid_amount
+        if escrow.balance != unpaid:
+            raise LedgerMismatch(
+                f"job {job.pk}: escrow {escrow_id} holds {escrow.balance}, expected {unpaid}"
+            )
+        now = timezone.now()
+        job.status = (
+            PayoutJob.Status.COMPLETED_WITH_FAILURES
+            if job.failed_count
+            else PayoutJob.Status.COMPLETED
+        )
+        job.finished_at = now
+        job.updated_at = now
+        job.save(update_fields=["status", "finished_at", "updated_at"])
+        challenge = job.challenge
+        if challenge.status == challenge.Status.RESOLVING:
+            challenge.status = challenge.Status.COMPLETED
+            challenge.completed_at = now
+            challenge.updated_at = now
+            challenge.save(update_fields=["status", "completed_at", "updated_at"])
+        transaction.on_commit(partial(app.send_task, NOTIFY_TASK, args=[job.pk]))
+        transaction.on_commit(partial(payout_progress_publish, job_id=job.pk, force=True))
+    return True
+
+
+def _open_entries(job: PayoutJob) -> int:
+    return job.total_entries - job.completed_count - job.failed_count - job.cancelled_count
+
+
+def payout_progress_publish(*, job_id: int, force: bool = False) -> bool:
+    """Push the job's progress to the staff channel, at most once a second per job.
+
+    The Redis key ``SET NX PX`` lets one publisher per second through, across all workers.
+    Best effort: a failing push is logged and never fails the money work that called it.
+    """
+    from notifications.services import staff_event_publish
+    from payouts.selectors import payout_job_progress
+
+    try:
+        if not force and not _redis().set(
+            f"payout_job:{job_id}:progress", 1, nx=True, px=PROGRESS_INTERVAL_MS
+        ):
+            return False
+        job = PayoutJob.objects.filter(pk=job_id).first()
+        if job is None:
+            return False
+        progress = payout_job_progress(job=job)
+        # Timestamps stay out: the event must be plain JSON.
+        data = {k: v for k, v in progress.items() if not k.endswith("_at")}
+        staff_event_publish(event="payout_job.progress", data=data)
+    # Progress is cosmetic: whatever goes wrong here must not fail the payouts that called it.
+    except Exception:
+        logger.warning("progress push for payout job %s failed", job_id, exc_info=True)
+        return False
+    return True
+
+
+_CANCEL_ENTRIES_SQL = """
+WITH cancelled AS (
+    UPDATE payouts_payoutentry SET status = 'cancelled', lease_until = NULL
+    WHERE job_id = %s AND status IN ('pending', 'retryable')
+    RETURNING 1
+)
+UPDATE payouts_payoutjob SET cancelled_count = cancelled_count + (SELECT count(*) FROM cancelled),
+                             updated_at = now()
+WHERE id = %s
+RETURNING (SELECT count(*) FROM cancelled)
+"""
+
+
+def payout_job_cancel_entries(*, job_id: int) -> int:
+    """Cancel the pending and retryable entries of a cancelled job; return how many.
+
+    Their money stays in the escrow. Set-based and idempotent (a second run finds none). Waits
+    for batches that hold some of these entries: those roll back (the job is no longer
+    running) and release them.
+    """
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_CANCEL_ENTRIES_SQL, [job_id, job_id])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+_STALE_SQL = """
+UPDATE payouts_payoutjob SET updated_at = now()
+WHERE status = ANY(%s) AND updated_at < now() - make_interval(secs => %s)
+RETURNING id, rail, parallelism
+"""
+
+# Finished jobs of the last day whose last paid entry has no notification: the notification
+# task was lost (the notifications of a job are inserted by one statement, all or none).
+_UNNOTIFIED_SQL = """
+SELECT j.id FROM payouts_payoutjob AS j
+WHERE j.status IN ('completed', 'completed_with_failures') AND j.completed_count > 0
+  AND j.finished_at BETWEEN now() - interval '1 day' AND now() - make_interval(secs => %s)
+  AND NOT EXISTS (
+      SELECT 1 FROM notifications_notification AS n
+      WHERE n.dedup_key = 'payout:' || (
+          SELECT max(e.id) FROM payouts_payoutentry AS e
+          WHERE e.job_id = j.id AND e.status = 'completed'
+      )
+  )
+ORDER BY j.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogReport:
+    refund_jobs: list[int]
+    expansions: list[int]
+    restarted: list[int]
+    cancelled_entries: int
+    notified: list[int]
+
+
+def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogReport:
+    """The safety net under the self-driving batches (beat, every minute).
+
+    Creates refund jobs for cancelled challenges; re-sends the expansion of jobs stuck in
+    ``queued``/``expanding`` or missing entries, and batches of ``running`` jobs without
+    progress for ``stale_seconds``; finishes interrupted cancellations; re-sends lost
+    notifications. Safe to run twice at once: each stalled job is picked by an UPDATE that
+    refreshes ``updated_at``, so a concurrent run skips it, and everything it sends is
+    idempotent.
+    """
+    from payouts.services.jobs import refund_jobs_create_for_cancelled
+
+    refund_jobs = refund_jobs_create_for_cancelled()
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_STALE_SQL, [list(EXPANDABLE), stale_seconds])
+        expansions = [row[0] for row in cursor.fetchall()]
+        cursor.execute(_STALE_SQL, [[PayoutJob.Status.RUNNING], stale_seconds])
+        restarted = []
+        for job_id, rail, parallelism in cursor.fetchall():
+            if _entries_missing(PayoutJob.objects.get(pk=job_id)):
+                expansions.append(job_id)
+            else:
+                restarted.append(job_id)
+                transaction.on_commit(
+                    partial(payout_batches_enqueue, job_id=job_id, rail=rail, count=parallelism)
+                )
+        for job_id in expansions:
+            transaction.on_commit(partial(expand_enqueue, job_id=job_id))
+        cursor.execute(_UNNOTIFIED_SQL, [stale_seconds])
+        notified = [row[0] for row in cursor.fetchall()]
+        for job_id in notified:
+            transaction.on_commit(partial(app.send_task, NOTIFY_TASK, args=[job_id]))
+    cancelled = 0
+    unfinished = PayoutJob.objects.filter(
+        status=PayoutJob.Status.CANCELLED,
+        total_entries__gt=F("completed_count") + F("failed_count") + F("cancelled_count"),
+    )
+    for job in unfinished:
+        cancelled += payout_job_cancel_entries(job_id=job.pk)
+        if _entries_missing(job):
+            expand_enqueue(job_id=job.pk)
+    return WatchdogReport(refund_jobs, expansions, restarted, cancelled, notified)

@@ -1,0 +1,311 @@
+"""Starting payout jobs (resolve, cancel, automatic refunds) and the staff controls over them.
+
+Every staff action here runs in one durable transaction and is recorded in the audit trail in
+that transaction; work for the workers is sent only after commit. The job engine itself lives
+in ``payouts.services.engine``.
+"""
+
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from challenges.models import Challenge, Stake
+from core.errors import Conflict, InvalidInput, NotFound
+from core.services import audit_record
+from payouts.models import PayoutEntry, PayoutJob
+from payouts.services.engine import (
+    expand_enqueue,
+    payout_batches_enqueue,
+    payout_job_cancel_entries,
+)
+
+WINNING_SIDE: dict[str, str] = {
+    Challenge.Result.CHALLENGER_WON: Stake.Side.YES,
+    Challenge.Result.CHALLENGED_WON: Stake.Side.NO,
+}
+CANCELLABLE = (Challenge.Status.PENDING, Challenge.Status.ACTIVE, Challenge.Status.PENDING_ADMIN)
+# Refunds return stakes to the wallets they came from, whatever rail pays the winnings.
+REFUND_RAIL = PayoutJob.Rail.LEDGER
+
+
+def _rail_check(rail: str | None) -> str:
+    rail = rail or settings.PAYOUT_DEFAULT_RAIL
+    if rail not in PayoutJob.Rail.values:
+        raise InvalidInput(f"Unknown rail {rail!r}.", code="invalid_rail")
+    if rail == PayoutJob.Rail.STRIPE and not settings.STRIPE_API_KEY:
+        raise InvalidInput("Stripe payouts are not configured.", code="stripe_not_configured")
+    return rail
+
+
+def _challenge_locked(challenge_id: int) -> Challenge:
+    challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
+    if challenge is None:
+        raise NotFound("No such challenge.", code="challenge_not_found")
+    if challenge.status in (Challenge.Status.RESOLVING, Challenge.Status.COMPLETED):
+        raise Conflict("This challenge was resolved already.", code="already_resolved")
+    return challenge
+
+
+def _job_create(*, challenge: Challenge, kind: str, rail: str, winning_side: str, actor: Any):
+    try:
+        job = PayoutJob.objects.create(
+            challenge=challenge,
+            kind=kind,
+            rail=rail,
+            winning_side=winning_side,
+            fee_bps=settings.PLATFORM_FEE_BPS,
+            batch_size=settings.PAYOUT_BATCH_SIZE,
+            parallelism=settings.PAYOUT_PARALLELISM,
+            created_by=actor if getattr(actor, "pk", None) else None,
+        )
+    except IntegrityError as exc:
+        # UNIQUE(challenge): the row lock makes this unreachable through these services, but
+        # the database has the last word.
+        raise Conflict("This challenge has a payout job already.", code="already_resolved") from exc
+    transaction.on_commit(partial(expand_enqueue, job_id=job.pk))
+    return job
+
+
+def challenge_resolve(
+    *, challenge_id: int, result: str, actor: Any, rail: str | None = None
+) -> PayoutJob:
+    """Record a ``pending_admin`` challenge's result and create its payout job.
+
+    O(1) in the number of stakers (a constant number of queries: the per-side totals on the
+    challenge row decide payout or refund; the workers compute the amounts). Locks the
+    challenge row, so of two concurrent resolves one wins and the other gets
+    ``already_resolved``; the job's unique challenge is the database's guard. The fee rate,
+    batch size and parallelism are copied onto the job. Expansion is sent after commit.
+    Audited as ``challenge.resolve``.
+    """
+    if result not in Challenge.Result.values:
+        raise InvalidInput(
+            f"result must be one of {', '.join(Challenge.Result.values)}.", code="invalid_result"
+        )
+    rail = _rail_check(rail)
+    with transaction.atomic(durable=True):
+        challenge = _challenge_locked(challenge_id)
+        if challenge.status != Challenge.Status.PENDING_ADMIN:
+            raise Conflict(
+                f"Only challenges awaiting resolution can be resolved (this one is "
+                f"{challenge.status}).",
+                code="challenge_not_resolvable",
+            )
+        side = WINNING_SIDE.get(result, "")
+        winning_total = challenge.yes_total if side == Stake.Side.YES else challenge.no_total
+        payout = bool(side) and winning_total > 0
+        now = timezone.now()
+        challenge.status = Challenge.Status.RESOLVING
+        challenge.result = result
+        challenge.resolved_at = now
+        challenge.resolved_by = actor if getattr(actor, "pk", None) else None
+        challenge.updated_at = now
+        challenge.save(
+            update_fields=["status", "result", "resolved_at", "resolved_by", "updated_at"]
+        )
+        job = _job_create(
+            challenge=challenge,
+            kind=PayoutJob.Kind.PAYOUT if payout else PayoutJob.Kind.REFUND,
+            rail=rail if payout else REFUND_RAIL,
+            winning_side=side if payout else "",
+            actor=actor,
+        )
+        audit_record(
+            actor=actor,
+            action="challenge.resolve",
+            target_type="challenge",
+            target_id=challenge.pk,
+            details={"result": result, "payout_job_id": job.pk, "kind": job.kind, "rail": job.rail},
+        )
+    return job
+
+
+def challenge_cancel(*, challenge_id: int, actor: Any) -> PayoutJob:
+    """Cancel an unresolved challenge and create the job that refunds every stake in full.
+
+    Allowed from ``pending``, ``active`` and ``pending_admin``; locks the challenge row (the
+    staking service takes the same lock, so no stake lands after the cancel). Audited as
+    ``challenge.cancel``.
+    """
+    with transaction.atomic(durable=True):
+        challenge = _challenge_locked(challenge_id)
+        if challenge.status not in CANCELLABLE:
+            raise Conflict(
+                f"A {challenge.status} challenge cannot be cancelled.",
+                code="challenge_not_cancellable",
+            )
+        challenge.status = Challenge.Status.CANCELLED
+        challenge.updated_at = timezone.now()
+        challenge.save(update_fields=["status", "updated_at"])
+        job = _job_create(
+            challenge=challenge,
+            kind=PayoutJob.Kind.REFUND,
+            rail=REFUND_RAIL,
+            winning_side="",
+            actor=actor,
+        )
+        audit_record(
+            actor=actor,
+            action="challenge.cancel",
+            target_type="challenge",
+            target_id=challenge.pk,
+            details={"payout_job_id": job.pk},
+        )
+    return job
+
+
+_REFUND_JOBS_SQL = """
+INSERT INTO payouts_payoutjob
+    (challenge_id, kind, rail, status, winning_side, fee_bps, batch_size, parallelism,
+     total_entries, completed_count, failed_count, cancelled_count, total_amount, paid_amount,
+     fee_amount)
+SELECT c.id, 'refund', %s, 'queued', '', %s, %s, %s, 0, 0, 0, 0, 0, 0, 0
+FROM challenges_challenge AS c
+WHERE c.status = 'cancelled'
+  AND EXISTS (SELECT 1 FROM challenges_stake AS s WHERE s.challenge_id = c.id)
+  AND NOT EXISTS (SELECT 1 FROM payouts_payoutjob AS j WHERE j.challenge_id = c.id)
+ORDER BY c.id
+ON CONFLICT (challenge_id) DO NOTHING
+RETURNING id
+"""
+
+
+def refund_jobs_create_for_cancelled() -> list[int]:
+    """Create a refund job for every cancelled challenge that has stakes and no job yet.
+
+    One statement whatever the number of challenges; idempotent and safe to run twice at once
+    (the unique challenge makes a concurrent run insert nothing). The deadline sweep calls it
+    after cancelling expired challenges, and the watchdog calls it every minute. Returns the
+    new job ids; their expansion is sent after commit.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _REFUND_JOBS_SQL,
+            [
+                REFUND_RAIL,
+                settings.PLATFORM_FEE_BPS,
+                settings.PAYOUT_BATCH_SIZE,
+                settings.PAYOUT_PARALLELISM,
+            ],
+        )
+        job_ids = [row[0] for row in cursor.fetchall()]
+        for job_id in job_ids:
+            transaction.on_commit(partial(expand_enqueue, job_id=job_id))
+    return job_ids
+
+
+def _job_locked(job_id: int) -> PayoutJob:
+    job = PayoutJob.objects.select_for_update().filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("No such payout job.", code="job_not_found")
+    return job
+
+
+def _state_check(job: PayoutJob, action: str, allowed: tuple[str, ...]) -> None:
+    if job.status not in allowed:
+        raise Conflict(f"A {job.status} job cannot be {action}.", code="invalid_job_state")
+
+
+def _audit(actor: Any, action: str, job: PayoutJob, **details: Any) -> None:
+    audit_record(
+        actor=actor,
+        action=f"payout_job.{action}",
+        target_type="payout_job",
+        target_id=job.pk,
+        details={"status": job.status, **details},
+    )
+
+
+def payout_job_pause(*, job_id: int, actor: Any) -> PayoutJob:
+    """Pause a running job: no batch commits after this commits (in-flight ones roll back)."""
+    with transaction.atomic(durable=True):
+        job = _job_locked(job_id)
+        _state_check(job, "paused", (PayoutJob.Status.RUNNING,))
+        job.status = PayoutJob.Status.PAUSED
+        job.updated_at = timezone.now()
+        job.save(update_fields=["status", "updated_at"])
+        _audit(actor, "pause", job)
+    return job
+
+
+def payout_job_resume(*, job_id: int, actor: Any) -> PayoutJob:
+    """Resume a paused job: it becomes running and gets fresh batches after commit."""
+    with transaction.atomic(durable=True):
+        job = _job_locked(job_id)
+        _state_check(job, "resumed", (PayoutJob.Status.PAUSED,))
+        job.status = PayoutJob.Status.RUNNING
+        job.updated_at = timezone.now()
+        job.save(update_fields=["status", "updated_at"])
+        _audit(actor, "resume", job)
+        transaction.on_commit(
+            partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=job.parallelism)
+        )
+    return job
+
+
+def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
+    """Cancel an unfinished job: its pending and retryable entries become ``cancelled``.
+
+    Two steps, so that the job row is never held while waiting for entry locks (that would
+    deadlock with a batch holding entries and waiting for the job row): first the job becomes
+    ``cancelled`` (audited), which makes every in-flight batch roll back; then its open entries
+    are cancelled. If the process dies in between, the watchdog finishes the second step.
+    Cancelled entries are never paid; their money stays in the challenge's escrow (exactly the
+    cancelled amounts plus the uncollected fee), where staff can see it and refund it.
+    """
+    with transaction.atomic(durable=True):
+        job = _job_locked(job_id)
+        _state_check(job, "cancelled", PayoutJob.ACTIVE_STATUSES)
+        job.status = PayoutJob.Status.CANCELLED
+        job.finished_at = job.updated_at = timezone.now()
+        job.save(update_fields=["status", "finished_at", "updated_at"])
+        _audit(actor, "cancel", job)
+    payout_job_cancel_entries(job_id=job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def payout_job_retry_failed(*, job_id: int, actor: Any) -> PayoutJob:
+    """Give every failed entry of a job a fresh start (``pending``, attempts reset).
+
+    Allowed while the job is running or paused, and after it completed with failures (it
+    runs again and finalizes again; the fee is never collected twice). Set-based; audited with
+    the number of entries retried.
+    """
+    with transaction.atomic(durable=True):
+        job = _job_locked(job_id)
+        _state_check(
+            job,
+            "retried",
+            (
+                PayoutJob.Status.RUNNING,
+                PayoutJob.Status.PAUSED,
+                PayoutJob.Status.COMPLETED_WITH_FAILURES,
+            ),
+        )
+        retried = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED).update(
+            status=PayoutEntry.Status.PENDING,
+            attempt_count=0,
+            next_attempt_at=None,
+            lease_until=None,
+            failure_reason="",
+        )
+        if not retried:
+            raise Conflict("This job has no failed entries.", code="no_failed_entries")
+        if job.status == PayoutJob.Status.COMPLETED_WITH_FAILURES:
+            job.status = PayoutJob.Status.RUNNING
+            job.finished_at = None
+        job.failed_count = F("failed_count") - retried
+        job.updated_at = timezone.now()
+        job.save(update_fields=["status", "finished_at", "failed_count", "updated_at"])
+        _audit(actor, "retry_failed", job, entries=retried)
+        if job.status == PayoutJob.Status.RUNNING:
+            transaction.on_commit(
+                partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=job.parallelism)
+            )
+    job.refresh_from_db()
+    return job

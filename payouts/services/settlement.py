@@ -1,0 +1,252 @@
+"""Settlement: how much each staker of a resolved challenge receives (DESIGN.md section 3).
+
+Pari-mutuel with the fee on the winnings only:
+
+- ``fee = losing_pool * fee_bps // 10000`` and ``distributable = losing_pool - fee``;
+- each winner gets ``stake + floor(stake * distributable / winning_pool)``; the units the
+  flooring leaves over go one each to the winners with the largest remainders, ties to the
+  lower stake id; so the winners receive exactly ``winning_pool + distributable``;
+- a refund (draw, cancellation, or a winning side nobody staked on) returns every stake in
+  full, fee 0.
+
+``settlement_terms`` computes the global figures in PostgreSQL in two passes over the stakes
+(the pools and the fee; then which winners get a leftover unit, by ranking the remainders),
+and ``payout_entries_insert`` then creates the entries of any slice of the stakes with one
+``INSERT ... SELECT``, so a million stakes never travel to Python and the slices can be paid
+while later ones are still being created. ``settlement_compute`` is the same rule in plain
+Python: the oracle the property tests hold the SQL to. Products such as
+``stake * distributable`` reach 10**33 for amounts up to 10**15, past bigint, so the SQL
+computes them in ``numeric`` (exact) -- or in bigint when ``winning_pool * distributable``
+fits, which bounds every product -- and casts each final amount back to bigint; Python
+integers are exact anyway.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+
+@dataclass(frozen=True, slots=True)
+class StakeRow:
+    id: int
+    side: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    amounts: dict[int, int]  # stake id -> amount paid to that staker (refunded stakers included)
+    fee: int
+
+
+def settlement_compute(
+    *, stakes: Iterable[StakeRow], winning_side: str | None, fee_bps: int
+) -> Settlement:
+    """The settlement rule in pure Python (the test oracle of the SQL version).
+
+    ``winning_side`` None means a refund. A winning side with no stake also refunds everyone.
+    Losers get no row.
+    """
+    stakes = list(stakes)
+    winners = [s for s in stakes if s.side == winning_side]
+    if winning_side is None or not winners:
+        return Settlement({s.id: s.amount for s in stakes}, 0)
+    winning_pool = sum(s.amount for s in winners)
+    losing_pool = sum(s.amount for s in stakes) - winning_pool
+    fee = losing_pool * fee_bps // 10_000
+    distributable = losing_pool - fee
+    shares = {s.id: divmod(s.amount * distributable, winning_pool) for s in winners}
+    leftover = distributable - sum(q for q, _ in shares.values())
+    lucky = sorted(winners, key=lambda s: (-shares[s.id][1], s.id))[:leftover]
+    lucky_ids = {s.id for s in lucky}
+    amounts = {s.id: s.amount + shares[s.id][0] + (s.id in lucky_ids) for s in winners}
+    return Settlement(amounts, fee)
+
+
+_POOLS_SQL = """
+SELECT coalesce(sum(amount) FILTER (WHERE side = %(side)s), 0),
+       coalesce(sum(amount) FILTER (WHERE side <> %(side)s), 0),
+       count(*) FILTER (WHERE side = %(side)s),
+       min(id) FILTER (WHERE side = %(side)s)
+FROM challenges_stake
+WHERE challenge_id = %(challenge_id)s
+"""
+
+# How many units the flooring leaves over, and the last winner who receives one of them (the
+# cut) in the order (remainder desc, stake id asc): with the cut, any slice of the stakes can
+# then be settled on its own.
+_LEFTOVER_SQL = """
+WITH shares AS (
+    SELECT id, {share} AS share, {remainder} AS remainder
+    FROM challenges_stake
+    WHERE challenge_id = %(challenge_id)s AND side = %(side)s
+), leftover AS (
+    SELECT (%(distributable)s - coalesce(sum(share), 0))::bigint AS units FROM shares
+), cut AS (
+    SELECT remainder, id FROM shares
+    ORDER BY remainder DESC, id
+    OFFSET (SELECT greatest(units - 1, 0) FROM leftover) LIMIT 1
+)
+SELECT l.units,
+       CASE WHEN l.units > 0 THEN (SELECT remainder FROM cut) END,
+       CASE WHEN l.units > 0 THEN (SELECT id FROM cut) END
+FROM leftover AS l
+"""
+
+# stake * distributable in bigint when it cannot overflow (stake <= winning pool), which is
+# several times faster; in numeric otherwise.
+_BIGINT_SHARE = "(amount * %(distributable)s::bigint) / %(winning)s::bigint"
+_BIGINT_REMAINDER = "(amount * %(distributable)s::bigint) %% %(winning)s::bigint"
+_NUMERIC_SHARE = "div(amount * %(distributable)s::numeric, %(winning)s::numeric)"
+_NUMERIC_REMAINDER = "mod(amount * %(distributable)s::numeric, %(winning)s::numeric)"
+BIGINT_MAX = 2**63 - 1
+
+
+def _share_sql(winning: int, distributable: int) -> dict[str, str]:
+    if winning * distributable <= BIGINT_MAX:
+        return {"share": _BIGINT_SHARE, "remainder": _BIGINT_REMAINDER}
+    return {"share": _NUMERIC_SHARE, "remainder": _NUMERIC_REMAINDER}
+
+
+_REFUND_TERMS_SQL = """
+SELECT count(*), min(id), coalesce(sum(amount), 0) FROM challenges_stake
+WHERE challenge_id = %(challenge_id)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementTerms:
+    """What a job pays, decided once for the whole challenge (plain ints: it travels in task
+    arguments to the expansion chunks)."""
+
+    challenge_id: int
+    refund: bool
+    winning_side: str | None
+    entries: int
+    first_stake_id: int | None
+    total_amount: int
+    fee: int
+    winning_pool: int = 0
+    distributable: int = 0
+    leftover: int = 0
+    cut_remainder: int | None = None
+    cut_id: int | None = None
+
+
+def settlement_terms(
+    *, challenge_id: int, winning_side: str | None, fee_bps: int
+) -> SettlementTerms:
+    """The settlement of a challenge's stakes as a whole (read-only, one or two queries).
+
+    ``winning_side`` None, or a side nobody staked on, refunds every stake.
+    """
+    params: dict[str, Any] = {"challenge_id": challenge_id, "side": winning_side}
+    with connection.cursor() as cursor:
+        if winning_side is not None:
+            cursor.execute(_POOLS_SQL, params)
+            winning, losing, winners, first_id = (int(v or 0) for v in cursor.fetchone())
+            if winners:
+                fee = losing * fee_bps // 10_000
+                distributable = losing - fee
+                params.update(winning=winning, distributable=distributable)
+                cursor.execute(_LEFTOVER_SQL.format(**_share_sql(winning, distributable)), params)
+                leftover, cut_rem, cut_id = cursor.fetchone()
+                return SettlementTerms(
+                    challenge_id=challenge_id,
+                    refund=False,
+                    winning_side=winning_side,
+                    entries=winners,
+                    first_stake_id=first_id,
+                    total_amount=winning + distributable,
+                    fee=fee,
+                    winning_pool=winning,
+                    distributable=distributable,
+                    leftover=leftover,
+                    cut_remainder=None if cut_rem is None else int(cut_rem),
+                    cut_id=cut_id,
+                )
+        cursor.execute(_REFUND_TERMS_SQL, params)
+        count, first_id, total = cursor.fetchone()
+    return SettlementTerms(
+        challenge_id=challenge_id,
+        refund=True,
+        winning_side=None,
+        entries=count,
+        first_stake_id=first_id,
+        total_amount=int(total),
+        fee=0,
+    )
+
+
+# One slice of the stakes (by id) becomes entries. A winner gets a leftover unit when
+# (remainder, -id) >= (cut remainder, -cut id): exactly the first ``leftover`` winners in the
+# order (remainder desc, id asc).
+_ENTRIES_SQL = """
+WITH slice AS (
+    SELECT s.id, s.user_id, s.amount FROM challenges_stake AS s
+    WHERE s.challenge_id = %(challenge_id)s AND s.id >= %(from_id)s {side_filter}
+    ORDER BY s.id
+    LIMIT %(limit)s
+), ins AS (
+    INSERT INTO payouts_payoutentry
+        (job_id, user_id, stake_amount, amount, status, attempt_count, failure_reason,
+         last_error, stripe_transfer_id, created_at)
+    SELECT %(job_id)s, user_id, amount, ({amount})::bigint, 'pending', 0, '', '', '', now()
+    FROM slice
+    ORDER BY id
+    ON CONFLICT (job_id, user_id) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM slice), (SELECT max(id) FROM slice),
+       (SELECT count(*) FROM ins), (SELECT min(id) FROM ins)
+"""
+
+_PAYOUT_AMOUNT = """
+amount + {share}
++ CASE WHEN %(leftover)s > 0
+        AND ({remainder}, -id) >= (%(cut_remainder)s::numeric, -%(cut_id)s::bigint)
+       THEN 1 ELSE 0 END
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    stakes: int  # stakes read (fewer than the limit: this was the last slice)
+    last_stake_id: int | None
+    inserted: int
+    first_entry_id: int | None
+
+
+def payout_entries_insert(
+    *, job_id: int, terms: SettlementTerms, from_stake_id: int, limit: int
+) -> Chunk:
+    """Create the entries of up to ``limit`` stakes with id >= ``from_stake_id`` (the job's
+    winners, or every staker for a refund), each with its exact amount; one statement.
+
+    Idempotent per (job, user) through the unique constraint: a slice inserted twice (a
+    redelivered task) creates nothing the second time.
+    """
+    sql = _ENTRIES_SQL.format(
+        side_filter="" if terms.refund else "AND s.side = %(side)s",
+        amount="amount"
+        if terms.refund
+        else _PAYOUT_AMOUNT.format(**_share_sql(terms.winning_pool, terms.distributable)),
+    )
+    params: dict[str, Any] = {
+        "job_id": job_id,
+        "challenge_id": terms.challenge_id,
+        "side": terms.winning_side,
+        "from_id": from_stake_id,
+        "limit": limit,
+        "winning": terms.winning_pool,
+        "distributable": terms.distributable,
+        "leftover": terms.leftover,
+        "cut_remainder": terms.cut_remainder,
+        "cut_id": terms.cut_id,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        stakes, last_stake_id, inserted, first_entry_id = cursor.fetchone()
+    return Chunk(stakes, last_stake_id, inserted, first_entry_id)

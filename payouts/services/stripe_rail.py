@@ -1,0 +1,468 @@
+"""The Stripe rail: each entry of a ``rail=stripe`` job becomes one Stripe Connect transfer.
+
+How an entry is paid exactly once (DESIGN.md section 4, step 4):
+
+1. **Claim** (short transaction, ``FOR UPDATE SKIP LOCKED``): up to ``STRIPE_CLAIM_SIZE``
+   entries that are ``pending``, ``retryable`` and due, or ``processing`` with an expired lease
+   (their worker died) become ``processing`` with ``lease_until`` and ``attempt_count + 1``.
+2. **Call Stripe outside any transaction**, after a token from the Redis bucket shared by all
+   workers, with the idempotency key ``payout:<entry_id>``: whatever happened to an earlier
+   attempt (a timeout, a lost response, a worker killed before it saved the result), the same
+   key gives back the same transfer instead of a second one. Stripe forgets keys after 24
+   hours, so an entry first attempted more than 23 hours ago is first looked up in its job's
+   transfer group (by ``metadata.entry_id``) and only created when Stripe has none.
+3. **Record** (second short transaction per entry): success -> ``completed`` with the
+   ``stripe_transfer_id``, the ledger transfer escrow -> ``stripe_clearing`` (key
+   ``payout:<entry_id>``, unique) and the job counters; a transient error -> ``retryable`` with
+   ``next_attempt_at`` after exponential backoff with jitter; a permanent error or the last
+   allowed attempt -> ``failed`` with a DeadLetter row (subject ``payout_entry:<id>``), but
+   only after Stripe's transfer list shows that no lost answer hid a transfer for it. A
+   winner without an enabled connected account fails with ``stripe_account_not_connected``
+   without any call; their money stays in escrow until staff retry the job's failed entries.
+
+A result is recorded only by the attempt that owns the entry (``status = processing`` and its
+own ``attempt_count``), except a success, which is the truth whoever learns it. The batch task
+loops over claims for ``STRIPE_BATCH_SECONDS``, waits in-process for retries that fall due
+within that time, and re-sends itself while work remains; the engine's watchdog restarts jobs
+whose batches all died or whose retries are further off (the claim refreshes the job's
+``updated_at``, so a job still being worked on is not restarted on top of its batches).
+"""
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import DateTimeField
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
+
+from config.celery import app
+from core.errors import DomainError, InvalidInput
+from core.retry import backoff_delay
+from core.services import audit_record, dead_letter_record
+from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from payouts.services.connected_accounts import connected_account_sync, payout_destinations
+from payouts.services.engine import (
+    BATCH_TASKS,
+    payout_job_counters_bump,
+    payout_job_finalize,
+    payout_progress_publish,
+)
+from payouts.services.ledger import system_account_id, transfer_post
+from payouts.services.stripe_client import (
+    ACCOUNT_NOT_CONNECTED,
+    Outcome,
+    TransferResult,
+    error_classify,
+    transfer_create,
+    transfers_find,
+)
+
+logger = logging.getLogger(__name__)
+
+# Stripe keeps idempotency keys for 24 hours; an hour of margin for slow retries.
+RECONCILE_AFTER = timedelta(hours=23)
+STRIPE_RAIL_TASK = BATCH_TASKS[PayoutJob.Rail.STRIPE]
+
+
+def _db_clock_plus(seconds: float) -> RawSQL:
+    """The database's clock (not the transaction's start) plus ``seconds``.
+
+    Every lease and due time is set and compared on this one clock, so workers with skewed
+    clocks agree on when an entry falls due.
+    """
+    return RawSQL("statement_timestamp() + make_interval(secs => %s)", [seconds], DateTimeField())
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEntry:
+    id: int
+    user_id: int
+    amount: int
+    attempt: int
+    # First attempted more than RECONCILE_AFTER ago (by the database clock).
+    reconcile: bool
+
+
+# The job must be running (a pause or cancel stops new claims at once); its updated_at is
+# refreshed so the watchdog sees the job being worked on.
+_CLAIM_SQL = """
+WITH job AS (
+    UPDATE payouts_payoutjob SET updated_at = statement_timestamp()
+    WHERE id = %(job_id)s AND status = 'running'
+    RETURNING id
+), picked AS (
+    SELECT e.id FROM payouts_payoutentry AS e
+    WHERE e.job_id = (SELECT id FROM job)
+      AND (e.status = 'pending'
+           OR (e.status = 'retryable' AND e.next_attempt_at <= statement_timestamp())
+           OR (e.status = 'processing' AND e.lease_until < statement_timestamp()))
+    ORDER BY e.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE payouts_payoutentry AS e
+SET status = 'processing',
+    lease_until = statement_timestamp() + make_interval(secs => %(lease)s),
+    attempt_count = e.attempt_count + 1,
+    first_attempt_at = coalesce(e.first_attempt_at, statement_timestamp()),
+    next_attempt_at = NULL
+FROM picked
+WHERE e.id = picked.id
+RETURNING e.id, e.user_id, e.amount, e.attempt_count,
+          e.first_attempt_at < statement_timestamp() - make_interval(secs => %(reconcile_after)s)
+"""
+
+# When nothing is claimable: whether anything is still open, and when the next thing falls due.
+# (A pending entry that was not claimable is being claimed by another batch right now.)
+_NEXT_DUE_SQL = """
+SELECT EXISTS (SELECT 1 FROM payouts_payoutjob WHERE id = %s AND status = 'running'),
+       count(*),
+       extract(epoch FROM min(CASE status WHEN 'pending' THEN statement_timestamp()
+                                          WHEN 'retryable' THEN next_attempt_at
+                                          ELSE lease_until END) - statement_timestamp())::float
+FROM payouts_payoutentry
+WHERE job_id = %s AND status IN ('pending', 'retryable', 'processing')
+"""
+
+
+def stripe_entries_claim(*, job_id: int) -> tuple[list[ClaimedEntry], float]:
+    """Lease up to ``STRIPE_CLAIM_SIZE`` workable entries of a running job (one transaction).
+
+    Returns the entries and when their lease ends, on this process's monotonic clock.
+    Concurrent batches never claim the same entry (SKIP LOCKED); an entry whose worker died is
+    claimable again once its lease expires. Nothing is claimed unless the job is ``running``.
+    """
+    lease_end = time.monotonic() + settings.STRIPE_LEASE_SECONDS
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_SQL,
+            {
+                "job_id": job_id,
+                "limit": settings.STRIPE_CLAIM_SIZE,
+                "lease": settings.STRIPE_LEASE_SECONDS,
+                "reconcile_after": RECONCILE_AFTER.total_seconds(),
+            },
+        )
+        rows = cursor.fetchall()
+    return [ClaimedEntry(*row) for row in sorted(rows)], lease_end
+
+
+def _release(entries: list[ClaimedEntry]) -> None:
+    """Give back claimed entries that were never sent (the lease would run out first)."""
+    for entry in entries:
+        PayoutEntry.objects.filter(
+            pk=entry.id, status=PayoutEntry.Status.PROCESSING, attempt_count=entry.attempt
+        ).update(attempt_count=entry.attempt - 1, lease_until=_db_clock_plus(0))
+
+
+def stripe_entry_record_paid(*, job_id: int, entry: ClaimedEntry, transfer_id: str) -> bool:
+    """Record a transfer Stripe made for an entry; False if it was recorded already.
+
+    One transaction: entry ``completed`` with the transfer id, ledger transfer escrow ->
+    ``stripe_clearing`` (unique key ``payout:<entry_id>``, so at most one per entry), job
+    counters. Accepted from whichever attempt learns it while the entry is ``processing`` or
+    ``retryable`` (a stale worker's success is still a success).
+    """
+    with transaction.atomic(durable=True):
+        marked = PayoutEntry.objects.filter(
+            pk=entry.id,
+            status__in=[PayoutEntry.Status.PROCESSING, PayoutEntry.Status.RETRYABLE],
+        ).update(
+            status=PayoutEntry.Status.COMPLETED,
+            stripe_transfer_id=transfer_id,
+            completed_at=Now(),
+            lease_until=None,
+            next_attempt_at=None,
+            failure_reason="",
+            last_error="",
+        )
+        if not marked:
+            return False
+        # Job row before accounts: the engine's lock order (finalize holds the job, then
+        # posts from the escrow).
+        payout_job_counters_bump(job_id=job_id, completed=1, paid_amount=entry.amount)
+        transfer_post(
+            debit_account_id=_escrow_id(job_id),
+            credit_account_id=system_account_id(Account.Kind.STRIPE_CLEARING),
+            amount=entry.amount,
+            kind=Transfer.Kind.STRIPE_PAYOUT,
+            idempotency_key=f"payout:{entry.id}",
+        )
+    return True
+
+
+def _escrow_id(job_id: int) -> int:
+    return PayoutJob.objects.values_list("challenge__escrow_id", flat=True).get(pk=job_id)
+
+
+def stripe_entry_record_failure(*, job_id: int, entry: ClaimedEntry, result: TransferResult) -> str:
+    """Record a failed attempt; return the entry's new status ('' if the attempt was stale).
+
+    Transient and attempts left -> ``retryable`` with ``next_attempt_at`` after exponential
+    backoff with jitter (``STRIPE_RETRY_BACKOFF_BASE``: 5, 10, 20, 40 s ...). Permanent, or the
+    ``STRIPE_MAX_ATTEMPTS``-th attempt -> ``failed``, job counter, and a DeadLetter row
+    (subject ``payout_entry:<id>``), in one transaction. Only the attempt that owns the entry
+    (still ``processing`` with its attempt number) writes.
+    """
+    exhausted = entry.attempt >= settings.STRIPE_MAX_ATTEMPTS
+    owned = PayoutEntry.objects.filter(
+        pk=entry.id, status=PayoutEntry.Status.PROCESSING, attempt_count=entry.attempt
+    )
+    if result.outcome == Outcome.TRANSIENT and not exhausted:
+        delay = backoff_delay(
+            entry.attempt - 1,
+            base=settings.STRIPE_RETRY_BACKOFF_BASE,
+            cap=settings.STRIPE_RETRY_BACKOFF_MAX,
+        )
+        updated = owned.update(
+            status=PayoutEntry.Status.RETRYABLE,
+            next_attempt_at=_db_clock_plus(delay),
+            lease_until=None,
+            failure_reason=result.reason,
+            last_error=result.error[:10_000],
+        )
+        return PayoutEntry.Status.RETRYABLE if updated else ""
+    reason = "stripe_attempts_exhausted" if result.outcome == Outcome.TRANSIENT else result.reason
+    with transaction.atomic(durable=True):
+        updated = owned.update(
+            status=PayoutEntry.Status.FAILED,
+            lease_until=None,
+            next_attempt_at=None,
+            failure_reason=reason,
+            last_error=result.error[:10_000],
+        )
+        if not updated:
+            return ""
+        payout_job_counters_bump(job_id=job_id, failed=1)
+        dead_letter_record(
+            # Unique per failure: an entry retried by staff that fails again gets a new row.
+            task_id=f"payout_entry:{entry.id}:{uuid.uuid4().hex}",
+            task_name=STRIPE_RAIL_TASK,
+            args=[job_id],
+            kwargs={},
+            queue="payouts_stripe",
+            error=f"{reason}: {result.error}",
+            traceback="",
+            attempts=entry.attempt,
+            subject=f"payout_entry:{entry.id}",
+        )
+    return PayoutEntry.Status.FAILED
+
+
+def _transfers_lookup(*, job_id: int, entry_ids: set[int]) -> dict[int, TransferResult]:
+    """What Stripe itself holds for these entries: PAID for each it has a transfer for.
+
+    When Stripe cannot be asked, every entry gets the lookup's (classified) error instead, so
+    that nothing is created blind.
+    """
+    if not entry_ids:
+        return {}
+    try:
+        found = transfers_find(job_id=job_id, entry_ids=entry_ids)
+    except stripe.StripeError as exc:
+        return dict.fromkeys(entry_ids, error_classify(exc))
+    return {
+        entry_id: TransferResult(Outcome.PAID, transfer_id=tr) for entry_id, tr in found.items()
+    }
+
+
+def _attempt(*, job_id: int, entry: ClaimedEntry, destination: str | None) -> TransferResult:
+    """One transfer request, or the not-connected failure without any request."""
+    if destination is None:
+        return TransferResult(
+            Outcome.PERMANENT,
+            reason=ACCOUNT_NOT_CONNECTED,
+            error="The winner has no Stripe account with payouts enabled.",
+        )
+    return transfer_create(
+        entry_id=entry.id,
+        job_id=job_id,
+        amount=entry.amount,
+        currency=settings.STRIPE_CURRENCY,
+        destination=destination,
+    )
+
+
+def _stripe_entries_pay(*, job_id: int, entries: list[ClaimedEntry], lease_end: float) -> None:
+    """Send each claimed entry to Stripe (outside any transaction) and record each outcome.
+
+    Entries the lease would not cover any more (a slow rate limit, timeouts) are released
+    unsent rather than sent late, so no other worker re-claims an entry this one still calls.
+    """
+    destinations = payout_destinations(user_ids=[e.user_id for e in entries])
+    # Entries first tried more than RECONCILE_AFTER ago: Stripe may have forgotten their key,
+    # so its own record decides before any create. first_attempt_at survives retry-failed
+    # (which resets attempt_count), so an entry retried a day later is still looked up.
+    known = _transfers_lookup(job_id=job_id, entry_ids={e.id for e in entries if e.reconcile})
+    for index, entry in enumerate(entries):
+        # A request started before this point ends (answered or timed out) inside the lease.
+        if time.monotonic() + settings.STRIPE_TIMEOUT > lease_end:
+            _release(entries[index:])
+            return
+        result = known.get(entry.id) or _attempt(
+            job_id=job_id, entry=entry, destination=destinations.get(entry.user_id)
+        )
+        if result.outcome == Outcome.TRANSIENT and entry.attempt >= settings.STRIPE_MAX_ATTEMPTS:
+            # The last attempt's answer may have been lost after Stripe made the transfer: an
+            # entry is marked failed only if Stripe has no transfer for it.
+            result = _transfers_lookup(job_id=job_id, entry_ids={entry.id}).get(entry.id, result)
+        if result.outcome == Outcome.PAID:
+            stripe_entry_record_paid(job_id=job_id, entry=entry, transfer_id=result.transfer_id)
+        else:
+            stripe_entry_record_failure(job_id=job_id, entry=entry, result=result)
+        logger.debug("entry %s attempt %s: %s", entry.id, entry.attempt, result.outcome)
+
+
+def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:
+    """Work on a running stripe-rail job for up to ``budget`` seconds (``STRIPE_BATCH_SECONDS``
+    by default); return how many entries it attempted.
+
+    Claims, pays and records entries one claim at a time (see the module docstring). When
+    nothing is claimable it finalizes the job if every entry is terminal, or waits in-process
+    for the next retry or lease expiry if that is due within ``STRIPE_BATCH_SECONDS`` (the
+    5, 10 and 20 s backoffs), or stops and leaves later retries to the watchdog. When its budget
+    runs out with work left or due soon, it sends itself again (no countdown: a fresh message
+    with a full budget). Idempotent and crash-safe: any number of copies may run; a copy
+    killed at any line leaves at most a lease that expires.
+    """
+    deadline = time.monotonic() + (settings.STRIPE_BATCH_SECONDS if budget is None else budget)
+    attempted = 0
+    while time.monotonic() < deadline:
+        entries, lease_end = stripe_entries_claim(job_id=job_id)
+        if entries:
+            _stripe_entries_pay(job_id=job_id, entries=entries, lease_end=lease_end)
+            attempted += len(entries)
+            payout_progress_publish(job_id=job_id)
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute(_NEXT_DUE_SQL, [job_id, job_id])
+            running, open_entries, wait = cursor.fetchone()
+        if not running:
+            return attempted
+        if not open_entries:
+            payout_job_finalize(job_id=job_id)
+            payout_progress_publish(job_id=job_id, force=True)
+            return attempted
+        if wait > settings.STRIPE_BATCH_SECONDS:
+            return attempted  # far off: the watchdog restarts the job when it is due
+        if time.monotonic() + wait > deadline:
+            break  # a fresh message waits for it with a full budget
+        time.sleep(max(wait, 0.05))
+    app.send_task(STRIPE_RAIL_TASK, args=[job_id])
+    return attempted
+
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+# Stripe's own default: an event signed more than five minutes ago is refused as a replay.
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class InvalidSignature(DomainError):
+    code = "invalid_signature"
+    status = 400
+    default_detail = "The Stripe-Signature header does not match the body, or it is too old."
+
+
+_EVENT_INSERT_SQL = """
+INSERT INTO payouts_stripeevent (event_id, type, payload) VALUES (%s, %s, %s::jsonb)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id
+"""
+
+
+def stripe_webhook_receive(*, payload: bytes, signature: str | None) -> bool:
+    """Verify a Stripe webhook, store its event once, and apply it; False for a replay.
+
+    The signature is checked by the stripe library (``STRIPE_WEBHOOK_SECRET``, 5-minute
+    tolerance) before anything is read: a bad or stale one raises ``InvalidSignature`` and
+    changes nothing, a body that is not an event raises ``InvalidInput(malformed_request)``.
+    The event row and its effects commit together, so an event is applied exactly once however
+    often Stripe (or an attacker replaying a captured request) sends it. Handled types:
+    ``account.updated`` and ``transfer.reversed``; others are stored and ignored.
+    """
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        raise DomainError("Stripe webhooks are not configured.", code="stripe_not_configured")
+    try:
+        event = stripe.Webhook.construct_event(
+            payload, signature, settings.STRIPE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS
+        )
+        body = event.to_dict()
+        event_id, event_type = str(body["id"]), str(body["type"])
+        obj = body["data"]["object"]
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidSignature() from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInput("The body is not a Stripe event.", code="malformed_request") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput("The event has no data object.", code="malformed_request")
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_EVENT_INSERT_SQL, [event_id, event_type, json.dumps(body)])
+        if cursor.fetchone() is None:
+            return False
+        if event_type == "account.updated" and isinstance(obj.get("id"), str):
+            connected_account_sync(
+                stripe_account_id=obj["id"], payouts_enabled=bool(obj.get("payouts_enabled"))
+            )
+        elif event_type == "transfer.reversed":
+            stripe_transfer_reversed(event_id=event_id, transfer=obj)
+    return True
+
+
+def stripe_transfer_reversed(*, event_id: str, transfer: dict[str, Any]) -> bool:
+    """Undo a paid entry whose Stripe transfer was reversed; False if there is nothing to undo.
+
+    Call it inside the webhook's transaction. The entry (found by ``metadata.entry_id`` and
+    checked against the transfer id) becomes ``reversed``; the reversed amount (never more
+    than the entry's) goes back stripe_clearing -> escrow under the unique key
+    ``reversal:<entry_id>``, the job's ``paid_amount`` drops by it, and the audit trail
+    records it for staff. The entry stays counted as terminal, so a running job still
+    finalizes, with the escrow holding the reversed money.
+    """
+    entry_id = str((transfer.get("metadata") or {}).get("entry_id", ""))
+    entry = (
+        PayoutEntry.objects.select_for_update()
+        .filter(
+            pk=int(entry_id) if entry_id.isdigit() else 0,
+            stripe_transfer_id=str(transfer.get("id", "")),
+            status=PayoutEntry.Status.COMPLETED,
+        )
+        .first()
+    )
+    if entry is None:
+        logger.warning("transfer.reversed %s: no completed entry for %s", event_id, transfer)
+        return False
+    reversed_amount = transfer.get("amount_reversed")
+    amount = min(entry.amount, reversed_amount if type(reversed_amount) is int else entry.amount)
+    entry.status = PayoutEntry.Status.REVERSED
+    entry.save(update_fields=["status"])
+    payout_job_counters_bump(job_id=entry.job_id, paid_amount=-amount)
+    transfer_post(
+        debit_account_id=system_account_id(Account.Kind.STRIPE_CLEARING),
+        credit_account_id=_escrow_id(entry.job_id),
+        amount=amount,
+        kind=Transfer.Kind.REVERSAL,
+        idempotency_key=f"reversal:{entry.pk}",
+    )
+    audit_record(
+        actor=None,
+        action="payout_entry.reversed",
+        target_type="payout_entry",
+        target_id=entry.pk,
+        details={
+            "job_id": entry.job_id,
+            "user_id": entry.user_id,
+            "stripe_transfer_id": entry.stripe_transfer_id,
+            "amount": amount,
+            "event_id": event_id,
+        },
+    )
+    return True

@@ -1,0 +1,67 @@
+"""Payout tasks (queue ``payouts``): thin wrappers that parse ids and call one service.
+
+Each is idempotent and crash-safe because its service is (see ``payouts.services.engine``);
+retries and dead letters come from ``core.tasks.BaseTask``.
+"""
+
+from config.celery import app
+from core.tasks import BaseTask
+from payouts.services.engine import (
+    payout_batch_ledger,
+    payout_job_expand,
+    payout_job_expand_chunk,
+    payout_job_notify,
+    payout_watchdog,
+)
+from payouts.services.stripe_rail import payout_batch_stripe
+
+
+class PayoutJobTask(BaseTask):
+    """Dead letters of job tasks name their job, so staff find them by ``payout_job:<id>``."""
+
+    def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
+        job_id = args[0] if args else kwargs.get("job_id")
+        return f"payout_job:{job_id}" if job_id is not None else ""
+
+
+# Settling a million stakes (one pass and one sort) takes seconds, hence the roomy limits.
+@app.task(base=PayoutJobTask, time_limit=600, soft_time_limit=540)
+def payout_job_expand_task(job_id: int) -> bool:
+    return payout_job_expand(job_id=int(job_id)) is not None
+
+
+@app.task(base=PayoutJobTask, time_limit=300, soft_time_limit=240)
+def payout_job_expand_chunk_task(job_id: int, terms: dict, from_stake_id: int) -> int | None:
+    return payout_job_expand_chunk(
+        job_id=int(job_id), terms=terms, from_stake_id=int(from_stake_id)
+    )
+
+
+# One INSERT ... SELECT of a notification per paid staker: a million take a while.
+@app.task(base=PayoutJobTask, time_limit=900, soft_time_limit=840)
+def payout_job_notify_task(job_id: int) -> int:
+    return payout_job_notify(job_id=int(job_id))
+
+
+@app.task(base=PayoutJobTask, time_limit=120, soft_time_limit=100)
+def payout_batch_ledger_task(job_id: int, after_id: int = 0) -> int:
+    return payout_batch_ledger(job_id=int(job_id), after_id=int(after_id)).claimed
+
+
+# Routed to the payouts_stripe queue. Runs for STRIPE_BATCH_SECONDS plus at most one claim's
+# lease (30 s + 120 s by default), inside the default limits (CELERY_TASK_TIME_LIMIT).
+@app.task(base=PayoutJobTask)
+def payout_batch_stripe_task(job_id: int) -> int:
+    return payout_batch_stripe(job_id=int(job_id))
+
+
+@app.task(time_limit=120, soft_time_limit=100)
+def payout_watchdog_task() -> dict:
+    report = payout_watchdog()
+    return {
+        "refund_jobs": report.refund_jobs,
+        "expansions": report.expansions,
+        "restarted": report.restarted,
+        "cancelled_entries": report.cancelled_entries,
+        "notified": report.notified,
+    }

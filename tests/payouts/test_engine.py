@@ -1,0 +1,376 @@
+"""The job engine driven in-process: expand, batches, finalize, controls, watchdog."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection, transaction
+from django.utils import timezone
+
+from challenges.models import Challenge
+from core.errors import Conflict
+from core.models import AuditEntry
+from notifications.models import Notification
+from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from payouts.services.engine import (
+    payout_batch_ledger,
+    payout_job_counters_bump,
+    payout_job_expand,
+    payout_job_finalize,
+    payout_job_notify,
+    payout_watchdog,
+)
+from payouts.services.jobs import (
+    challenge_cancel,
+    challenge_resolve,
+    payout_job_cancel,
+    payout_job_pause,
+    payout_job_resume,
+    payout_job_retry_failed,
+    refund_jobs_create_for_cancelled,
+)
+from payouts.services.ledger import system_account_id
+from payouts.services.seeding import challenge_seed
+from tests.payouts.helpers import (
+    assert_settled,
+    expand_inline,
+    run_job_inline,
+    wallet_balances,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _small_batches(settings):
+    settings.PAYOUT_BATCH_SIZE = 3
+    settings.PAYOUT_PARALLELISM = 2
+    settings.PAYOUT_EXPAND_CHUNK = 4
+    settings.PLATFORM_FEE_BPS = 500
+
+
+@pytest.mark.parametrize(
+    ("result", "winning_side"),
+    [("challenger_won", "yes"), ("challenged_won", "no"), ("draw", None)],
+)
+def test_resolved_challenge_pays_everyone_exactly_once(staff, result, winning_side):
+    # Given a challenge with 10 stakers awaiting resolution
+    challenge = challenge_seed(stakers=10, yes_share=0.4, seed=11)
+    before = wallet_balances(challenge)
+    # When staff resolve it and the job runs to the end (batches of 3)
+    job = challenge_resolve(challenge_id=challenge.pk, result=result, actor=staff)
+    batches = run_job_inline(job.pk)
+    # Then every staker got the settlement's amount, the fee went to the platform, escrow is 0
+    assert_settled(job, winning_side=winning_side, wallets_before=before)
+    assert batches > 2
+    job.refresh_from_db()
+    assert job.kind == ("refund" if winning_side is None else "payout")
+    fees = Account.objects.get(pk=system_account_id("platform_fees"))
+    assert fees.balance == job.fee_amount
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.COMPLETED
+    assert challenge.result == result
+    # And each paid staker has one notification
+    notes = Notification.objects.filter(challenge=challenge)
+    assert notes.count() == job.total_entries
+    assert set(notes.values_list("kind", flat=True)) == {
+        "refund" if winning_side is None else "payout"
+    }
+    # And running everything again changes nothing
+    assert payout_job_finalize(job_id=job.pk) is False
+    assert payout_batch_ledger(job_id=job.pk).claimed == 0
+    assert_settled(job, winning_side=winning_side, wallets_before=before)
+
+
+def test_fee_is_taken_from_the_losing_pool_only(staff):
+    challenge = challenge_seed(stakers=9, yes_share=1 / 3, min_amount=1000, max_amount=1000)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    run_job_inline(job.pk)
+    job.refresh_from_db()
+    # 3 winners of 1000, 6 losers of 1000: fee 5% of 6000; winners share 5700
+    assert job.fee_amount == 300
+    assert job.total_amount == 3000 + 5700
+    assert set(job.entries.values_list("amount", flat=True)) == {2900}
+
+
+def test_winning_side_without_stakes_refunds_everyone(staff):
+    challenge = challenge_seed(stakers=4, yes_share=0)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    assert job.kind == PayoutJob.Kind.REFUND
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_cancelled_challenge_is_refunded_and_stays_cancelled(staff):
+    challenge = challenge_seed(stakers=7, status="active")
+    before = wallet_balances(challenge)
+    job = challenge_cancel(challenge_id=challenge.pk, actor=staff)
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.CANCELLED
+    assert AuditEntry.objects.filter(action="challenge.cancel", actor=staff).exists()
+    with pytest.raises(Conflict) as exc:
+        challenge_cancel(challenge_id=challenge.pk, actor=staff)
+    assert exc.value.code == "challenge_not_cancellable"
+
+
+def test_pause_stops_batches_and_resume_finishes(staff, django_capture_on_commit_callbacks):
+    challenge = challenge_seed(stakers=10)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenged_won", actor=staff)
+    run_job_inline(job.pk, max_batches=1)
+    # When staff pause after one batch
+    payout_job_pause(job_id=job.pk, actor=staff)
+    # Then batches pay nobody and do not re-enqueue
+    with django_capture_on_commit_callbacks() as sent:
+        assert payout_batch_ledger(job_id=job.pk).claimed == 0
+    assert sent == []
+    job.refresh_from_db()
+    assert (job.status, job.completed_count) == ("paused", 3)
+    # When they resume, fresh batches are sent and the job completes
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_resume(job_id=job.pk, actor=staff)
+    assert len(sent) == 1  # one callback fanning out `parallelism` batch tasks
+    after = 0
+    while outcome := payout_batch_ledger(job_id=job.pk, after_id=after):
+        if not outcome.claimed:
+            break
+        after = outcome.last_id
+    assert_settled(job, winning_side="no", wallets_before=before)
+    actions = list(
+        AuditEntry.objects.filter(target_id=str(job.pk)).values_list("action", flat=True)
+    )
+    assert {"payout_job.pause", "payout_job.resume"} <= set(actions)
+
+
+def test_cancel_leaves_cancelled_entries_unpaid_and_the_escrow_refundable(staff):
+    challenge = challenge_seed(stakers=10, yes_share=0.7)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    run_job_inline(job.pk, max_batches=1)
+    # When staff cancel after one batch
+    job = payout_job_cancel(job_id=job.pk, actor=staff)
+    # Then the unpaid entries are cancelled, never paid, and the job says so
+    assert job.status == PayoutJob.Status.CANCELLED
+    assert (job.completed_count, job.cancelled_count) == (3, 4)
+    assert payout_batch_ledger(job_id=job.pk).claimed == 0
+    cancelled = PayoutEntry.objects.filter(job=job, status="cancelled")
+    assert cancelled.count() == 4
+    keys = [f"payout:{pk}" for pk in cancelled.values_list("pk", flat=True)]
+    assert not Transfer.objects.filter(idempotency_key__in=keys).exists()
+    # And the escrow holds exactly what was not paid: the cancelled amounts plus the fee
+    escrow = Account.objects.get(pk=challenge.escrow_id)
+    assert escrow.balance == sum(cancelled.values_list("amount", flat=True)) + job.fee_amount
+    assert escrow.balance == challenge.yes_total + challenge.no_total - job.paid_amount
+    # And the job cannot be controlled any more
+    for control in (payout_job_pause, payout_job_resume, payout_job_cancel):
+        with pytest.raises(Conflict) as exc:
+            control(job_id=job.pk, actor=staff)
+        assert exc.value.code == "invalid_job_state"
+
+
+def test_failed_entries_end_completed_with_failures_then_retry_pays_them(staff):
+    # Given a job where two entries failed for good on another rail
+    challenge = challenge_seed(stakers=8)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    expand_inline(job.pk)
+    failed_ids = list(job.entries.order_by("id").values_list("pk", flat=True)[:2])
+    with transaction.atomic():
+        PayoutEntry.objects.filter(pk__in=failed_ids).update(status="failed")
+        payout_job_counters_bump(job_id=job.pk, failed=2)
+    # When the rest is paid
+    run_job_inline(job.pk)
+    # Then the job completed with failures, the fee was still collected, and the escrow holds
+    # exactly the failed entries' money
+    job.refresh_from_db()
+    assert job.status == PayoutJob.Status.COMPLETED_WITH_FAILURES
+    failed_total = sum(
+        PayoutEntry.objects.filter(pk__in=failed_ids).values_list("amount", flat=True)
+    )
+    assert Account.objects.get(pk=challenge.escrow_id).balance == failed_total
+    assert Transfer.objects.filter(idempotency_key=f"fee:{job.pk}").exists()
+    # When staff retry the failed entries, they are paid and the job completes
+    job = payout_job_retry_failed(job_id=job.pk, actor=staff)
+    assert (job.status, job.failed_count) == ("running", 0)
+    after = 0
+    while (outcome := payout_batch_ledger(job_id=job.pk, after_id=after)).claimed:
+        after = outcome.last_id
+    assert_settled(job, winning_side="yes", wallets_before=before)
+    assert Transfer.objects.filter(kind="fee", idempotency_key=f"fee:{job.pk}").count() == 1
+    with pytest.raises(Conflict) as exc:
+        payout_job_retry_failed(job_id=job.pk, actor=staff)
+    assert exc.value.code == "invalid_job_state"
+
+
+def test_refund_jobs_for_cancelled_challenges_are_created_once(staff):
+    # Given two cancelled challenges with stakes (as the deadline sweep leaves them), one
+    # without stakes, and one that has its job already
+    swept = [challenge_seed(stakers=3, status="cancelled") for _ in range(2)]
+    escrow = Account.objects.create(kind="challenge_escrow", currency="coin")
+    Challenge.objects.create(
+        title="empty",
+        challenger_id=swept[0].challenger_id,
+        escrow=escrow,
+        due_date=timezone.now(),
+        status="cancelled",
+    )
+    staffed = challenge_cancel(
+        challenge_id=challenge_seed(stakers=2, status="pending").pk, actor=staff
+    )
+    # When refund jobs are created, twice
+    first = refund_jobs_create_for_cancelled()
+    second = refund_jobs_create_for_cancelled()
+    # Then each swept challenge got exactly one refund job, and they refund everyone
+    assert second == []
+    jobs = PayoutJob.objects.filter(pk__in=first)
+    assert sorted(jobs.values_list("challenge_id", flat=True)) == [c.pk for c in swept]
+    assert staffed.pk not in first
+    for job in jobs:
+        before = wallet_balances(job.challenge)
+        run_job_inline(job.pk)
+        assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_watchdog_restarts_stalled_jobs_once(staff, django_capture_on_commit_callbacks):
+    running = challenge_resolve(
+        challenge_id=challenge_seed(stakers=5).pk, result="draw", actor=staff
+    )
+    expand_inline(running.pk)
+    queued = challenge_resolve(
+        challenge_id=challenge_seed(stakers=5).pk, result="draw", actor=staff
+    )
+    swept = challenge_seed(stakers=2, status="cancelled")
+    long_ago = timezone.now() - timedelta(minutes=5)
+    PayoutJob.objects.filter(pk__in=[running.pk, queued.pk]).update(updated_at=long_ago)
+    # When the watchdog runs twice
+    with django_capture_on_commit_callbacks() as sent:
+        report = payout_watchdog()
+    again = payout_watchdog()
+    # Then the stalled running job gets batches, the queued one its expansion, the swept
+    # challenge a refund job -- once
+    assert report.restarted == [running.pk]
+    assert report.expansions == [queued.pk]
+    assert [PayoutJob.objects.get(pk=i).challenge_id for i in report.refund_jobs] == [swept.pk]
+    assert len(sent) == 3
+    assert (again.restarted, again.expansions, again.refund_jobs) == ([], [], [])
+
+
+def test_watchdog_finishes_an_interrupted_cancellation(staff):
+    job = challenge_resolve(challenge_id=challenge_seed(stakers=4).pk, result="draw", actor=staff)
+    expand_inline(job.pk)
+    # A cancel that died after its first step: job cancelled, entries still pending
+    PayoutJob.objects.filter(pk=job.pk).update(status="cancelled")
+    assert payout_watchdog().cancelled_entries == 4
+    job.refresh_from_db()
+    assert job.cancelled_count == 4
+    assert payout_watchdog().cancelled_entries == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pause_committed_during_a_batch_rolls_the_batch_back(staff):
+    challenge = challenge_seed(stakers=6)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    expand_inline(job.pk)
+    locked, release = threading.Event(), threading.Event()
+
+    def pause_slowly():
+        # Staff's pause holds the job row while the batch below does its work.
+        try:
+            with transaction.atomic():
+                PayoutJob.objects.select_for_update().get(pk=job.pk)
+                PayoutJob.objects.filter(pk=job.pk).update(status="paused")
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    pauser = threading.Thread(target=pause_slowly)
+    pauser.start()
+    locked.wait(10)
+    # When a batch that read "running" reaches the job counters while the pause commits
+    threading.Timer(0.5, release.set).start()
+    outcome = payout_batch_ledger(job_id=job.pk)
+    pauser.join()
+    # Then it paid nobody
+    assert outcome.claimed == 0
+    job.refresh_from_db()
+    assert (job.status, job.completed_count, job.paid_amount) == ("paused", 0, 0)
+    assert not Transfer.objects.filter(kind="refund").exists()
+    assert set(job.entries.values_list("status", flat=True)) == {"pending"}
+
+
+def test_watchdog_resumes_an_expansion_that_lost_a_slice(staff):
+    # Given a job whose first slice of entries exists but whose next slice's task was lost
+    challenge = challenge_seed(stakers=10)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    assert payout_job_expand(job_id=job.pk).next_stake_id is not None
+    job.refresh_from_db()
+    assert (job.status, job.total_entries, job.entries.count()) == ("running", 10, 4)
+    PayoutJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    # When the watchdog runs, it sends the expansion again (not batches)
+    report = payout_watchdog()
+    assert (report.expansions, report.restarted) == ([job.pk], [])
+    # And the expansion resumes, skipping what exists; then the job completes exactly
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_watchdog_resends_lost_notifications(staff):
+    job = challenge_resolve(challenge_id=challenge_seed(stakers=5).pk, result="draw", actor=staff)
+    expand_inline(job.pk)
+    while payout_batch_ledger(job_id=job.pk).claimed:
+        pass
+    # The job finished a while ago, but its notification task never ran
+    PayoutJob.objects.filter(pk=job.pk).update(finished_at=timezone.now() - timedelta(minutes=5))
+    assert payout_watchdog().notified == [job.pk]
+    assert payout_job_notify(job_id=job.pk) == 5
+    assert payout_job_notify(job_id=job.pk) == 0
+    assert payout_watchdog().notified == []
+
+
+def test_stakes_placed_by_users_are_settled_exactly(make_user, staff):
+    from challenges.services import challenge_create, challenges_sweep_deadlines, stake_place
+
+    # Given a challenge staked through the real staking service and past its deadline
+    creator = make_user("creator", balance=1_000)
+    due = timezone.now() + timedelta(hours=1)
+    challenge = challenge_create(creator=creator, title="Will it rain?", due_date=due)
+    stakes = [(creator, "yes", 300)]
+    stakes += [(make_user(f"y{i}", balance=1_000), "yes", 100 + i) for i in range(3)]
+    stakes += [(make_user(f"n{i}", balance=1_000), "no", 250 + 7 * i) for i in range(4)]
+    for user, side, amount in stakes:
+        stake_place(user=user, challenge_id=challenge.pk, side=side, amount=amount)
+    challenges_sweep_deadlines(now=due + timedelta(seconds=1))
+    before = wallet_balances(challenge)
+    # When staff resolve it for the challenger and the job runs
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    run_job_inline(job.pk)
+    # Then every winner got exactly the settlement's amount and the losers nothing more
+    assert_settled(job, winning_side="yes", wallets_before=before)
+
+
+def test_deadline_sweep_task_creates_the_refund_job(make_user):
+    from challenges.services import challenge_create, stake_place
+    from challenges.tasks import challenges_sweep_deadlines_task
+
+    # Given a pending challenge that only its creator staked on, now past its deadline
+    creator = make_user("lonely", balance=500)
+    due = timezone.now() + timedelta(minutes=5)
+    challenge = challenge_create(creator=creator, title="Nobody came", due_date=due)
+    stake_place(user=creator, challenge_id=challenge.pk, side="yes", amount=200)
+    before = wallet_balances(challenge)
+    # When the beat's sweep task runs after the deadline
+    with time_machine.travel(due + timedelta(minutes=1)):
+        challenges_sweep_deadlines_task()
+    # Then the challenge is cancelled and has a refund job that returns the stake
+    challenge.refresh_from_db()
+    assert challenge.status == Challenge.Status.CANCELLED
+    job = PayoutJob.objects.get(challenge=challenge)
+    assert job.kind == PayoutJob.Kind.REFUND
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
+    assert wallet_balances(challenge)[creator.pk] == 500

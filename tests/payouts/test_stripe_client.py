@@ -1,0 +1,180 @@
+"""The Stripe adapter through the real ``stripe`` library against the fake Stripe server, and the
+shared Redis token bucket."""
+
+import threading
+import time
+
+import pytest
+import requests
+import stripe
+
+from payouts.services.ratelimit import token_take
+from payouts.services.stripe_client import (
+    ACCOUNT_NOT_CONNECTED,
+    Outcome,
+    transfer_create,
+    transfers_find,
+)
+
+
+@pytest.fixture
+def fake(fake_stripe, settings):
+    settings.STRIPE_RATE_LIMIT = 1000.0
+    settings.STRIPE_RATE_BURST = 100
+    fake_stripe.accounts_put(
+        [{"id": "acct_on", "payouts_enabled": True}, {"id": "acct_off", "payouts_enabled": False}]
+    )
+    return fake_stripe
+
+
+def _create(entry_id=1, job_id=7, amount=500, destination="acct_on"):
+    return transfer_create(
+        entry_id=entry_id, job_id=job_id, amount=amount, currency="usd", destination=destination
+    )
+
+
+def test_same_key_and_params_give_the_same_transfer(fake):
+    # Given a transfer created for entry 1
+    first = _create()
+    # When the same entry is sent again (a retry)
+    second = _create()
+    # Then Stripe answers with the first transfer and created only one
+    assert first.outcome == second.outcome == Outcome.PAID
+    assert first.transfer_id == second.transfer_id
+    stats = fake.stats()
+    assert stats["created_per_key"] == {"payout:1": 1}
+    assert stats["replays"] == 1
+    transfer = fake.transfers()[0]
+    assert transfer["transfer_group"] == "job-7"
+    assert transfer["metadata"] == {"job_id": "7", "entry_id": "1"}
+    assert transfer["destination"] == "acct_on"
+    assert transfer["amount"] == 500
+
+
+def test_same_key_with_other_params_is_a_permanent_idempotency_error(fake):
+    _create(amount=500)
+    result = _create(amount=501)
+    assert result.outcome == Outcome.PERMANENT
+    assert result.reason == "stripe_idempotency_error"
+    assert fake.stats()["transfers_created"] == 1
+
+
+def test_a_key_still_in_flight_is_a_transient_409(fake):
+    # Given a first request that Stripe is still executing
+    fake.configure(latency=1.0)
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", _create()))
+    first.start()
+    time.sleep(0.3)
+    # When a second request with the same key arrives
+    results["second"] = _create()
+    first.join()
+    # Then the second is told to come back later, and the first created the only transfer
+    assert results["second"].outcome == Outcome.TRANSIENT
+    assert "409" in results["second"].error
+    assert results["first"].outcome == Outcome.PAID
+    assert fake.stats()["created_per_key"] == {"payout:1": 1}
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("rate_limit", "stripe_rate_limited"),
+        ("server_error", "stripe_unavailable"),
+        ("lock_timeout", "stripe_unavailable"),
+        ("reset", "stripe_connection_error"),
+        ("timeout", "stripe_connection_error"),
+        ("lost", "stripe_connection_error"),
+    ],
+)
+def test_every_injected_fault_is_transient_and_a_retry_pays_once(fake, fault, reason):
+    # Given Stripe failing every request with this fault (timeouts outlast the 2 s client limit)
+    fake.configure(faults={fault: 1.0}, timeout_seconds=2.5)
+    # When an entry is sent
+    result = _create()
+    # Then the failure is transient, with a stable reason
+    assert result.outcome == Outcome.TRANSIENT, result
+    assert result.reason == reason
+    # And once Stripe recovers, the retry pays exactly once (a lost response replays the
+    # transfer created behind it)
+    fake.configure(faults={})
+    retry = _create()
+    assert retry.outcome == Outcome.PAID
+    assert fake.stats()["created_per_key"] == {"payout:1": 1}
+
+
+@pytest.mark.parametrize("destination", ["acct_unknown", "acct_off"])
+def test_unknown_or_disabled_destination_is_permanent_not_connected(fake, destination):
+    result = _create(destination=destination)
+    assert result.outcome == Outcome.PERMANENT
+    assert result.reason == ACCOUNT_NOT_CONNECTED
+    # A refused request stores nothing under the key: once connected, the same key pays
+    fake.accounts_put([{"id": destination, "payouts_enabled": True}])
+    assert _create(destination=destination).outcome == Outcome.PAID
+
+
+def test_a_bad_api_key_is_permanent(fake, settings):
+    settings.STRIPE_API_KEY = "rk_wrong"
+    result = _create()
+    assert result.outcome == Outcome.PERMANENT
+    assert result.reason == "stripe_http_401"
+
+
+def test_transfers_are_found_by_group_and_metadata_across_pages(fake):
+    # Given 250 transfers in job 7's group and one in another job's group
+    for entry_id in range(1, 251):
+        assert _create(entry_id=entry_id).outcome == Outcome.PAID
+    _create(entry_id=999, job_id=8)
+    # When looking for three entries, one of which was never paid
+    found = transfers_find(job_id=7, entry_ids={1, 250, 404})
+    # Then the paid ones map to their transfers (found on the first and last pages)
+    by_entry = {int(t["metadata"]["entry_id"]): t["id"] for t in fake.transfers()}
+    assert found == {1: by_entry[1], 250: by_entry[250]}
+    # And a page that fails now and then is asked again rather than failing the whole walk
+    fake.configure(seed=1, faults={"server_error": 0.4})
+    assert transfers_find(job_id=7, entry_ids={1, 404}) == {1: by_entry[1]}
+    assert fake.stats()["faults"]["server_error"] > 0
+
+
+def test_control_endpoints_work_over_http(fake):
+    requests.post(f"{fake.url}/_fake/config", json={"faults": {"server_error": 1.0}}, timeout=5)
+    assert _create().outcome == Outcome.TRANSIENT
+    stats = requests.get(f"{fake.url}/_fake/stats", timeout=5).json()
+    assert stats["faults"]["server_error"] == 1
+    assert len(stats["post_times"]) == 1
+    reply = requests.post(f"{fake.url}/_fake/config", json={"faults": {"nope": 1}}, timeout=5)
+    assert reply.status_code == 400
+    requests.post(f"{fake.url}/_fake/reset", timeout=5)
+    assert requests.get(f"{fake.url}/_fake/stats", timeout=5).json()["requests"] == 0
+
+
+def test_the_library_error_for_a_missing_transfer_is_a_404(fake, settings):
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe.Transfer.retrieve("tr_nope", api_key=settings.STRIPE_API_KEY)
+
+
+def test_token_bucket_bounds_every_one_second_window(redis_client):
+    # Given a bucket of 20 tokens/s with a burst of 5, shared by 4 threads each with its own
+    # Redis connection (as separate worker processes would)
+    redis_client.delete("ratelimit:window-test")
+    taken: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 2.0
+
+    def worker():
+        while time.monotonic() < deadline:
+            token_take(bucket="window-test", rate=20, burst=5)
+            with lock:
+                taken.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then no one-second window holds more than rate + burst, and the rate is reached
+    taken.sort()
+    busiest = max(sum(1 for t in taken if start <= t < start + 1.0) for start in taken)
+    assert busiest <= 25, busiest
+    span = taken[-1] - taken[0]
+    assert (len(taken) - 5) / span >= 18, (len(taken), span)
