@@ -29,10 +29,22 @@ format: install
 # The suite runs against its own embedded servers (.devstack/test), never the ones `make up`
 # uses; set DATABASE_URL and REDIS_URL to run it against other servers instead.
 TEST_STACK ?= .devstack/test
+# With DATABASE_URL set, everything runs against the servers it names (no embedded stack).
+on_stack = $(if $(DATABASE_URL),,python -m deploy.devstack run --root $(1) --)
+test chaos bench: export DJANGO_SECRET_KEY ?= test-only-secret-key
+
+# The whole suite, then a small chaos run: a regression in crash safety fails the build.
 test: lint
-	DJANGO_SECRET_KEY=test-only-secret-key \
-	$(if $(DATABASE_URL),python -m pytest $(PYTEST_ARGS),python -m deploy.devstack run --root $(TEST_STACK) -- python -m pytest $(PYTEST_ARGS)); \
+	$(call on_stack,$(TEST_STACK)) python -m pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
+	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 10000 --stripe-winners 300 --kills 5 --seed 7
+
+# The proof: `make chaos ARGS="--seed 2 --json"`, `make bench ARGS="--json"`.
+chaos: install
+	$(call on_stack,.devstack/proof) python manage.py chaos $(ARGS)
+
+bench: install
+	$(call on_stack,.devstack/proof) python manage.py bench $(ARGS)
 
 up: install
 	python -m deploy.run up
@@ -40,9 +52,9 @@ up: install
 demo: install
 	python -m deploy.run demo
 
+# Stop every embedded server this checkout started (make up's, the tests', the proofs').
 stack-stop:
-	python -m deploy.devstack stop
-	python -m deploy.devstack stop --root $(TEST_STACK)
+	for root in .devstack .devstack/*/; do python -m deploy.devstack stop --root $$root; done
 
 clean: stack-stop
 	rm -rf $(VENV) .devstack

@@ -8,6 +8,7 @@ and ``REDIS_URL`` to real servers.
     python -m deploy.devstack env [--root DIR]          print DATABASE_URL / REDIS_URL exports
     python -m deploy.devstack run [--root DIR] -- CMD   run CMD with those URLs in its environment
     python -m deploy.devstack stop [--root DIR]         stop both servers
+    python -m deploy.devstack restart NAME [--root DIR] restart postgres or redis
 """
 
 import argparse
@@ -123,17 +124,46 @@ def server_pids(root: Path) -> dict[str, int]:
     return pids
 
 
-def stop(root: Path) -> None:
-    """Stop both servers: SIGTERM for Redis (it writes its append-only file), SIGINT for
-    PostgreSQL ("fast" shutdown, as ``pg_ctl -m fast`` does; pg_ctl itself refuses root)."""
-    for name, pid in server_pids(root).items():
+# SIGTERM for Redis (it writes its append-only file), SIGINT for PostgreSQL ("fast"
+# shutdown, as ``pg_ctl -m fast`` does; pg_ctl itself refuses to run as root).
+_STOP_SIGNALS = {"redis": signal.SIGTERM, "postgres": signal.SIGINT}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(root: Path, names: tuple[str, ...] = ("redis", "postgres"), *, wait: float = 0) -> None:
+    """Stop the named servers; with ``wait``, until their processes are gone."""
+    pids = {name: pid for name, pid in server_pids(root).items() if name in names}
+    for name, pid in pids.items():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM if name == "redis" else signal.SIGINT)
+            os.kill(pid, _STOP_SIGNALS[name])
+    deadline = time.monotonic() + wait
+    while wait and any(_alive(pid) for pid in pids.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{', '.join(pids)} did not stop within {wait}s")
+        time.sleep(0.05)
+
+
+def restart(root: Path, name: str) -> None:
+    """Stop one server and start it again on the same socket or port with the same data
+    (the chaos run does this under load; clients see dropped connections and reconnect)."""
+    stop(root, (name,), wait=60)
+    if name == "postgres":
+        postgres_url(root)
+    else:
+        redis_port(root)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["env", "run", "stop"])
+    parser.add_argument("command", choices=["env", "run", "stop", "restart"])
+    parser.add_argument("server", nargs="?", choices=["postgres", "redis"])
     parser.add_argument(
         "--root", type=Path, default=Path(os.environ.get("DEVSTACK_DIR", DEFAULT_ROOT))
     )
@@ -142,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.command == "stop":
         stop(args.root.resolve())
+        return 0
+    if args.command == "restart":
+        if not args.server:
+            parser.error("restart needs postgres or redis")
+        restart(args.root.resolve(), args.server)
         return 0
     if args.command == "env":
         for key, value in stack_env(args.root).items():

@@ -1,0 +1,73 @@
+import json
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from proof.bench import bench_run
+
+
+class Command(BaseCommand):
+    help = (
+        "Measure resolve latency, the ledger rail end to end through real workers, two "
+        "baselines, the Stripe rail under its rate limit, and the deadline sweep and warnings."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--winners", type=int, default=1_000_000)
+        parser.add_argument("--workers", type=int, default=2, help="worker processes")
+        parser.add_argument("--baseline-sample", type=int, default=20_000)
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args, winners: int, workers: int, baseline_sample: int, **options):
+        call_command("migrate", "--noinput", verbosity=0)
+        quiet = options["json"]
+        report = bench_run(
+            winners=winners,
+            workers=workers,
+            baseline_sample=baseline_sample,
+            log=(lambda _: None) if quiet else self.stdout.write,
+        )
+        if quiet:
+            self.stdout.write(json.dumps(report, default=str))
+            return
+        self._table(report)
+
+    def _table(self, report: dict) -> None:
+        ledger, base, stripe = report["ledger"], report["baselines"], report["stripe"]
+        rows = [
+            *(
+                (f"resolve, {int(size):,} stakers", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
+                for size, r in report["resolve"].items()
+            ),
+            (
+                f"ledger rail, {ledger['winners']:,} winners",
+                f"{ledger['seconds']} s end to end, {ledger['payouts_per_s']:,} payouts/s",
+            ),
+            ("worker peak RSS", f"{ledger['worker_peak_rss_mb']} MB"),
+            (
+                "written",
+                f"{ledger['rows_written']:,} rows, {ledger['wal_bytes_written'] / 2**20:,.0f} "
+                "MB of WAL",
+            ),
+            (
+                "baseline (a) transaction/payout",
+                f"{base['per_transaction']['payouts_per_s']:,}/s "
+                f"(engine {base['per_transaction']['ratio']}x)",
+            ),
+            (
+                "baseline (b) task/payout",
+                f"{base['task_per_payout']['payouts_per_s']:,}/s "
+                f"(engine {base['task_per_payout']['ratio']}x)",
+            ),
+            (
+                f"stripe rail, limit {stripe['limit']:g}/s",
+                f"{stripe['achieved_per_s']}/s ({stripe['share_of_limit']:.0%} of the limit), "
+                f"busiest second {stripe['busiest_window']} (bound {stripe['window_bound']:g})",
+            ),
+        ]
+        for name, figures in report["lifecycle"].items():
+            rows.append((f"lifecycle {name}", json.dumps(figures, default=str)))
+        width = max(len(name) for name, _ in rows)
+        self.stdout.write("")
+        for name, value in rows:
+            self.stdout.write(f"{name:<{width}}  {value}")

@@ -1,0 +1,69 @@
+"""Resolve latency as staff see it: ``POST /api/admin/challenges/{id}/resolve/`` in process.
+
+A challenge resolves once, so each sample is followed by an undo of exactly what resolving
+wrote (the job row, its audit entry, the challenge's result), which brings the same challenge
+back to ``pending_admin``; this is what lets one challenge of a million stakers give a p99.
+The undo runs only in this benchmark's own database, between samples and outside the timing.
+The expansion messages the samples sent are purged afterwards, before any worker starts.
+"""
+
+import statistics
+import time
+from typing import Any
+
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from config.celery import app
+from core.models import AuditEntry
+from payouts.models import PayoutJob
+
+_UNDO_CHALLENGE = """
+UPDATE challenges_challenge
+SET status = 'pending_admin', result = '', resolved_at = NULL, resolved_by_id = NULL
+WHERE id = %s
+"""
+
+
+def _undo(challenge_id: int) -> None:
+    with transaction.atomic():
+        job = PayoutJob.objects.get(challenge_id=challenge_id)
+        AuditEntry.objects.filter(
+            action="challenge.resolve", target_type="challenge", target_id=str(challenge_id)
+        ).delete()
+        job.delete()
+        with connection.cursor() as cursor:
+            cursor.execute(_UNDO_CHALLENGE, [challenge_id])
+
+
+def _percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str, float]:
+    """Time ``samples`` resolves of one challenge through the API; p50/p99 in milliseconds,
+    and the number of queries one resolve issues (the same for any number of stakers)."""
+    client = APIClient()
+    client.force_authenticate(staff)
+    url = f"/api/admin/challenges/{challenge_id}/resolve/"
+    timings: list[float] = []
+    queries = 0
+    for _ in range(samples):
+        with CaptureQueriesContext(connection) as captured:
+            started = time.perf_counter()
+            response = client.post(url, {"result": "challenger_won"}, format="json")
+            timings.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 202:
+            raise RuntimeError(f"resolve answered {response.status_code}: {response.content!r}")
+        queries = len(captured.captured_queries)
+        _undo(challenge_id)
+    app.control.purge()
+    return {
+        "samples": samples,
+        "p50_ms": round(_percentile(timings, 0.5), 2),
+        "p99_ms": round(_percentile(timings, 0.99), 2),
+        "mean_ms": round(statistics.fmean(timings), 2),
+        "queries": queries,
+    }
