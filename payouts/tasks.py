@@ -5,6 +5,7 @@ retries and dead letters come from ``core.tasks.BaseTask``.
 """
 
 from config.celery import app
+from core.errors import DomainError
 from core.tasks import BaseTask
 from payouts.services.engine import (
     payout_batch_ledger,
@@ -13,6 +14,7 @@ from payouts.services.engine import (
     payout_job_notify,
     payout_watchdog,
 )
+from payouts.services.jobs import payout_job_retry_failed
 from payouts.services.stripe_rail import payout_batch_stripe
 
 
@@ -65,3 +67,17 @@ def payout_watchdog_task() -> dict:
         "cancelled_entries": report.cancelled_entries,
         "notified": report.notified,
     }
+
+
+@app.task(base=PayoutJobTask, time_limit=60, soft_time_limit=50)
+def payout_entry_retry_task(job_id: int, entry_id: int) -> bool:
+    """What replaying a failed entry's dead letter runs: that entry is paid again.
+
+    A dead letter replayed after the entry was retried some other way (``retry-failed``) or
+    after its job ended finds nothing to do; that is an answer, not a new failure.
+    """
+    try:
+        payout_job_retry_failed(job_id=int(job_id), actor=None, entry_ids=[int(entry_id)])
+    except DomainError:
+        return False
+    return True

@@ -269,8 +269,11 @@ def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
     return job
 
 
-def payout_job_retry_failed(*, job_id: int, actor: Any) -> PayoutJob:
-    """Give every failed entry of a job a fresh start (``pending``, attempts reset).
+def payout_job_retry_failed(
+    *, job_id: int, actor: Any, entry_ids: list[int] | None = None
+) -> PayoutJob:
+    """Give every failed entry of a job (or only ``entry_ids`` of them: the replay of one
+    entry's dead letter) a fresh start (``pending``, attempts reset).
 
     Allowed while the job is running or paused, and after it completed with failures (it
     runs again and finalizes again; the fee is never collected twice). Set-based; audited with
@@ -287,7 +290,10 @@ def payout_job_retry_failed(*, job_id: int, actor: Any) -> PayoutJob:
                 PayoutJob.Status.COMPLETED_WITH_FAILURES,
             ),
         )
-        retried = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED).update(
+        failed = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED)
+        if entry_ids is not None:
+            failed = failed.filter(pk__in=entry_ids)
+        retried = failed.update(
             status=PayoutEntry.Status.PENDING,
             attempt_count=0,
             next_attempt_at=None,

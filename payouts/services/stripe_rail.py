@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 # Stripe keeps idempotency keys for 24 hours; an hour of margin for slow retries.
 RECONCILE_AFTER = timedelta(hours=23)
 STRIPE_RAIL_TASK = BATCH_TASKS[PayoutJob.Rail.STRIPE]
+ENTRY_RETRY_TASK = "payouts.tasks.payout_entry_retry_task"
 
 
 def _db_clock_plus(seconds: float) -> RawSQL:
@@ -245,10 +246,11 @@ def stripe_entry_record_failure(*, job_id: int, entry: ClaimedEntry, result: Tra
         dead_letter_record(
             # Unique per failure: an entry retried by staff that fails again gets a new row.
             task_id=f"payout_entry:{entry.id}:{uuid.uuid4().hex}",
-            task_name=STRIPE_RAIL_TASK,
-            args=[job_id],
+            # Replaying the letter retries this entry (and only it).
+            task_name=ENTRY_RETRY_TASK,
+            args=[job_id, entry.id],
             kwargs={},
-            queue="payouts_stripe",
+            queue="payouts",
             error=f"{reason}: {result.error}",
             traceback="",
             attempts=entry.attempt,

@@ -330,3 +330,28 @@ def test_the_watchdog_restarts_a_stripe_job_whose_batches_died(
     payout_batch_stripe(job_id=job.pk)
     entry = job.entries.get()
     assert (entry.status, entry.attempt_count) == (PayoutEntry.Status.COMPLETED, 2)
+
+
+def test_replaying_a_failed_entrys_dead_letter_pays_that_entry(fake, staff, settings):
+    # Given an entry that failed for good while Stripe dropped every connection
+    settings.STRIPE_MAX_ATTEMPTS = 1
+    fake.configure(faults={"reset": 1.0})
+    job = stripe_job(fake, staff, stakers=2)
+    payout_batch_stripe(job_id=job.pk)
+    entry = job.entries.get()
+    assert entry.status == PayoutEntry.Status.FAILED
+    letter = DeadLetter.objects.get(subject=f"payout_entry:{entry.pk}")
+    # When Stripe is back and the letter's task runs again, as a replay sends it
+    fake.configure(faults={})
+    from payouts.tasks import payout_entry_retry_task
+
+    assert letter.task_name == payout_entry_retry_task.name
+    assert payout_entry_retry_task.run(*letter.args) is True
+    payout_batch_stripe(job_id=job.pk)
+    # Then that entry is paid once and the job completes; a second replay finds nothing to do
+    entry.refresh_from_db()
+    assert entry.status == PayoutEntry.Status.COMPLETED
+    assert fake.stats()["transfers_created"] == 1
+    job.refresh_from_db()
+    assert job.status == PayoutJob.Status.COMPLETED
+    assert payout_entry_retry_task.run(*letter.args) is False
