@@ -59,6 +59,8 @@ class WorkerPool:
             "--without-mingle",
             "--without-heartbeat",
         ]
+        # Without a log folder a worker writes to our standard error: its banner and log are
+        # diagnostics, and standard output may carry a report (``manage.py bench --json``).
         output = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -69,8 +71,8 @@ class WorkerPool:
                 cwd=ROOT,
                 env={**self.env, **extra_env},
                 start_new_session=True,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
+                stdout=output if output is not None else 2,  # our standard error
+                stderr=subprocess.STDOUT if output is not None else None,
             )
         finally:
             if output is not None:

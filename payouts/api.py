@@ -149,6 +149,15 @@ class StatusFilterSerializer(serializers.Serializer):
     status = serializers.CharField(required=False)
 
 
+def _status_filtered_page(view, request, select, output):
+    """One page of ``select(status=...)`` (``?status=`` optional), each row through ``output``."""
+    filters = StatusFilterSerializer(data=request.query_params)
+    filters.is_valid(raise_exception=True)
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(select(**filters.validated_data), request, view)
+    return paginator.get_paginated_response([output(row) for row in page])
+
+
 class PayoutJobListApi(APIView):
     permission_classes = [IsStaff]
 
@@ -156,11 +165,7 @@ class PayoutJobListApi(APIView):
         parameters=[StatusFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
     )
     def get(self, request):
-        filters = StatusFilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
-        paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(payout_job_list(**filters.validated_data), request, self)
-        return paginator.get_paginated_response([_job_output(job) for job in page])
+        return _status_filtered_page(self, request, payout_job_list, _job_output)
 
 
 class PayoutJobDetailApi(APIView):
@@ -214,13 +219,9 @@ class DeadLetterListApi(APIView):
         parameters=[StatusFilterSerializer], responses={200: DeadLetterOutputSerializer(many=True)}
     )
     def get(self, request):
-        filters = StatusFilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
-        paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(
-            dead_letter_list(**filters.validated_data), request, self
+        return _status_filtered_page(
+            self, request, dead_letter_list, lambda letter: DeadLetterOutputSerializer(letter).data
         )
-        return paginator.get_paginated_response(DeadLetterOutputSerializer(page, many=True).data)
 
 
 class DeadLetterReplayApi(APIView):

@@ -5,6 +5,7 @@ wrote (the job row, its audit entry, the challenge's result), which brings the s
 back to ``pending_admin``; this is what lets one challenge of a million stakers give a p99.
 The undo runs only in this benchmark's own database, between samples and outside the timing.
 The expansion messages the samples sent are purged afterwards, before any worker starts.
+
 """
 
 import statistics
@@ -18,6 +19,7 @@ from rest_framework.test import APIClient
 from config.celery import app
 from core.models import AuditEntry
 from payouts.models import PayoutJob
+from payouts.services.engine import EXPAND_TASK
 
 _UNDO_CHALLENGE = """
 UPDATE challenges_challenge
@@ -37,6 +39,13 @@ def _undo(challenge_id: int) -> None:
             cursor.execute(_UNDO_CHALLENGE, [challenge_id])
 
 
+def _expansions_purge() -> None:
+    """Drop the expansion messages of the undone jobs from the queue they were routed to."""
+    queue = app.amqp.router.route({}, EXPAND_TASK)["queue"].name
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
 def _percentile(samples: list[float], share: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -45,7 +54,8 @@ def _percentile(samples: list[float], share: float) -> float:
 def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str, float]:
     """Time ``samples`` resolves of one challenge through the API; p50/p99 in milliseconds,
     and the number of queries one resolve issues (the same for any number of stakers)."""
-    client = APIClient()
+    # A host the settings allow (the test client's default "testserver" is not one).
+    client = APIClient(HTTP_HOST="localhost")
     client.force_authenticate(staff)
     url = f"/api/admin/challenges/{challenge_id}/resolve/"
     timings: list[float] = []
@@ -59,7 +69,7 @@ def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str,
             raise RuntimeError(f"resolve answered {response.status_code}: {response.content!r}")
         queries = len(captured.captured_queries)
         _undo(challenge_id)
-    app.control.purge()
+    _expansions_purge()
     return {
         "samples": samples,
         "p50_ms": round(_percentile(timings, 0.5), 2),

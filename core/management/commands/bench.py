@@ -1,4 +1,6 @@
+import contextlib
 import json
+import sys
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -21,12 +23,14 @@ class Command(BaseCommand):
     def handle(self, *args, winners: int, workers: int, baseline_sample: int, **options):
         call_command("migrate", "--noinput", verbosity=0)
         quiet = options["json"]
-        report = bench_run(
-            winners=winners,
-            workers=workers,
-            baseline_sample=baseline_sample,
-            log=(lambda _: None) if quiet else self.stdout.write,
-        )
+        # With --json, standard output carries the JSON object alone; progress goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr if quiet else sys.stdout):
+            report = bench_run(
+                winners=winners,
+                workers=workers,
+                baseline_sample=baseline_sample,
+                log=print if quiet else self.stdout.write,
+            )
         if quiet:
             self.stdout.write(json.dumps(report, default=str))
             return
@@ -45,9 +49,10 @@ class Command(BaseCommand):
             ),
             ("worker peak RSS", f"{ledger['worker_peak_rss_mb']} MB"),
             (
-                "written",
-                f"{ledger['rows_written']:,} rows, {ledger['wal_bytes_written'] / 2**20:,.0f} "
-                "MB of WAL",
+                "database writes",
+                f"{ledger['rows_written_with_seeding']:,} rows, "
+                f"{ledger['wal_bytes_written_with_seeding'] / 2**20:,.0f} MB of WAL "
+                "(seeding included)",
             ),
             (
                 "baseline (a) transaction/payout",
