@@ -3,9 +3,11 @@
 Faults injected (all from one ``random.Random(seed)``, so a seed replays the same schedule):
 SIGKILL of a random payout worker every ``kill_interval`` seconds (a replacement starts at
 once, as a process supervisor would), one Redis restart and one PostgreSQL restart (embedded
-stack only), every batch task published twice (``proof.chaos_app``), and Stripe faults of
-every kind the fake knows (429, 500, lock_timeout, connection reset, timeout, response lost
-after the transfer was created) at ``stripe_fault_rate``.
+stack only) at seeded points of the ledger job's progress, so that both hit it mid-flight,
+every batch task published twice (``proof.chaos_app``), and Stripe faults of every kind the
+fake knows (429, 500, lock_timeout, connection reset, timeout, response lost after the
+transfer was created) at ``stripe_fault_rate`` until ``stripe_faults_until`` of the Stripe
+job's entries are settled.
 
 When the schedule is done the faults stop, the run waits (bounded) for both jobs to end, and
 then checks what must hold whatever happened: every entry terminal; no entry paid twice, in
@@ -28,6 +30,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import connection, connections
+from django.test import override_settings
 
 from deploy.workers import ROOT, WorkerPool
 from payouts.models import PayoutJob
@@ -60,6 +63,9 @@ class ChaosConfig:
     restarts: bool = True
     duplicate_publish: bool = True
     stripe_fault_rate: float = 0.2
+    # Share of the Stripe job's entries paid or failed before its faults stop: the job runs
+    # under faults for most of its life, not only while the kills last.
+    stripe_faults_until: float = 0.9
     ledger_workers: int = 2
     stripe_workers: int = 2
     batch_size: int = 500
@@ -69,10 +75,18 @@ class ChaosConfig:
 
 @dataclass
 class Event:
-    at: float
     action: str  # "kill", "restart_redis", "restart_postgres"
+    at: float | None = None  # seconds after the jobs were resolved
+    at_ledger_share: float | None = None  # or once the ledger job has paid this share
     detail: str = ""
     done_at: float | None = None
+
+    def due(self, now: float, ledger_share: float) -> bool:
+        if self.done_at is not None:
+            return False
+        if self.at is not None:
+            return self.at <= now
+        return self.at_ledger_share is not None and self.at_ledger_share <= ledger_share
 
 
 @dataclass
@@ -86,13 +100,13 @@ class Injected:
 
 
 def schedule_build(config: ChaosConfig, rng: random.Random) -> list[Event]:
-    """Kills every ``kill_interval`` seconds; the two restarts at seeded points in between."""
-    events = [Event(at=config.kill_interval * (i + 1), action="kill") for i in range(config.kills)]
-    span = config.kill_interval * max(config.kills, 2)
+    """Kills every ``kill_interval`` seconds; Redis restarts when the ledger job has paid a
+    seeded 20-45% of its entries, PostgreSQL at 55-80%."""
+    events = [Event("kill", at=config.kill_interval * (i + 1)) for i in range(config.kills)]
     if config.restarts:
-        events.append(Event(at=round(rng.uniform(0.2, 0.45) * span, 2), action="restart_redis"))
-        events.append(Event(at=round(rng.uniform(0.55, 0.8) * span, 2), action="restart_postgres"))
-    return sorted(events, key=lambda e: e.at)
+        events.append(Event("restart_redis", at_ledger_share=round(rng.uniform(0.2, 0.45), 2)))
+        events.append(Event("restart_postgres", at_ledger_share=round(rng.uniform(0.55, 0.8), 2)))
+    return events
 
 
 def _worker_env(fake: FakeStripe, config: ChaosConfig) -> dict[str, str]:
@@ -224,14 +238,17 @@ class ChaosRun:
         )
         try:
             self._start_workers()
-            jobs = {
-                "ledger": challenge_resolve(
-                    challenge_id=ledger_id, result="challenger_won", actor=staff, rail="ledger"
-                ).pk,
-                "stripe": challenge_resolve(
-                    challenge_id=stripe_id, result="challenger_won", actor=staff, rail="stripe"
-                ).pk,
-            }
+            # A job keeps the batch size it was created with: small batches mean many
+            # messages to duplicate and a ledger job that lasts through the faults.
+            with override_settings(PAYOUT_BATCH_SIZE=cfg.batch_size):
+                jobs = {
+                    "ledger": challenge_resolve(
+                        challenge_id=ledger_id, result="challenger_won", actor=staff, rail="ledger"
+                    ).pk,
+                    "stripe": challenge_resolve(
+                        challenge_id=stripe_id, result="challenger_won", actor=staff, rail="stripe"
+                    ).pk,
+                }
             self.log(f"resolved: ledger job #{jobs['ledger']}, stripe job #{jobs['stripe']}")
             finished = self._drive(jobs)
         finally:
@@ -247,20 +264,13 @@ class ChaosRun:
 
     def _drive(self, jobs: dict[str, int]) -> bool:
         """Play the schedule, then wait for both jobs; True if they ended in time."""
-        events = schedule_build(self.config, self.rng)
+        cfg = self.config
+        events = schedule_build(cfg, self.rng)
         t0 = time.monotonic()
         next_watchdog = 0.0
         faults_over_at: float | None = None
-        progress = ""
         while True:
             now = time.monotonic() - t0
-            for event in events:
-                if event.done_at is None and event.at <= now:
-                    self._inject(event, now, progress)
-            if faults_over_at is None and all(e.done_at is not None for e in events):
-                faults_over_at = now
-                self.fake.configure(faults={})
-                self.log(f"  t={now:6.1f}s faults stop; waiting for the jobs to finish")
             if now >= next_watchdog:
                 _retrying("watchdog", lambda: payout_watchdog(stale_seconds=WATCHDOG_STALE_SECONDS))
                 next_watchdog = now + WATCHDOG_PERIOD
@@ -269,21 +279,42 @@ class ChaosRun:
                 lambda: {
                     job["id"]: job
                     for job in PayoutJob.objects.filter(pk__in=jobs.values()).values(
-                        "id", "status", "completed_count", "total_entries"
+                        "id", "status", "completed_count", "failed_count", "total_entries"
                     )
                 },
             )
+            settled = {
+                rail: (rows[job_id]["completed_count"] + rows[job_id]["failed_count"])
+                / (rows[job_id]["total_entries"] or float("inf"))
+                for rail, job_id in jobs.items()
+            }
             progress = ", ".join(
                 f"{rail} {rows[job_id]['completed_count']}/{rows[job_id]['total_entries']} paid"
                 for rail, job_id in jobs.items()
             )
+            for event in events:
+                if event.due(now, settled["ledger"]):
+                    self._inject(event, now, progress)
+            stripe_done = (
+                settled["stripe"] >= cfg.stripe_faults_until
+                or rows[jobs["stripe"]]["status"] in TERMINAL_JOB
+            )
+            if (
+                faults_over_at is None
+                and stripe_done
+                and all(e.done_at is not None for e in events)
+            ):
+                faults_over_at = now
+                self.fake.configure(faults={})
+                events.append(Event("faults_stop", detail=progress, done_at=round(now, 2)))
+                self.log(f"  t={now:6.1f}s faults stop ({progress}); waiting for the jobs")
             if faults_over_at is not None and {r["status"] for r in rows.values()} <= TERMINAL_JOB:
                 self.log(f"  t={now:6.1f}s both jobs ended ({progress})")
                 break
-            if faults_over_at is not None and now - faults_over_at > self.config.finish_timeout:
+            if now - (faults_over_at or 0) > cfg.finish_timeout:
                 return False
             time.sleep(0.2)
-        self.injected.timeline = [asdict(e) for e in events]
+        self.injected.timeline = sorted((asdict(e) for e in events), key=lambda e: e["done_at"])
         return True
 
     # --- the checks ------------------------------------------------------------------------

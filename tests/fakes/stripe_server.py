@@ -36,6 +36,7 @@ import json
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -423,6 +424,13 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: FakeStripeState) -> None:
         self.state = state
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: tuple[str, int]) -> None:
+        # A client killed mid-request (the chaos run's SIGKILLs) is expected, not an error
+        # of the fake worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeStripe:
