@@ -50,6 +50,8 @@ class PayoutBenchReport:
     payouts_per_second: float
     batch_phase_payouts_per_second: float
     worker_peak_rss_bytes: int
+    rows_written: int
+    wal_bytes_written: int
     notify_seconds: float
     job_status: str
     ledger_ok: bool
@@ -104,6 +106,7 @@ def payout_benchmark(
             sampler,
             override_settings(PAYOUT_BATCH_SIZE=batch_size, PAYOUT_PARALLELISM=parallelism),
         ):
+            rows_before, wal_before = database_writes()
             started = time.perf_counter()
             job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
             resolve_ms = (time.perf_counter() - started) * 1000
@@ -116,6 +119,9 @@ def payout_benchmark(
             end_to_end = time.perf_counter() - started
     finally:
         pool.stop_all()
+    # After the workers' connections closed: a backend reports its row counts at the latest
+    # when it exits.
+    rows_after, wal_after = database_writes()
     # Notifications are created after the job completes, by their own task on the
     # notifications queue (no worker of it runs here): time that statement in this process.
     started = time.perf_counter()
@@ -138,6 +144,8 @@ def payout_benchmark(
         if pay_seconds
         else 0,
         worker_peak_rss_bytes=getattr(sampler, "peak_bytes", 0),
+        rows_written=rows_after - rows_before,
+        wal_bytes_written=wal_after - wal_before,
         notify_seconds=round(notify_seconds, 2),
         job_status=job.status,
         ledger_ok=ledger_check().ok,
@@ -149,12 +157,27 @@ def payout_benchmark(
         f"{batch_size} x {parallelism}: resolve {report.resolve_ms:.1f} ms; expand "
         f"{report.expand_seconds:.1f} s; paid in {report.pay_seconds:.1f} s "
         f"({report.batch_phase_payouts_per_second:,}/s); end to end "
-        f"{report.end_to_end_seconds:.1f} s = {report.payouts_per_second:,} payouts/s; job "
+        f"{report.end_to_end_seconds:.1f} s = {report.payouts_per_second:,} payouts/s, "
+        f"{report.rows_written:,} rows and {report.wal_bytes_written / 2**20:,.0f} MB of WAL "
+        f"written; job "
         f"{report.job_status}, ledger {'ok' if report.ledger_ok else 'BROKEN'}, escrow "
         f"{report.escrow_balance}, fee {report.fee_collected}; notifications created in "
         f"{report.notify_seconds:.1f} s after completion; seeding took {report.seed_seconds:.1f} s"
     )
     return report
+
+
+def database_writes() -> tuple[int, int]:
+    """Rows inserted + updated so far in this database, and WAL bytes written so far."""
+    with connection.cursor() as cursor:
+        # Statistics are cached per transaction: read the counters as they are now.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT tup_inserted + tup_updated, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') "
+            "FROM pg_stat_database WHERE datname = current_database()"
+        )
+        rows, wal = cursor.fetchone()
+    return int(rows), int(wal)
 
 
 def _wait_for_workers(count: int, timeout: float = 60) -> None:

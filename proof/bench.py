@@ -6,8 +6,8 @@ against a number remembered from elsewhere:
 - resolve latency p50 / p99 through the staff API, for challenges of 10, 10,000 and 1,000,000
   stakers (``proof.resolve_latency``);
 - the ledger rail end to end through real Celery worker processes for 1,000,000 winners
-  (``payouts.benchmarks.payout_benchmark``), with the workers' peak RSS and the rows and bytes
-  PostgreSQL wrote;
+  (``payouts.benchmarks.payout_benchmark``), with the workers' peak RSS and the rows and WAL
+  bytes PostgreSQL wrote from resolve to completion;
 - the two baselines on a sample (``proof.baselines``): one transaction per payout in batches of
   500, and one Celery task per payout;
 - the Stripe rail against the fake Stripe with latency and a rate limit
@@ -22,7 +22,6 @@ from dataclasses import asdict
 from typing import Any
 
 import psutil
-from django.db import connection
 
 from challenges.benchmarks import bench_sweep, bench_warnings
 from deploy.workers import WorkerPool
@@ -66,17 +65,6 @@ class RssSampler:
                 except psutil.Error:
                     continue
                 self.peak_bytes = max(self.peak_bytes, rss)
-
-
-def _database_writes() -> tuple[int, int]:
-    """Rows inserted + updated so far in this database, and WAL bytes written so far."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT tup_inserted + tup_updated, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') "
-            "FROM pg_stat_database WHERE datname = current_database()"
-        )
-        rows, wal = cursor.fetchone()
-    return int(rows), int(wal)
 
 
 def _resolved_sample(*, stakers: int, seed: int) -> int:
@@ -137,17 +125,12 @@ def bench_run(
     log(f"  {per_task:,.0f} payouts/s")
 
     log(f"ledger rail, {winners:,} winners, {workers} worker processes...")
-    rows_before, wal_before = _database_writes()
     ledger = payout_benchmark(winners=winners, worker_processes=workers, rss_sampler=RssSampler)
-    rows_after, wal_after = _database_writes()
     report["ledger"] = {
         **asdict(ledger),
         "seconds": ledger.end_to_end_seconds,
         "payouts_per_s": ledger.payouts_per_second,
         "worker_peak_rss_mb": round(ledger.worker_peak_rss_bytes / 2**20, 1),
-        # Seeding the stakers is part of the measured span.
-        "rows_written_with_seeding": rows_after - rows_before,
-        "wal_bytes_written_with_seeding": wal_after - wal_before,
     }
     report["baselines"] = {
         "sample": baseline_sample,

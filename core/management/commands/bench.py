@@ -50,9 +50,8 @@ class Command(BaseCommand):
             ("worker peak RSS", f"{ledger['worker_peak_rss_mb']} MB"),
             (
                 "database writes",
-                f"{ledger['rows_written_with_seeding']:,} rows, "
-                f"{ledger['wal_bytes_written_with_seeding'] / 2**20:,.0f} MB of WAL "
-                "(seeding included)",
+                f"{ledger['rows_written']:,} rows, "
+                f"{ledger['wal_bytes_written'] / 2**20:,.0f} MB of WAL (resolve to completed)",
             ),
             (
                 "baseline (a) transaction/payout",
