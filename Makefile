@@ -40,11 +40,12 @@ test: lint
 	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 10000 --stripe-winners 300 --kills 5 --seed 7
 
 # The proof: `make chaos ARGS="--seed 2 --json"`, `make bench ARGS="--json"`.
+# Not echoed: with --json, standard output carries the JSON object alone.
 chaos: install
-	$(call on_stack,.devstack/proof) python manage.py chaos $(ARGS)
+	@$(call on_stack,.devstack/proof) python manage.py chaos $(ARGS)
 
 bench: install
-	$(call on_stack,.devstack/proof) python manage.py bench $(ARGS)
+	@$(call on_stack,.devstack/proof) python manage.py bench $(ARGS)
 
 up: install
 	python -m deploy.run up

@@ -16,6 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_log_dir(name: str) -> Path:
+    """The folder for one kind of run's worker logs: under the embedded stack's folder
+    (``DEVSTACK_DIR``, set by ``deploy.devstack run``) or ``.devstack/``."""
+    return Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack") / name
+
+
 class WorkerPool:
     def __init__(self, env: dict[str, str], *, app: str = "config", log_dir: Path | None = None):
         self.env = env

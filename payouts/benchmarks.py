@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.db import connection
@@ -68,6 +69,7 @@ def payout_benchmark(
     worker_env: dict[str, str] | None = None,
     app: str = "config",
     rss_sampler: Callable[[Any], AbstractContextManager] | None = None,
+    log_dir: Path | None = None,
     timeout: float = 1_800,
 ) -> PayoutBenchReport:
     """Seed ``winners`` winners, pay them with ``worker_processes`` workers, return the figures.
@@ -75,7 +77,8 @@ def payout_benchmark(
     The workers share this process's database and Redis (``worker_env``, this process's
     environment by default) and consume the ``payouts`` queue only. ``rss_sampler``, given the
     worker pool, makes a context manager whose ``peak_bytes`` is reported as the workers' peak
-    memory. Prints the report.
+    memory. Worker output goes to ``log_dir`` when given, else to standard error. Prints the
+    report.
     """
     from deploy.workers import WorkerPool
     from payouts.services.jobs import challenge_resolve
@@ -93,7 +96,7 @@ def payout_benchmark(
         # Autovacuum has not seen the new rows yet; a vacuum now keeps its run out of the
         # measurement and gives index-only scans a fresh visibility map.
         cursor.execute("VACUUM ANALYZE payouts_account, payouts_payoutentry")
-    pool = WorkerPool(worker_env or dict(os.environ), app=app)
+    pool = WorkerPool(worker_env or dict(os.environ), app=app, log_dir=log_dir)
     sampler = rss_sampler(pool) if rss_sampler else contextlib.nullcontext()
     try:
         for n in range(worker_processes):

@@ -18,6 +18,7 @@ import os
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.test import override_settings
 
@@ -60,13 +61,15 @@ def stripe_rate_benchmark(
     latency: float = 0.0,
     worker_env: dict[str, str] | None = None,
     app: str = "config",
+    log_dir: Path | None = None,
     timeout: float = 900,
 ) -> StripeRateReport:
     """Pay ``winners`` Stripe transfers with ``workers`` processes under a ``rate``/s limit,
     each Stripe request taking ``latency`` seconds at the fake.
 
     ``worker_env`` is the workers' environment (the database and Redis they share with this
-    process; this process's environment by default). Prints and returns the figures.
+    process; this process's environment by default); their output goes to ``log_dir`` when
+    given. Prints and returns the figures.
     """
     from deploy.workers import WorkerPool
     from payouts.services.connected_accounts import connected_accounts_seed
@@ -83,7 +86,9 @@ def stripe_rate_benchmark(
         "STRIPE_BATCH_SECONDS": "20",
         "CELERY_VISIBILITY_TIMEOUT": "600",
     }
-    pool = WorkerPool({**(worker_env or os.environ), **fake.env(), **limits}, app=app)
+    pool = WorkerPool(
+        {**(worker_env or os.environ), **fake.env(), **limits}, app=app, log_dir=log_dir
+    )
     try:
         challenge = challenge_seed(stakers=2 * winners, yes_share=0.5, seed=5)
         accounts = connected_accounts_seed(challenge_id=challenge.pk)

@@ -22,9 +22,10 @@ from dataclasses import asdict
 from typing import Any
 
 import psutil
+from django.db import connection
 
 from challenges.benchmarks import bench_sweep, bench_warnings
-from deploy.workers import WorkerPool
+from deploy.workers import WorkerPool, run_log_dir
 from payouts.benchmarks import payout_benchmark
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
@@ -67,6 +68,15 @@ class RssSampler:
                 self.peak_bytes = max(self.peak_bytes, rss)
 
 
+def _settle() -> None:
+    """Pay the last phase's debt now: vacuum what it wrote and flush its dirty pages, so that
+    autovacuum and the checkpointer do not take the next phase's CPU (a Stripe phase run right
+    after the million-payout one reached 41% of its limit instead of 99%)."""
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+        cursor.execute("CHECKPOINT")
+
+
 def _resolved_sample(*, stakers: int, seed: int) -> int:
     """A challenge whose job is expanded but not paid: the baselines' work to do."""
     challenge = challenge_seed(stakers=stakers, yes_share=0.9, seed=seed)
@@ -101,6 +111,8 @@ def bench_run(
         validate=False,
     )
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    logs = run_log_dir("bench-logs")
+    log(f"worker logs: {logs}")
 
     log(f"resolve latency through the API ({resolve_samples} samples per size)...")
     report["resolve"] = {}
@@ -114,7 +126,7 @@ def bench_run(
     per_tx = per_transaction_run(job_id=_resolved_sample(stakers=baseline_sample, seed=11))
     log(f"  {per_tx:,.0f} payouts/s")
     log(f"baseline (b), one Celery task per payout, {baseline_sample:,} payouts...")
-    pool = WorkerPool(env, app=BENCH_APP)
+    pool = WorkerPool(env, app=BENCH_APP, log_dir=logs)
     job_id = _resolved_sample(stakers=baseline_sample, seed=12)
     try:
         for n in range(workers):
@@ -125,7 +137,9 @@ def bench_run(
     log(f"  {per_task:,.0f} payouts/s")
 
     log(f"ledger rail, {winners:,} winners, {workers} worker processes...")
-    ledger = payout_benchmark(winners=winners, worker_processes=workers, rss_sampler=RssSampler)
+    ledger = payout_benchmark(
+        winners=winners, worker_processes=workers, rss_sampler=RssSampler, log_dir=logs
+    )
     report["ledger"] = {
         **asdict(ledger),
         "seconds": ledger.end_to_end_seconds,
@@ -147,8 +161,13 @@ def bench_run(
     log(f"stripe rail, {stripe_winners:,} winners, {stripe_limit:g}/s limit...")
     # Stripe batches spend their time waiting on the network: a limit of 100/s at 30 ms per
     # call needs about ten calls in flight, hence more (mostly idle) worker processes.
+    _settle()
     stripe = stripe_rate_benchmark(
-        winners=stripe_winners, workers=stripe_workers, rate=stripe_limit, latency=stripe_latency
+        winners=stripe_winners,
+        workers=stripe_workers,
+        rate=stripe_limit,
+        latency=stripe_latency,
+        log_dir=logs,
     )
     report["stripe"] = {
         "limit": stripe_limit,
@@ -162,6 +181,7 @@ def bench_run(
     }
 
     log("deadline sweep and warning fan-out...")
+    _settle()
     report["lifecycle"] = {
         "sweep": bench_sweep(challenges=sweep_challenges, due=sweep_due),
         "warnings": bench_warnings(participants=warning_participants),

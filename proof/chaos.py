@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -32,7 +31,7 @@ from django.conf import settings
 from django.db import connection, connections
 from django.test import override_settings
 
-from deploy.workers import ROOT, WorkerPool
+from deploy.workers import ROOT, WorkerPool, run_log_dir
 from payouts.models import PayoutJob
 from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.engine import payout_watchdog
@@ -230,11 +229,10 @@ class ChaosRun:
             validate=False,
         )
         ledger_id, stripe_id = self._seed()
-        log_dir = Path(self.stack or ROOT / ".devstack") / "chaos-logs"
         self.pool = WorkerPool(
             _worker_env(self.fake, cfg),
             app="proof.chaos_app" if cfg.duplicate_publish else "config",
-            log_dir=log_dir,
+            log_dir=run_log_dir("chaos-logs"),
         )
         try:
             self._start_workers()
