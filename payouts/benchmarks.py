@@ -92,10 +92,7 @@ def payout_benchmark(
     )
     seed_seconds = time.perf_counter() - started
     warm_up = challenge_seed(stakers=2)
-    with connection.cursor() as cursor:
-        # Autovacuum has not seen the new rows yet; a vacuum now keeps its run out of the
-        # measurement and gives index-only scans a fresh visibility map.
-        cursor.execute("VACUUM ANALYZE payouts_account, payouts_payoutentry")
+    database_settle()
     pool = WorkerPool(worker_env or dict(os.environ), app=app, log_dir=log_dir)
     sampler = rss_sampler(pool) if rss_sampler else contextlib.nullcontext()
     try:
@@ -168,6 +165,16 @@ def payout_benchmark(
         f"{report.notify_seconds:.1f} s after completion; seeding took {report.seed_seconds:.1f} s"
     )
     return report
+
+
+def database_settle() -> None:
+    """Pay the debt of what was just written before measuring anything else: vacuum it (so
+    autovacuum does not take the measured work's CPU, and index-only scans get a fresh
+    visibility map) and flush its dirty pages. A Stripe phase run right after the
+    million-payout one reached 41% of its limit instead of 99% without this."""
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+        cursor.execute("CHECKPOINT")
 
 
 def database_writes() -> tuple[int, int]:

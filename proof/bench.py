@@ -22,11 +22,10 @@ from dataclasses import asdict
 from typing import Any
 
 import psutil
-from django.db import connection
 
 from challenges.benchmarks import bench_sweep, bench_warnings
 from deploy.workers import WorkerPool, run_log_dir
-from payouts.benchmarks import payout_benchmark
+from payouts.benchmarks import database_settle, payout_benchmark
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
 from payouts.services.seeding import challenge_seed
@@ -66,15 +65,6 @@ class RssSampler:
                 except psutil.Error:
                     continue
                 self.peak_bytes = max(self.peak_bytes, rss)
-
-
-def _settle() -> None:
-    """Pay the last phase's debt now: vacuum what it wrote and flush its dirty pages, so that
-    autovacuum and the checkpointer do not take the next phase's CPU (a Stripe phase run right
-    after the million-payout one reached 41% of its limit instead of 99%)."""
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-        cursor.execute("CHECKPOINT")
 
 
 def _resolved_sample(*, stakers: int, seed: int) -> int:
@@ -161,7 +151,7 @@ def bench_run(
     log(f"stripe rail, {stripe_winners:,} winners, {stripe_limit:g}/s limit...")
     # Stripe batches spend their time waiting on the network: a limit of 100/s at 30 ms per
     # call needs about ten calls in flight, hence more (mostly idle) worker processes.
-    _settle()
+    database_settle()
     stripe = stripe_rate_benchmark(
         winners=stripe_winners,
         workers=stripe_workers,
@@ -181,7 +171,7 @@ def bench_run(
     }
 
     log("deadline sweep and warning fan-out...")
-    _settle()
+    database_settle()
     report["lifecycle"] = {
         "sweep": bench_sweep(challenges=sweep_challenges, due=sweep_due),
         "warnings": bench_warnings(participants=warning_participants),
