@@ -17,7 +17,6 @@ against a number remembered from elsewhere:
 
 import os
 import threading
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -32,7 +31,7 @@ from payouts.services.seeding import challenge_seed
 from payouts.stripe_benchmarks import stripe_rate_benchmark
 from proof.baselines import per_transaction_run, task_per_payout_run
 from proof.resolve_latency import resolve_latency
-from users.services import user_create
+from proof.staff import proof_staff
 
 BENCH_APP = "proof.bench_app"
 
@@ -94,12 +93,7 @@ def bench_run(
     log=print,
 ) -> dict[str, Any]:
     env = dict(os.environ)
-    staff = user_create(
-        username=f"bench-staff-{int(time.time())}",
-        password="unused",  # noqa: S106 - nobody logs in as this user
-        is_staff=True,
-        validate=False,
-    )
+    staff = proof_staff("bench-staff")
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
     logs = run_log_dir("bench-logs")
     log(f"worker logs: {logs}")

@@ -39,8 +39,8 @@ from payouts.services.jobs import challenge_resolve
 from payouts.services.ledger import ledger_check
 from payouts.services.seeding import challenge_seed
 from proof.chaos_app import DUPLICATES_KEY
+from proof.staff import proof_staff
 from tests.fakes.stripe_server import FAULT_KINDS, FakeStripe
-from users.services import user_create
 
 logger = logging.getLogger(__name__)
 
@@ -222,12 +222,7 @@ class ChaosRun:
         for name, value in self.fake.env().items():
             setattr(settings, name, float(value) if name == "STRIPE_TIMEOUT" else value)
         self.redis.delete(DUPLICATES_KEY)
-        staff = user_create(
-            username=f"chaos-staff-{cfg.seed}-{int(time.time())}",
-            password="unused",  # noqa: S106 - nobody logs in as this user
-            is_staff=True,
-            validate=False,
-        )
+        staff = proof_staff("chaos-staff")
         ledger_id, stripe_id = self._seed()
         self.pool = WorkerPool(
             _worker_env(self.fake, cfg),
