@@ -10,20 +10,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from challenges.models import Challenge, Stake
+from core.admin import ReadOnlyAdminMixin
 from payouts.admin import CHALLENGE_ACTIONS
 
 STAKE_INLINE_LIMIT = 50
-
-
-class ReadOnlyAdminMixin:
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class FirstStakesFormSet(BaseInlineFormSet):

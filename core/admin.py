@@ -1,8 +1,11 @@
-"""Operations in the admin: the dead-letter queue (with replay) and the audit trail.
+"""Operations in the admin: the dead-letter queue (with replay) and the audit trail; and what
+every app's admin shares: read-only model admins and actions that call a service per row.
 
-Both are read-only here: dead letters change only through the replay service, and audit
-entries never change.
+The dead letters and the audit trail are read-only here: dead letters change only through the
+replay service, and audit entries never change.
 """
+
+from collections.abc import Callable
 
 from django.contrib import admin, messages
 
@@ -11,8 +14,11 @@ from core.models import AuditEntry, DeadLetter
 from core.services import dead_letter_replay
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
+class ReadOnlyAdminMixin:
+    """No add, change or delete in the admin: for model and inline admins of rows that only
+    services write."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
@@ -22,26 +28,44 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    pass
+
+
+def service_action(name: str, service: Callable, description: str, *, id_arg: str, **kwargs):
+    """An admin action calling ``service`` for each selected row, in id order, reporting
+    successes and each refusal (a domain error) to the user."""
+
+    def action(modeladmin, request, queryset):
+        done = 0
+        for pk in queryset.order_by("pk").values_list("pk", flat=True):
+            try:
+                service(actor=request.user, **{id_arg: pk}, **kwargs)
+            except DomainError as exc:
+                modeladmin.message_user(request, f"#{pk}: {exc.detail}", messages.WARNING)
+            else:
+                done += 1
+        if done:
+            modeladmin.message_user(request, f"{description}: {done} done.", messages.SUCCESS)
+
+    action.__name__ = name
+    return admin.action(description=description)(action)
+
+
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
     list_display = ("id", "task_name", "subject", "attempts", "status", "created_at", "error")
     list_filter = ("status", "task_name", "queue")
     search_fields = ("task_id", "task_name", "subject", "error")
     readonly_fields = [f.name for f in DeadLetter._meta.fields]
-    actions = ["replay"]
-
-    @admin.action(description="Replay the selected dead letters")
-    def replay(self, request, queryset):
-        replayed = 0
-        for letter_id in queryset.values_list("pk", flat=True).order_by("pk"):
-            try:
-                dead_letter_replay(dead_letter_id=letter_id, actor=request.user)
-            except DomainError as exc:
-                self.message_user(request, f"#{letter_id}: {exc.detail}", messages.WARNING)
-            else:
-                replayed += 1
-        if replayed:
-            self.message_user(request, f"Replayed {replayed} dead letter(s).", messages.SUCCESS)
+    actions = [
+        service_action(
+            "replay",
+            dead_letter_replay,
+            "Replay the selected dead letters",
+            id_arg="dead_letter_id",
+        )
+    ]
 
 
 @admin.register(AuditEntry)

@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from challenges.admin import ReadOnlyAdminMixin
+from core.admin import ReadOnlyAdminMixin
 from notifications.models import Notification
 from notifications.services import notifications_deliver_enqueue
 

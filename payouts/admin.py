@@ -5,12 +5,11 @@ Nothing here writes a model: every action calls the same service as the REST API
 audit trail and the state checks are the same wherever staff act.
 """
 
-from collections.abc import Callable
-
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils.html import format_html
 
-from core.errors import DomainError
+from core.admin import ReadOnlyAdmin as BaseReadOnlyAdmin
+from core.admin import service_action
 from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
 from payouts.selectors import payout_job_progress
 from payouts.services.jobs import (
@@ -23,64 +22,35 @@ from payouts.services.jobs import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(BaseReadOnlyAdmin):
     # Tables with a million rows: no full count on every page.
     show_full_result_count = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-def _action(name: str, service: Callable, description: str, *, id_arg: str, **kwargs):
-    """An admin action calling ``service`` for each selected row, in id order, reporting
-    successes and each refusal (a domain error) to the user."""
-
-    def action(modeladmin, request, queryset):
-        done = 0
-        for pk in queryset.order_by("pk").values_list("pk", flat=True):
-            try:
-                service(actor=request.user, **{id_arg: pk}, **kwargs)
-            except DomainError as exc:
-                modeladmin.message_user(request, f"#{pk}: {exc.detail}", messages.WARNING)
-            else:
-                done += 1
-        if done:
-            modeladmin.message_user(request, f"{description}: {done} done.", messages.SUCCESS)
-
-    action.__name__ = name
-    return admin.action(description=description)(action)
 
 
 # Offered on ChallengeAdmin (challenges/admin.py): resolution and cancellation by staff.
 CHALLENGE_ACTIONS = [
-    _action(
+    service_action(
         "resolve_challenger_won",
         challenge_resolve,
         "Resolve: challenger won",
         id_arg="challenge_id",
         result="challenger_won",
     ),
-    _action(
+    service_action(
         "resolve_challenged_won",
         challenge_resolve,
         "Resolve: challenged won",
         id_arg="challenge_id",
         result="challenged_won",
     ),
-    _action(
+    service_action(
         "resolve_draw",
         challenge_resolve,
         "Resolve: draw (refund everyone)",
         id_arg="challenge_id",
         result="draw",
     ),
-    _action(
+    service_action(
         "cancel_and_refund",
         challenge_cancel,
         "Cancel and refund every stake",
@@ -135,10 +105,10 @@ class PayoutJobAdmin(ReadOnlyAdmin):
     list_select_related = ["challenge"]
     readonly_fields = ["progress"]
     actions = [
-        _action("pause", payout_job_pause, "Pause the selected jobs", id_arg="job_id"),
-        _action("resume", payout_job_resume, "Resume the selected jobs", id_arg="job_id"),
-        _action("cancel", payout_job_cancel, "Cancel the selected jobs", id_arg="job_id"),
-        _action(
+        service_action("pause", payout_job_pause, "Pause the selected jobs", id_arg="job_id"),
+        service_action("resume", payout_job_resume, "Resume the selected jobs", id_arg="job_id"),
+        service_action("cancel", payout_job_cancel, "Cancel the selected jobs", id_arg="job_id"),
+        service_action(
             "retry_failed", payout_job_retry_failed, "Retry the failed entries", id_arg="job_id"
         ),
     ]
