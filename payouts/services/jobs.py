@@ -220,27 +220,49 @@ def _audit(actor: Any, action: str, job: PayoutJob, **details: Any) -> None:
     )
 
 
+def _job_transition(
+    *, job_id: int, actor: Any, action: str, verb: str, allowed: tuple[str, ...], status: str
+) -> PayoutJob:
+    """Under the job row lock (call it in a transaction): check that a job in its state may be
+    ``verb``, move it to ``status`` (a final status also sets ``finished_at``), audit
+    ``action``."""
+    job = _job_locked(job_id)
+    _state_check(job, verb, allowed)
+    job.status = status
+    job.updated_at = timezone.now()
+    fields = ["status", "updated_at"]
+    if status not in PayoutJob.ACTIVE_STATUSES:
+        job.finished_at = job.updated_at
+        fields.append("finished_at")
+    job.save(update_fields=fields)
+    _audit(actor, action, job)
+    return job
+
+
 def payout_job_pause(*, job_id: int, actor: Any) -> PayoutJob:
     """Pause a running job: no batch commits after this commits (in-flight ones roll back)."""
     with transaction.atomic(durable=True):
-        job = _job_locked(job_id)
-        _state_check(job, "paused", (PayoutJob.Status.RUNNING,))
-        job.status = PayoutJob.Status.PAUSED
-        job.updated_at = timezone.now()
-        job.save(update_fields=["status", "updated_at"])
-        _audit(actor, "pause", job)
-    return job
+        return _job_transition(
+            job_id=job_id,
+            actor=actor,
+            action="pause",
+            verb="paused",
+            allowed=(PayoutJob.Status.RUNNING,),
+            status=PayoutJob.Status.PAUSED,
+        )
 
 
 def payout_job_resume(*, job_id: int, actor: Any) -> PayoutJob:
     """Resume a paused job: it becomes running and gets fresh batches after commit."""
     with transaction.atomic(durable=True):
-        job = _job_locked(job_id)
-        _state_check(job, "resumed", (PayoutJob.Status.PAUSED,))
-        job.status = PayoutJob.Status.RUNNING
-        job.updated_at = timezone.now()
-        job.save(update_fields=["status", "updated_at"])
-        _audit(actor, "resume", job)
+        job = _job_transition(
+            job_id=job_id,
+            actor=actor,
+            action="resume",
+            verb="resumed",
+            allowed=(PayoutJob.Status.PAUSED,),
+            status=PayoutJob.Status.RUNNING,
+        )
         transaction.on_commit(
             partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=job.parallelism)
         )
@@ -258,12 +280,14 @@ def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
     cancelled amounts plus the uncollected fee), where staff can see it and refund it.
     """
     with transaction.atomic(durable=True):
-        job = _job_locked(job_id)
-        _state_check(job, "cancelled", PayoutJob.ACTIVE_STATUSES)
-        job.status = PayoutJob.Status.CANCELLED
-        job.finished_at = job.updated_at = timezone.now()
-        job.save(update_fields=["status", "finished_at", "updated_at"])
-        _audit(actor, "cancel", job)
+        job = _job_transition(
+            job_id=job_id,
+            actor=actor,
+            action="cancel",
+            verb="cancelled",
+            allowed=PayoutJob.ACTIVE_STATUSES,
+            status=PayoutJob.Status.CANCELLED,
+        )
     payout_job_cancel_entries(job_id=job.pk)
     job.refresh_from_db()
     return job
