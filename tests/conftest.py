@@ -1,4 +1,5 @@
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
+from core.errors import DomainError
 from deploy.workers import WorkerPool
 from payouts.services.ledger import ledger_check
 from users.services import user_create
@@ -134,6 +136,30 @@ def fake_stripe(settings) -> Iterator:
         setattr(settings, name, float(value) if name == "STRIPE_TIMEOUT" else value)
     yield fake
     fake.stop()
+
+
+def run_together(*calls: Callable[[], object]) -> list[object]:
+    """Start every call at the same moment, each in its own thread (so on its own database
+    connection); return what each returned, or the code of the domain error it raised, in the
+    order of ``calls``."""
+    start = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        start.wait(10)
+        try:
+            results[index] = call()
+        except DomainError as exc:
+            results[index] = exc.code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1):

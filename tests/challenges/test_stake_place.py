@@ -1,9 +1,8 @@
-import threading
 from datetime import timedelta
+from functools import partial
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
@@ -12,6 +11,7 @@ from core.errors import DomainError
 from payouts.models import Transfer
 from payouts.selectors import wallet_get
 from tests.challenges.helpers import open_challenge
+from tests.conftest import run_together
 
 
 def _snapshot(challenge: Challenge, *users) -> tuple:
@@ -133,27 +133,14 @@ def test_concurrent_stakes_on_one_challenge_keep_exact_totals(make_user):
     # Given eight users staking on the same challenge at the same moment, one of them twice
     users = [make_user(balance=100) for _ in range(8)]
     challenge = open_challenge(make_user())
-    start = threading.Barrier(9)
-    errors: list[str] = []
-
-    def stake(user, side):
-        start.wait()
-        try:
-            stake_place(user=user, challenge_id=challenge.pk, side=side, amount=7)
-        except DomainError as exc:
-            errors.append(exc.code)
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=stake, args=(u, "yes" if i % 2 else "no"))
-        for i, u in enumerate(users)
-    ]
-    threads.append(threading.Thread(target=stake, args=(users[0], "yes")))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stakes = [(u, "yes" if i % 2 else "no") for i, u in enumerate(users)] + [(users[0], "yes")]
+    outcomes = run_together(
+        *(
+            partial(stake_place, user=u, challenge_id=challenge.pk, side=side, amount=7)
+            for u, side in stakes
+        )
+    )
+    errors = [o for o in outcomes if isinstance(o, str)]
 
     # Then every distinct user staked once and the totals match the stakes and the escrow
     assert errors == ["already_staked"]

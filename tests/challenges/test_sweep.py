@@ -1,11 +1,9 @@
 """The deadline sweep, with a frozen clock (time-machine)."""
 
-import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 
 from challenges.models import Challenge
@@ -13,6 +11,7 @@ from challenges.services import challenges_sweep_deadlines, stake_place
 from notifications.models import Notification
 from notifications.tasks import staff_event_publish_task
 from tests.challenges.helpers import active_challenge, open_challenge
+from tests.conftest import run_together
 
 
 def _kinds(user) -> list[tuple[str, int]]:
@@ -127,23 +126,10 @@ def test_two_sweeps_at_the_same_moment_move_and_notify_each_challenge_once(make_
         stake_place(user=yes, challenge_id=challenge.pk, side="yes", amount=1)
         if i < 10:
             stake_place(user=no, challenge_id=challenge.pk, side="no", amount=1)
-    start = threading.Barrier(2)
-    results = []
-
-    def sweep():
-        start.wait()
-        try:
-            results.append(challenges_sweep_deadlines())
-        finally:
-            connection.close()
 
     # When two sweeps start together after the deadline
     with time_machine.travel(challenges[-1].due_date + timedelta(seconds=30), tick=False):
-        threads = [threading.Thread(target=sweep) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_together(challenges_sweep_deadlines, challenges_sweep_deadlines)
 
     # Then between them each challenge moved once and each notification was created once
     assert len(results) == 2

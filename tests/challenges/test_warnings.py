@@ -5,12 +5,10 @@ suppressed; the 1-hour warning while 40 min < time left <= 60 min, so it always 
 10-minute one by more than 30 minutes.
 """
 
-import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 
 from challenges.models import Challenge
@@ -21,6 +19,7 @@ from challenges.services import (
 )
 from notifications.models import Notification
 from tests.challenges.helpers import active_challenge, open_challenge
+from tests.conftest import run_together
 
 pytestmark = pytest.mark.django_db
 
@@ -178,22 +177,9 @@ def test_the_fan_out_issues_a_constant_number_of_queries(
 @pytest.mark.django_db(transaction=True)
 def test_two_scans_at_the_same_moment_send_each_warning_once(make_user):
     challenges = [active_challenge(make_user, stakers=20)[0] for _ in range(3)]
-    start = threading.Barrier(2)
-    created: list[int] = []
-
-    def scan():
-        start.wait()
-        try:
-            created.append(challenges_send_deadline_warnings())
-        finally:
-            connection.close()
 
     with _at(challenges[-1], 9.5):
-        threads = [threading.Thread(target=scan) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        created = run_together(challenges_send_deadline_warnings, challenges_send_deadline_warnings)
 
     assert len(created) == 2
     assert sum(created) == 3 * 22 == Notification.objects.count()

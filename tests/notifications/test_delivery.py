@@ -2,11 +2,9 @@
 
 import base64
 import json
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from challenges.services import challenges_send_deadline_warnings
@@ -21,7 +19,7 @@ from notifications.services import (
     staff_event_publish,
 )
 from tests.challenges.helpers import active_challenge
-from tests.conftest import wait_for
+from tests.conftest import run_together, wait_for
 from tests.notifications.helpers import notify
 
 
@@ -132,21 +130,7 @@ def test_warnings_reach_pusher_exactly_once_through_a_worker_despite_500s(
     _, players = active_challenge(make_user, due_in=timedelta(minutes=9), stakers=21)
 
     # When two warning scans run at the same moment (two beats, or a slow one and the next)
-    start = threading.Barrier(2)
-    created: list[int] = []
-
-    def scan():
-        start.wait()
-        try:
-            created.append(challenges_send_deadline_warnings())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=scan) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    created = run_together(challenges_send_deadline_warnings, challenges_send_deadline_warnings)
     assert sorted(created) == [0, 23]
 
     # Then every warning is delivered, after retries, exactly once, on its user's channel

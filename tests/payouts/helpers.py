@@ -4,6 +4,7 @@ from dataclasses import asdict
 
 from challenges.models import Challenge, Stake
 from payouts.models import Account, PayoutEntry, PayoutJob
+from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.engine import (
     payout_batch_ledger,
     payout_job_expand,
@@ -11,7 +12,22 @@ from payouts.services.engine import (
     payout_job_notify,
 )
 from payouts.services.ledger import ledger_check
+from payouts.services.seeding import challenge_seed
 from payouts.services.settlement import StakeRow, settlement_compute
+
+
+def stripe_challenge_seed(fake, *, stakers: int, seed: int, unconnected: int = 0) -> Challenge:
+    """A challenge of ``stakers`` (half on ``yes``) whose winners have Stripe accounts with
+    payouts enabled at ``fake``, except the first ``unconnected`` of them."""
+    challenge = challenge_seed(stakers=stakers, yes_share=0.5, seed=seed)
+    winners = list(
+        challenge.stakes.filter(side="yes").order_by("id").values_list("user_id", flat=True)
+    )
+    accounts = connected_accounts_seed(
+        challenge_id=challenge.pk, except_user_ids=winners[:unconnected]
+    )
+    fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
+    return challenge
 
 
 def expand_inline(job_id: int) -> None:

@@ -1,17 +1,17 @@
 """Resolve, cancel, job controls and dead letters through the REST API."""
 
-import threading
+from functools import partial
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from challenges.models import Challenge
-from core.errors import DomainError
 from core.models import AuditEntry, DeadLetter
 from payouts.models import PayoutJob
 from payouts.services.jobs import challenge_resolve
 from payouts.services.seeding import challenge_seed
+from tests.conftest import run_together
 from tests.payouts.helpers import run_job_inline
 
 pytestmark = pytest.mark.django_db
@@ -218,25 +218,12 @@ def test_resolve_issues_the_same_queries_for_10_and_100000_stakers(staff):
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_resolves_create_one_job(staff):
     challenge = challenge_seed(stakers=20)
-    barrier = threading.Barrier(2)
-    outcomes: list[object] = []
-
-    def resolve(result: str) -> None:
-        try:
-            barrier.wait(5)
-            outcomes.append(
-                challenge_resolve(challenge_id=challenge.pk, result=result, actor=staff)
-            )
-        except DomainError as exc:
-            outcomes.append(exc.code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=resolve, args=(r,)) for r in ("draw", "challenger_won")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = run_together(
+        *(
+            partial(challenge_resolve, challenge_id=challenge.pk, result=result, actor=staff)
+            for result in ("draw", "challenger_won")
+        )
+    )
     jobs = [o for o in outcomes if isinstance(o, PayoutJob)]
     assert len(jobs) == 1
     assert [o for o in outcomes if not isinstance(o, PayoutJob)] == ["already_resolved"]

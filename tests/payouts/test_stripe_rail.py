@@ -11,13 +11,14 @@ from django.utils import timezone
 from challenges.models import Challenge
 from core.models import DeadLetter
 from payouts.models import Account, ConnectedAccount, PayoutEntry, PayoutJob, Transfer
-from payouts.services.connected_accounts import connected_account_link, connected_accounts_seed
+from payouts.services.connected_accounts import connected_account_link
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_retry_failed
 from payouts.services.ledger import system_account_id
 from payouts.services.seeding import challenge_seed
 from payouts.services.stripe_client import transfer_create
 from payouts.services.stripe_rail import payout_batch_stripe, stripe_entries_claim
+from tests.payouts.helpers import stripe_challenge_seed
 
 pytestmark = pytest.mark.django_db
 
@@ -34,14 +35,7 @@ def fake(fake_stripe, settings):
 
 def stripe_job(fake, staff, *, stakers=10, unconnected=0) -> PayoutJob:
     """A resolved, expanded stripe-rail job whose first ``unconnected`` winners have no account."""
-    challenge = challenge_seed(stakers=stakers, yes_share=0.5, seed=3)
-    winners = list(
-        challenge.stakes.filter(side="yes").order_by("id").values_list("user_id", flat=True)
-    )
-    accounts = connected_accounts_seed(
-        challenge_id=challenge.pk, except_user_ids=winners[:unconnected]
-    )
-    fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
+    challenge = stripe_challenge_seed(fake, stakers=stakers, seed=3, unconnected=unconnected)
     job = challenge_resolve(
         challenge_id=challenge.pk, result="challenger_won", actor=staff, rail="stripe"
     )

@@ -6,12 +6,11 @@ import pytest
 from django.db.models import Sum
 
 from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
-from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.jobs import challenge_resolve
 from payouts.services.ledger import ledger_check, system_account_id
-from payouts.services.seeding import challenge_seed
 from payouts.stripe_benchmarks import stripe_rate_benchmark
 from tests.conftest import wait_for
+from tests.payouts.helpers import stripe_challenge_seed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -20,14 +19,7 @@ TERMINAL = (PayoutEntry.Status.COMPLETED, PayoutEntry.Status.FAILED)
 
 
 def resolve_stripe_job(fake, settings, *, stakers, unconnected=0, parallelism=4) -> PayoutJob:
-    challenge = challenge_seed(stakers=stakers, yes_share=0.5, seed=11)
-    winners = list(
-        challenge.stakes.filter(side="yes").order_by("id").values_list("user_id", flat=True)
-    )
-    accounts = connected_accounts_seed(
-        challenge_id=challenge.pk, except_user_ids=winners[:unconnected]
-    )
-    fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
+    challenge = stripe_challenge_seed(fake, stakers=stakers, seed=11, unconnected=unconnected)
     settings.PAYOUT_PARALLELISM = parallelism
     return challenge_resolve(
         challenge_id=challenge.pk, result="challenger_won", actor=None, rail="stripe"
