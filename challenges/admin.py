@@ -1,7 +1,8 @@
 """Challenges in the Django admin: read-only views of state that only services may change.
 
 Creating a challenge opens an escrow account and staking moves money, so neither is offered
-here; resolution and cancellation are staff services with their own admin actions.
+here; resolution and cancellation are payouts' services, which ``payouts/admin.py`` adds to this
+page (it registers a subclass of ``ChallengeAdmin``).
 """
 
 from django.contrib import admin
@@ -11,7 +12,6 @@ from django.utils.html import format_html
 
 from challenges.models import Challenge, Stake
 from core.admin import ReadOnlyAdminMixin
-from payouts.admin import CHALLENGE_ACTIONS
 
 STAKE_INLINE_LIMIT = 50
 
@@ -58,7 +58,6 @@ class ChallengeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["challenger", "challenged"]
     show_full_result_count = False
     inlines = [StakeInline]
-    actions = CHALLENGE_ACTIONS
     fieldsets = [
         (None, {"fields": ["title", "description", "category", "challenger", "challenged"]}),
         ("State", {"fields": ["status", "result", "due_date", "resolved_at", "resolved_by"]}),

@@ -42,7 +42,7 @@ class Challenge(models.Model):
         related_name="challenges_received",
     )
     escrow = models.OneToOneField(
-        "payouts.Account", on_delete=models.PROTECT, related_name="escrow_challenge"
+        "ledger.Account", on_delete=models.PROTECT, related_name="escrow_challenge"
     )
     due_date = models.DateTimeField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

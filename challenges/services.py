@@ -23,10 +23,11 @@ from django.utils import timezone
 
 from challenges.models import Challenge, Stake
 from core.errors import Conflict, InvalidInput, NotFound
+from core.money import MAX_AMOUNT
+from ledger.models import Account, Transfer
+from ledger.selectors import wallet_get
+from ledger.services import account_create, transfer_post
 from notifications.services import notifications_insert_select, staff_event_publish_on_commit
-from payouts.models import Account, Transfer
-from payouts.selectors import wallet_get
-from payouts.services.ledger import MAX_AMOUNT, account_create, transfer_post
 
 User = get_user_model()
 

@@ -3,17 +3,20 @@
 Thin wrappers: each calls one service that is idempotent and safe to run concurrently.
 """
 
+from celery import shared_task
+
+from challenges.models import Challenge
 from challenges.services import challenges_send_deadline_warnings, challenges_sweep_deadlines
-from config.celery import app
-from payouts.services.jobs import refund_jobs_create_for_cancelled
+from challenges.signals import challenges_cancelled
 
 
-@app.task(time_limit=240, soft_time_limit=200)
+@shared_task(time_limit=240, soft_time_limit=200)
 def challenges_sweep_deadlines_task() -> None:
-    challenges_sweep_deadlines()
-    refund_jobs_create_for_cancelled()
+    result = challenges_sweep_deadlines()
+    if result.cancelled:
+        challenges_cancelled.send(sender=Challenge, challenge_ids=result.cancelled)
 
 
-@app.task(time_limit=240, soft_time_limit=200)
+@shared_task(time_limit=240, soft_time_limit=200)
 def challenges_send_deadline_warnings_task() -> int:
     return challenges_send_deadline_warnings()

@@ -36,11 +36,15 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_celery_beat",
+    # The project's apps, bottom layer first (see "Code layout" in the README): each may
+    # import the ones above it in this list, never one below.
     "core",
+    "ledger",
     "users",
-    "payouts",
-    "challenges",
     "notifications",
+    "challenges",
+    "payouts",
+    "proof",
 ]
 
 MIDDLEWARE = [

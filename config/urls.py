@@ -3,11 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.api import healthz, readyz
+from ledger.models import Account, Transfer
 from users.api import RegisterApi, TokenApi
 
 api = [
     path("auth/register/", RegisterApi.as_view(), name="register"),
     path("auth/token/", TokenApi.as_view(), name="token"),
+    path("", include("ledger.urls")),
     path("", include("payouts.urls")),
     path("", include("challenges.urls")),
     path("", include("notifications.urls")),
@@ -15,7 +17,17 @@ api = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
 
+# The ledger's admin pages also answer at the addresses they had while the ledger lived in
+# payouts, so staff bookmarks and links in old notes keep working.
+ledger_admin_old_addresses = [
+    path(
+        f"admin/payouts/{model._meta.model_name}/", include(admin.site.get_model_admin(model).urls)
+    )
+    for model in (Account, Transfer)
+]
+
 urlpatterns = [
+    *ledger_admin_old_addresses,
     path("admin/", admin.site.urls),
     path("api/", include(api)),
     path("healthz", healthz, name="healthz"),

@@ -29,7 +29,9 @@ class ReadOnlyAdminMixin:
 
 
 class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    pass
+    # Rows that only services write are the ones that grow to millions: no full count on
+    # every page.
+    show_full_result_count = False
 
 
 def service_action(name: str, service: Callable, description: str, *, id_arg: str, **kwargs):

@@ -2,6 +2,7 @@
 
 import logging
 
+from celery import current_app as celery_app
 from django.db import connection
 from django.http import Http404, JsonResponse
 from drf_spectacular.types import OpenApiTypes
@@ -10,8 +11,8 @@ from rest_framework import exceptions, permissions, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from config.celery import app as celery_app
 from core.errors import DomainError
+from core.money import MAX_AMOUNT
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ class AmountField(serializers.Field):
         return super().validate_empty_values(data)
 
     def to_internal_value(self, data):
-        from payouts.services.ledger import MAX_AMOUNT
-
         if type(data) is not int or not 0 < data <= MAX_AMOUNT:
             self.fail("invalid_amount")
         return data

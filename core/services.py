@@ -3,11 +3,10 @@
 from functools import partial
 from typing import Any
 
-from celery import uuid
+from celery import current_app, uuid
 from django.db import transaction
 from django.utils import timezone
 
-from config.celery import app
 from core.errors import Conflict, NotFound
 from core.models import AuditEntry, DeadLetter
 
@@ -79,7 +78,7 @@ def dead_letter_replay(*, dead_letter_id: int, actor: Any) -> DeadLetter:
         )
         transaction.on_commit(
             partial(
-                app.send_task,
+                current_app.send_task,
                 letter.task_name,
                 args=letter.args,
                 kwargs=letter.kwargs,

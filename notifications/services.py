@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery import current_app
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -23,6 +24,11 @@ from notifications.models import Notification
 # neither one giant task argument nor one task per user -- which the notification workers
 # drain in parallel.
 DELIVERY_CHUNK = 500
+
+# Looked up by name (registered in ``NotificationsConfig.ready``): ``notifications.tasks``
+# imports this module, never the reverse.
+DELIVER_TASK = "notifications.tasks.notifications_deliver_task"
+STAFF_EVENT_TASK = "notifications.tasks.staff_event_publish_task"
 
 # The caller's SELECT must yield, in this order: user_id, kind, challenge_id, title, body,
 # priority, data (jsonb), dedup_key. ON CONFLICT makes a repeated run insert nothing, so two
@@ -62,11 +68,9 @@ def notifications_deliver_enqueue(*, notification_ids: Sequence[int]) -> int:
     """Queue delivery of the given notifications, ``DELIVERY_CHUNK`` ids per task; return how
     many tasks were sent. Safe to repeat: delivery skips what was delivered already.
     """
-    from notifications.tasks import notifications_deliver_task
-
     ids = sorted(notification_ids)
     for start in range(0, len(ids), DELIVERY_CHUNK):
-        notifications_deliver_task.delay(ids[start : start + DELIVERY_CHUNK])
+        current_app.tasks[DELIVER_TASK].delay(ids[start : start + DELIVERY_CHUNK])
     return -(-len(ids) // DELIVERY_CHUNK)
 
 
@@ -180,9 +184,7 @@ def pusher_channel_authorize(*, user: Any, channel_name: str, socket_id: str) ->
 def staff_event_publish_on_commit(*, event: str, data: dict) -> None:
     """Publish a staff event from a task once the surrounding transaction commits, so a Pusher
     outage is retried by the task and never fails or delays the caller."""
-    from notifications.tasks import staff_event_publish_task
-
-    transaction.on_commit(partial(staff_event_publish_task.delay, event, data))
+    transaction.on_commit(partial(current_app.tasks[STAFF_EVENT_TASK].delay, event, data))
 
 
 def staff_event_publish(*, event: str, data: dict) -> None:

@@ -1,4 +1,5 @@
-from config.celery import app
+from celery import shared_task
+
 from notifications.services import (
     notifications_deliver,
     notifications_redeliver_stale,
@@ -6,16 +7,16 @@ from notifications.services import (
 )
 
 
-@app.task(time_limit=300, soft_time_limit=270)
+@shared_task(time_limit=300, soft_time_limit=270)
 def notifications_deliver_task(notification_ids: list[int]) -> int:
     return notifications_deliver(notification_ids=[int(pk) for pk in notification_ids])
 
 
-@app.task(time_limit=60, soft_time_limit=50)
+@shared_task(time_limit=60, soft_time_limit=50)
 def staff_event_publish_task(event: str, data: dict) -> None:
     staff_event_publish(event=str(event), data=dict(data))
 
 
-@app.task(time_limit=60, soft_time_limit=50)
+@shared_task(time_limit=60, soft_time_limit=50)
 def notifications_redeliver_stale_task() -> int:
     return notifications_redeliver_stale()

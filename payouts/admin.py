@@ -1,5 +1,5 @@
-"""Payouts in the Django admin: the ledger (read-only), payout jobs with live progress and
-their controls, and payout entries.
+"""Payouts in the Django admin: resolution and cancellation on the challenge page, payout jobs
+with live progress and their controls, and payout entries.
 
 Nothing here writes a model: every action calls the same service as the REST API, so the
 audit trail and the state checks are the same wherever staff act.
@@ -8,9 +8,10 @@ audit trail and the state checks are the same wherever staff act.
 from django.contrib import admin
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdmin as BaseReadOnlyAdmin
-from core.admin import service_action
-from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from challenges.admin import ChallengeAdmin
+from challenges.models import Challenge
+from core.admin import ReadOnlyAdmin, service_action
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.selectors import payout_job_progress
 from payouts.services.jobs import (
     challenge_cancel,
@@ -21,13 +22,8 @@ from payouts.services.jobs import (
     payout_job_retry_failed,
 )
 
-
-class ReadOnlyAdmin(BaseReadOnlyAdmin):
-    # Tables with a million rows: no full count on every page.
-    show_full_result_count = False
-
-
-# Offered on ChallengeAdmin (challenges/admin.py): resolution and cancellation by staff.
+# Resolving and cancelling are this app's services, so this app adds them to the challenge
+# admin (challenges, a lower layer, knows nothing of payouts).
 CHALLENGE_ACTIONS = [
     service_action(
         "resolve_challenger_won",
@@ -59,28 +55,12 @@ CHALLENGE_ACTIONS = [
 ]
 
 
-@admin.register(Account)
-class AccountAdmin(ReadOnlyAdmin):
-    list_display = ["id", "kind", "user", "currency", "balance", "created_at"]
-    list_filter = ["kind", "currency"]
-    search_fields = ["=id", "user__username"]
-    list_select_related = ["user"]
+admin.site.unregister(Challenge)
 
 
-@admin.register(Transfer)
-class TransferAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "kind",
-        "amount",
-        "debit_account",
-        "credit_account",
-        "idempotency_key",
-        "created_at",
-    ]
-    list_filter = ["kind"]
-    search_fields = ["=idempotency_key", "=debit_account__id", "=credit_account__id"]
-    list_select_related = ["debit_account", "credit_account"]
+@admin.register(Challenge)
+class ChallengeWithPayoutsAdmin(ChallengeAdmin):
+    actions = CHALLENGE_ACTIONS
 
 
 @admin.register(PayoutJob)

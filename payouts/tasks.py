@@ -4,7 +4,8 @@ Each is idempotent and crash-safe because its service is (see ``payouts.services
 retries and dead letters come from ``core.tasks.BaseTask``.
 """
 
-from config.celery import app
+from celery import shared_task
+
 from core.errors import DomainError
 from core.tasks import BaseTask
 from payouts.services.engine import (
@@ -12,10 +13,10 @@ from payouts.services.engine import (
     payout_job_expand,
     payout_job_expand_chunk,
     payout_job_notify,
-    payout_watchdog,
 )
 from payouts.services.jobs import payout_job_retry_failed
 from payouts.services.stripe_rail import payout_batch_stripe
+from payouts.services.watchdog import payout_watchdog
 
 
 class PayoutJobTask(BaseTask):
@@ -27,12 +28,12 @@ class PayoutJobTask(BaseTask):
 
 
 # Settling a million stakes (one pass and one sort) takes seconds, hence the roomy limits.
-@app.task(base=PayoutJobTask, time_limit=600, soft_time_limit=540)
+@shared_task(base=PayoutJobTask, time_limit=600, soft_time_limit=540)
 def payout_job_expand_task(job_id: int) -> bool:
     return payout_job_expand(job_id=int(job_id)) is not None
 
 
-@app.task(base=PayoutJobTask, time_limit=300, soft_time_limit=240)
+@shared_task(base=PayoutJobTask, time_limit=300, soft_time_limit=240)
 def payout_job_expand_chunk_task(job_id: int, terms: dict, from_stake_id: int) -> int | None:
     return payout_job_expand_chunk(
         job_id=int(job_id), terms=terms, from_stake_id=int(from_stake_id)
@@ -40,24 +41,24 @@ def payout_job_expand_chunk_task(job_id: int, terms: dict, from_stake_id: int) -
 
 
 # One INSERT ... SELECT of a notification per paid staker: a million take a while.
-@app.task(base=PayoutJobTask, time_limit=900, soft_time_limit=840)
+@shared_task(base=PayoutJobTask, time_limit=900, soft_time_limit=840)
 def payout_job_notify_task(job_id: int) -> int:
     return payout_job_notify(job_id=int(job_id))
 
 
-@app.task(base=PayoutJobTask, time_limit=120, soft_time_limit=100)
+@shared_task(base=PayoutJobTask, time_limit=120, soft_time_limit=100)
 def payout_batch_ledger_task(job_id: int, after_id: int = 0) -> int:
     return payout_batch_ledger(job_id=int(job_id), after_id=int(after_id)).claimed
 
 
 # Routed to the payouts_stripe queue. Runs for STRIPE_BATCH_SECONDS plus at most one claim's
 # lease (30 s + 120 s by default), inside the default limits (CELERY_TASK_TIME_LIMIT).
-@app.task(base=PayoutJobTask)
+@shared_task(base=PayoutJobTask)
 def payout_batch_stripe_task(job_id: int) -> int:
     return payout_batch_stripe(job_id=int(job_id))
 
 
-@app.task(time_limit=120, soft_time_limit=100)
+@shared_task(time_limit=120, soft_time_limit=100)
 def payout_watchdog_task() -> dict:
     report = payout_watchdog()
     return {
@@ -69,7 +70,7 @@ def payout_watchdog_task() -> dict:
     }
 
 
-@app.task(base=PayoutJobTask, time_limit=60, soft_time_limit=50)
+@shared_task(base=PayoutJobTask, time_limit=60, soft_time_limit=50)
 def payout_entry_retry_task(job_id: int, entry_id: int) -> bool:
     """What replaying a failed entry's dead letter runs: that entry is paid again.
 

@@ -6,18 +6,14 @@ from payouts.api import (
     ChallengeResolveApi,
     DeadLetterListApi,
     DeadLetterReplayApi,
-    DepositApi,
     PayoutJobControlApi,
     PayoutJobDetailApi,
     PayoutJobListApi,
-    WalletApi,
 )
 from payouts.webhooks import StripeWebhookApi
 
 urlpatterns = [
-    path("wallet/", WalletApi.as_view(), name="wallet"),
     path("webhooks/stripe/", StripeWebhookApi.as_view(), name="stripe-webhook"),
-    path("admin/wallets/<int:user_id>/deposit/", DepositApi.as_view(), name="wallet-deposit"),
     path(
         "admin/challenges/<int:challenge_id>/resolve/",
         ChallengeResolveApi.as_view(),

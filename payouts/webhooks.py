@@ -10,7 +10,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payouts.services.stripe_rail import stripe_webhook_receive
+from payouts.services.stripe_webhooks import stripe_webhook_receive
 
 
 class WebhookOutputSerializer(serializers.Serializer):

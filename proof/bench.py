@@ -22,16 +22,16 @@ from typing import Any
 
 import psutil
 
-from challenges.benchmarks import bench_sweep, bench_warnings
 from deploy.workers import WorkerPool, run_log_dir
-from payouts.benchmarks import database_settle, payout_benchmark
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
-from payouts.services.seeding import challenge_seed
-from payouts.stripe_benchmarks import stripe_rate_benchmark
 from proof.baselines import per_transaction_run, task_per_payout_run
+from proof.lifecycle_bench import bench_sweep, bench_warnings
+from proof.payout_bench import database_settle, payout_benchmark
 from proof.resolve_latency import resolve_latency
+from proof.seeding import challenge_seed
 from proof.staff import proof_staff
+from proof.stripe_bench import stripe_rate_benchmark
 
 BENCH_APP = "proof.bench_app"
 

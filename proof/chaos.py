@@ -32,13 +32,13 @@ from django.db import connection, connections
 from django.test import override_settings
 
 from deploy.workers import ROOT, WorkerPool, run_log_dir
+from ledger.selectors import ledger_check
 from payouts.models import PayoutJob
 from payouts.services.connected_accounts import connected_accounts_seed
-from payouts.services.engine import payout_watchdog
 from payouts.services.jobs import challenge_resolve
-from payouts.services.ledger import ledger_check
-from payouts.services.seeding import challenge_seed
+from payouts.services.watchdog import payout_watchdog
 from proof.chaos_app import DUPLICATES_KEY
+from proof.seeding import challenge_seed
 from proof.staff import proof_staff
 from tests.fakes.stripe_server import FAULT_KINDS, FakeStripe
 

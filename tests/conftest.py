@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from core.errors import DomainError
 from deploy.workers import WorkerPool
-from payouts.services.ledger import ledger_check
+from ledger.selectors import ledger_check
 from users.services import user_create
 
 
@@ -46,7 +46,7 @@ def make_user(db) -> Callable:
     counter = iter(range(1, 10**9))
 
     def make(username: str | None = None, *, staff: bool = False, balance: int = 0):
-        from payouts.services.wallets import wallet_deposit
+        from ledger.services import wallet_deposit
 
         user = user_create(
             username=username or f"user{next(counter)}",

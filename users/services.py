@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from core.errors import Conflict, InvalidInput
-from payouts.services.wallets import wallet_create
+from ledger.services import wallet_create
 
 User = get_user_model()
 

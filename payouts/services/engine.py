@@ -67,16 +67,17 @@ from functools import cache, partial
 from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from config.celery import app
 from core.errors import NotFound
-from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
-from payouts.services.ledger import system_account_id, transfer_post
+from ledger.models import Account, Transfer
+from ledger.services import system_account_id, transfer_post
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.settlement import (
     SettlementTerms,
     payout_entries_insert,
@@ -92,9 +93,6 @@ BATCH_TASKS: dict[str, str] = {
     PayoutJob.Rail.LEDGER: "payouts.tasks.payout_batch_ledger_task",
     PayoutJob.Rail.STRIPE: "payouts.tasks.payout_batch_stripe_task",
 }
-# A job that made no progress for this long has no batch in flight (a batch takes well under a
-# second), so the watchdog sends it new ones.
-WATCHDOG_STALE_SECONDS = 60
 # Expansions at least this large refresh the planner's statistics of the entries table before
 # the batches start, so their claim query never runs on a plan made for an empty table.
 ANALYZE_ENTRIES_THRESHOLD = 50_000
@@ -113,7 +111,7 @@ def _redis() -> redis.Redis:
 
 def expand_enqueue(*, job_id: int) -> None:
     """Send the expansion task of a job (call it after commit)."""
-    app.send_task(EXPAND_TASK, args=[job_id])
+    current_app.send_task(EXPAND_TASK, args=[job_id])
 
 
 def payout_batches_enqueue(*, job_id: int, rail: str, count: int, after_id: int = 0) -> None:
@@ -125,7 +123,7 @@ def payout_batches_enqueue(*, job_id: int, rail: str, count: int, after_id: int 
     """
     kwargs = {"after_id": after_id} if rail == PayoutJob.Rail.LEDGER and after_id else {}
     for _ in range(count):
-        app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs)
+        current_app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs)
 
 
 def _job_terms(job: PayoutJob) -> SettlementTerms:
@@ -140,7 +138,7 @@ def _job_terms(job: PayoutJob) -> SettlementTerms:
     )
 
 
-def _entries_missing(job: PayoutJob) -> bool:
+def entries_missing(job: PayoutJob) -> bool:
     return PayoutEntry.objects.filter(job=job).count() < job.total_entries
 
 
@@ -186,7 +184,7 @@ def payout_job_expand(*, job_id: int) -> Expansion | None:
                     "updated_at",
                 ]
             )
-        elif job.status in RESUMABLE and _entries_missing(job):
+        elif job.status in RESUMABLE and entries_missing(job):
             terms = _job_terms(job)
         else:
             return None
@@ -242,7 +240,7 @@ def _slice_expand(
     next_id = chunk.last_stake_id + 1 if full and chunk.last_stake_id is not None else None
     if next_id is not None:
         transaction.on_commit(
-            partial(app.send_task, EXPAND_CHUNK_TASK, args=[job_id, asdict(terms), next_id])
+            partial(current_app.send_task, EXPAND_CHUNK_TASK, args=[job_id, asdict(terms), next_id])
         )
     if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
         transaction.on_commit(
@@ -380,7 +378,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
                 cursor.execute(_ESCROW_DEBIT_SQL, [paid, params["escrow_id"]])
             transaction.on_commit(
                 partial(
-                    app.send_task,
+                    current_app.send_task,
                     BATCH_TASKS[job["rail"]],
                     args=[job_id],
                     kwargs={"after_id": last_id},
@@ -494,7 +492,7 @@ def payout_job_finalize(*, job_id: int) -> bool:
             challenge.completed_at = now
             challenge.updated_at = now
             challenge.save(update_fields=["status", "completed_at", "updated_at"])
-        transaction.on_commit(partial(app.send_task, NOTIFY_TASK, args=[job.pk]))
+        transaction.on_commit(partial(current_app.send_task, NOTIFY_TASK, args=[job.pk]))
         transaction.on_commit(partial(payout_progress_publish, job_id=job.pk, force=True))
     return True
 
@@ -555,79 +553,3 @@ def payout_job_cancel_entries(*, job_id: int) -> int:
         cursor.execute(_CANCEL_ENTRIES_SQL, [job_id, job_id])
         row = cursor.fetchone()
     return int(row[0]) if row else 0
-
-
-_STALE_SQL = """
-UPDATE payouts_payoutjob SET updated_at = now()
-WHERE status = ANY(%s) AND updated_at < now() - make_interval(secs => %s)
-RETURNING id, rail, parallelism
-"""
-
-# Finished jobs of the last day whose last paid entry has no notification: the notification
-# task was lost (the notifications of a job are inserted by one statement, all or none).
-_UNNOTIFIED_SQL = """
-SELECT j.id FROM payouts_payoutjob AS j
-WHERE j.status IN ('completed', 'completed_with_failures') AND j.completed_count > 0
-  AND j.finished_at BETWEEN now() - interval '1 day' AND now() - make_interval(secs => %s)
-  AND NOT EXISTS (
-      SELECT 1 FROM notifications_notification AS n
-      WHERE n.dedup_key = 'payout:' || (
-          SELECT max(e.id) FROM payouts_payoutentry AS e
-          WHERE e.job_id = j.id AND e.status = 'completed'
-      )
-  )
-ORDER BY j.id
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchdogReport:
-    refund_jobs: list[int]
-    expansions: list[int]
-    restarted: list[int]
-    cancelled_entries: int
-    notified: list[int]
-
-
-def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogReport:
-    """The safety net under the self-driving batches (beat, every minute).
-
-    Creates refund jobs for cancelled challenges; re-sends the expansion of jobs stuck in
-    ``queued``/``expanding`` or missing entries, and batches of ``running`` jobs without
-    progress for ``stale_seconds``; finishes interrupted cancellations; re-sends lost
-    notifications. Safe to run twice at once: each stalled job is picked by an UPDATE that
-    refreshes ``updated_at``, so a concurrent run skips it, and everything it sends is
-    idempotent.
-    """
-    from payouts.services.jobs import refund_jobs_create_for_cancelled
-
-    refund_jobs = refund_jobs_create_for_cancelled()
-    with transaction.atomic(durable=True), connection.cursor() as cursor:
-        cursor.execute(_STALE_SQL, [list(EXPANDABLE), stale_seconds])
-        expansions = [row[0] for row in cursor.fetchall()]
-        cursor.execute(_STALE_SQL, [[PayoutJob.Status.RUNNING], stale_seconds])
-        restarted = []
-        for job_id, rail, parallelism in cursor.fetchall():
-            if _entries_missing(PayoutJob.objects.get(pk=job_id)):
-                expansions.append(job_id)
-            else:
-                restarted.append(job_id)
-                transaction.on_commit(
-                    partial(payout_batches_enqueue, job_id=job_id, rail=rail, count=parallelism)
-                )
-        for job_id in expansions:
-            transaction.on_commit(partial(expand_enqueue, job_id=job_id))
-        cursor.execute(_UNNOTIFIED_SQL, [stale_seconds])
-        notified = [row[0] for row in cursor.fetchall()]
-        for job_id in notified:
-            transaction.on_commit(partial(app.send_task, NOTIFY_TASK, args=[job_id]))
-    cancelled = 0
-    unfinished = PayoutJob.objects.filter(
-        status=PayoutJob.Status.CANCELLED,
-        total_entries__gt=F("completed_count") + F("failed_count") + F("cancelled_count"),
-    )
-    for job in unfinished:
-        cancelled += payout_job_cancel_entries(job_id=job.pk)
-        if _entries_missing(job):
-            expand_enqueue(job_id=job.pk)
-    return WatchdogReport(refund_jobs, expansions, restarted, cancelled, notified)

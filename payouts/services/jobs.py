@@ -178,9 +178,9 @@ def refund_jobs_create_for_cancelled() -> list[int]:
     """Create a refund job for every cancelled challenge that has stakes and no job yet.
 
     One statement whatever the number of challenges; idempotent and safe to run twice at once
-    (the unique challenge makes a concurrent run insert nothing). The deadline sweep calls it
-    after cancelling expired challenges, and the watchdog calls it every minute. Returns the
-    new job ids; their expansion is sent after commit.
+    (the unique challenge makes a concurrent run insert nothing). The ``challenges_cancelled``
+    signal calls it when the sweep cancels expired challenges, and the watchdog every minute.
+    Returns the new job ids; their expansion is sent after commit.
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(

@@ -6,8 +6,8 @@ from django.utils import timezone
 
 from challenges.models import Challenge, Stake
 from challenges.services import challenges_sweep_deadlines, stake_place
-from payouts.models import Transfer
-from payouts.selectors import wallet_get
+from ledger.models import Transfer
+from ledger.selectors import wallet_get
 from tests.challenges.helpers import active_challenge, open_challenge
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from django.utils import timezone
 from challenges.models import Challenge
 from challenges.services import challenge_create
 from core.errors import InvalidInput
-from payouts.models import Account
+from ledger.models import Account
 
 pytestmark = pytest.mark.django_db
 

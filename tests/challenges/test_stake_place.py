@@ -8,8 +8,8 @@ from django.utils import timezone
 from challenges.models import Challenge, Stake
 from challenges.services import challenges_sweep_deadlines, stake_place
 from core.errors import DomainError
-from payouts.models import Transfer
-from payouts.selectors import wallet_get
+from ledger.models import Transfer
+from ledger.selectors import wallet_get
 from tests.challenges.helpers import open_challenge
 from tests.conftest import run_together
 

@@ -3,7 +3,9 @@
 from dataclasses import asdict
 
 from challenges.models import Challenge, Stake
-from payouts.models import Account, PayoutEntry, PayoutJob
+from ledger.models import Account
+from ledger.selectors import ledger_check
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.engine import (
     payout_batch_ledger,
@@ -11,9 +13,8 @@ from payouts.services.engine import (
     payout_job_expand_chunk,
     payout_job_notify,
 )
-from payouts.services.ledger import ledger_check
-from payouts.services.seeding import challenge_seed
 from payouts.services.settlement import StakeRow, settlement_compute
+from proof.seeding import challenge_seed
 
 
 def stripe_challenge_seed(fake, *, stakers: int, seed: int, unconnected: int = 0) -> Challenge:

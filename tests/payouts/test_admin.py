@@ -7,7 +7,7 @@ from challenges.models import Challenge
 from core.models import AuditEntry
 from payouts.models import PayoutJob
 from payouts.services.jobs import challenge_resolve
-from payouts.services.seeding import challenge_seed
+from proof.seeding import challenge_seed
 from tests.payouts.helpers import run_job_inline
 from users.services import user_create
 

@@ -11,15 +11,16 @@ from django.utils import timezone
 from challenges.models import Challenge
 from core.errors import Conflict
 from core.models import AuditEntry
+from ledger.models import Account, Transfer
+from ledger.services import system_account_id
 from notifications.models import Notification
-from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import (
     payout_batch_ledger,
     payout_job_counters_bump,
     payout_job_expand,
     payout_job_finalize,
     payout_job_notify,
-    payout_watchdog,
 )
 from payouts.services.jobs import (
     challenge_cancel,
@@ -30,8 +31,8 @@ from payouts.services.jobs import (
     payout_job_retry_failed,
     refund_jobs_create_for_cancelled,
 )
-from payouts.services.ledger import system_account_id
-from payouts.services.seeding import challenge_seed
+from payouts.services.watchdog import payout_watchdog
+from proof.seeding import challenge_seed
 from tests.payouts.helpers import (
     assert_settled,
     expand_inline,

@@ -4,9 +4,10 @@ import pytest
 from django.db.models import Max, Min
 
 from deploy.workers import WorkerPool
-from payouts.models import PayoutEntry, PayoutJob, Transfer
+from ledger.models import Transfer
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.jobs import challenge_cancel, challenge_resolve
-from payouts.services.seeding import challenge_seed
+from proof.seeding import challenge_seed
 from tests.conftest import wait_for
 from tests.payouts.helpers import assert_settled, wallet_balances
 

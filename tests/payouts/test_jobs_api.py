@@ -10,7 +10,7 @@ from challenges.models import Challenge
 from core.models import AuditEntry, DeadLetter
 from payouts.models import PayoutJob
 from payouts.services.jobs import challenge_resolve
-from payouts.services.seeding import challenge_seed
+from proof.seeding import challenge_seed
 from tests.conftest import run_together
 from tests.payouts.helpers import run_job_inline
 

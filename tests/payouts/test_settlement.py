@@ -8,15 +8,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from challenges.models import Challenge
-from payouts.models import Account, PayoutEntry, PayoutJob
-from payouts.services.ledger import MAX_AMOUNT, account_create
-from payouts.services.seeding import challenge_seed
+from core.money import MAX_AMOUNT
+from ledger.models import Account
+from ledger.services import account_create
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.settlement import (
     StakeRow,
     payout_entries_insert,
     settlement_compute,
     settlement_terms,
 )
+from proof.seeding import challenge_seed
 
 pytestmark = pytest.mark.django_db
 

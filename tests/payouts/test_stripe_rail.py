@@ -10,14 +10,15 @@ from django.utils import timezone
 
 from challenges.models import Challenge
 from core.models import DeadLetter
-from payouts.models import Account, ConnectedAccount, PayoutEntry, PayoutJob, Transfer
+from ledger.models import Account, Transfer
+from ledger.services import system_account_id
+from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import connected_account_link
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_retry_failed
-from payouts.services.ledger import system_account_id
-from payouts.services.seeding import challenge_seed
 from payouts.services.stripe_client import transfer_create
 from payouts.services.stripe_rail import payout_batch_stripe, stripe_entries_claim
+from proof.seeding import challenge_seed
 from tests.payouts.helpers import stripe_challenge_seed
 
 pytestmark = pytest.mark.django_db
@@ -307,7 +308,8 @@ def test_linking_an_account_is_audited_and_refuses_bad_ids(make_user, staff):
 def test_the_watchdog_restarts_a_stripe_job_whose_batches_died(
     fake, staff, django_capture_on_commit_callbacks
 ):
-    from payouts.services.engine import payout_batches_enqueue, payout_watchdog
+    from payouts.services.engine import payout_batches_enqueue
+    from payouts.services.watchdog import payout_watchdog
 
     # Given a stripe job with an entry whose worker died mid-call, and no batch for a minute
     job = stripe_job(fake, staff, stakers=2)

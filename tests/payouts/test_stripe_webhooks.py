@@ -7,9 +7,10 @@ import pytest
 from stripe import WebhookSignature
 
 from core.models import AuditEntry
-from payouts.models import Account, ConnectedAccount, PayoutEntry, StripeEvent, Transfer
+from ledger.models import Account, Transfer
+from ledger.services import system_account_id
+from payouts.models import ConnectedAccount, PayoutEntry, StripeEvent
 from payouts.services.connected_accounts import connected_account_link
-from payouts.services.ledger import system_account_id
 from payouts.services.stripe_rail import payout_batch_stripe
 from tests.payouts.test_stripe_rail import balance, stripe_job
 

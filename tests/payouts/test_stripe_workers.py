@@ -5,10 +5,12 @@ limit."""
 import pytest
 from django.db.models import Sum
 
-from payouts.models import Account, PayoutEntry, PayoutJob, Transfer
+from ledger.models import Account, Transfer
+from ledger.selectors import ledger_check
+from ledger.services import system_account_id
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.jobs import challenge_resolve
-from payouts.services.ledger import ledger_check, system_account_id
-from payouts.stripe_benchmarks import stripe_rate_benchmark
+from proof.stripe_bench import stripe_rate_benchmark
 from tests.conftest import wait_for
 from tests.payouts.helpers import stripe_challenge_seed
 

@@ -1,7 +1,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 
-from payouts.models import Account
+from ledger.models import Account
 
 pytestmark = pytest.mark.django_db
 

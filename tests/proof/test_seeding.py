@@ -5,9 +5,9 @@ from django.contrib.auth import authenticate, get_user_model
 from django.db.models import Count, Sum
 
 from challenges.models import Challenge, Stake
-from payouts.models import Account, Transfer
-from payouts.services.ledger import ledger_check
-from payouts.services.seeding import SEED_PASSWORD, challenge_seed
+from ledger.models import Account, Transfer
+from ledger.selectors import ledger_check
+from proof.seeding import SEED_PASSWORD, challenge_seed
 
 pytestmark = pytest.mark.django_db
 

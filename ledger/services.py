@@ -1,24 +1,25 @@
-"""The double-entry ledger: every money movement on the platform goes through ``transfers_post``.
+"""The double-entry ledger: every money movement on the platform goes through ``transfers_post``;
+wallets are opened and funded here.
 
 Invariants (DESIGN.md section 3), true after every committed transaction:
 1. the balances of all accounts sum to 0;
 2. each account's balance equals its credits minus its debits.
 ``transfers_post`` keeps both by inserting the transfer rows and applying their balance deltas
-in one SQL statement, and ``ledger_check`` verifies them from the rows.
+in one SQL statement, and ``ledger.selectors.ledger_check`` verifies them from the rows.
 """
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from core.errors import InsufficientFunds, InvalidInput
-from payouts.models import Account
-
-# Largest amount one transfer may carry: far below bigint's limit, so that sums of many
-# transfers on one account cannot overflow.
-MAX_AMOUNT = 10**15
+from core.errors import InsufficientFunds, InvalidInput, NotFound
+from core.money import MAX_AMOUNT
+from core.services import audit_record
+from ledger.models import Account, Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,50 +119,37 @@ def account_create(*, kind: str, user_id: int | None = None) -> Account:
     return Account.objects.create(kind=kind, user_id=user_id, currency=settings.CURRENCY)
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerReport:
-    total_balance: int
-    accounts: int
-    transfers: int
-    violations: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
+def wallet_create(*, user_id: int) -> Account:
+    """Open the user's wallet (one per user and currency, enforced by a unique constraint)."""
+    return account_create(kind=Account.Kind.USER_WALLET, user_id=user_id)
 
 
-# One statement, so every figure comes from the same snapshot even while money moves.
-_CHECK_SQL = """
-WITH flows AS (
-    SELECT credit_account_id AS account_id, amount AS delta FROM payouts_transfer
-    UNION ALL
-    SELECT debit_account_id, -amount FROM payouts_transfer
-), per_account AS (
-    SELECT account_id, sum(delta) AS net FROM flows GROUP BY account_id
-), checked AS (
-    SELECT a.id, a.kind, a.balance, coalesce(p.net, 0) AS net
-    FROM payouts_account AS a LEFT JOIN per_account AS p ON p.account_id = a.id
-)
-SELECT
-    (SELECT coalesce(sum(balance), 0) FROM checked),
-    (SELECT count(*) FROM checked),
-    (SELECT count(*) FROM payouts_transfer),
-    (SELECT coalesce(json_agg(json_build_array(id, kind, balance, net)), '[]')
-     FROM (SELECT * FROM checked WHERE balance <> net OR (balance < 0 AND kind <> 'world')
-           ORDER BY id LIMIT 100) AS bad)
-"""
+def wallet_deposit(
+    *, user_id: int, amount: int, actor: Any, idempotency_key: str | None = None
+) -> bool:
+    """Credit ``amount`` to the user's wallet from the ``world`` account.
 
-
-def ledger_check() -> LedgerReport:
-    """Verify invariants 1 and 2 from the rows themselves (read-only, one consistent snapshot)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_CHECK_SQL)
-        total, accounts, transfers, bad = cursor.fetchone()
-    violations = [] if total == 0 else [f"sum of all balances is {total}, expected 0"]
-    for account_id, kind, balance, net in bad:
-        violations.append(
-            f"account {account_id} ({kind}) balance {balance} != credits - debits {net}"
-            if balance != net
-            else f"account {account_id} ({kind}) has negative balance {balance}"
+    Idempotent when the caller passes a key: the same key deposits once. Returns False when the
+    key had been used already. Recorded in the audit trail.
+    """
+    wallet = Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).first()
+    if wallet is None:
+        raise NotFound("No such user.", code="user_not_found")
+    key = f"deposit:{idempotency_key or uuid.uuid4().hex}"
+    with transaction.atomic(durable=True):
+        posted = transfer_post(
+            debit_account_id=system_account_id(Account.Kind.WORLD),
+            credit_account_id=wallet.pk,
+            amount=amount,
+            kind=Transfer.Kind.DEPOSIT,
+            idempotency_key=key,
         )
-    return LedgerReport(int(total), accounts, transfers, violations)
+        if posted:
+            audit_record(
+                actor=actor,
+                action="wallet.deposit",
+                target_type="user",
+                target_id=user_id,
+                details={"amount": amount, "idempotency_key": key},
+            )
+    return posted

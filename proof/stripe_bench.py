@@ -75,7 +75,7 @@ def stripe_rate_benchmark(
     from payouts.services.connected_accounts import connected_accounts_seed
     from payouts.services.jobs import challenge_resolve
     from payouts.services.ratelimit import token_bucket_reset
-    from payouts.services.seeding import challenge_seed
+    from proof.seeding import challenge_seed
     from tests.fakes.stripe_server import FakeStripe
 
     fake = FakeStripe().start()

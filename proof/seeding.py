@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from challenges.models import Challenge
 from core.errors import InvalidInput
-from payouts.models import Account
-from payouts.services.ledger import MAX_AMOUNT, account_create, system_account_id
+from core.money import MAX_AMOUNT
+from ledger.models import Account
+from ledger.services import account_create, system_account_id
 
 # Seeded users can log in with this password (demo and manual testing only).
 SEED_PASSWORD = "stakehold-seeded-user"  # noqa: S105 - a known password for generated users

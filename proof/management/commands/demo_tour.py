@@ -14,9 +14,10 @@ import urllib.request
 
 from django.core.management.base import BaseCommand, CommandError
 
-from payouts.models import Account, PayoutJob
-from payouts.services.ledger import ledger_check
-from payouts.services.seeding import challenge_seed
+from ledger.models import Account
+from ledger.selectors import ledger_check
+from payouts.models import PayoutJob
+from proof.seeding import challenge_seed
 
 BAR_WIDTH = 40
 TERMINAL = {"completed", "completed_with_failures", "cancelled"}

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from payouts.services.ledger import ledger_check
+from ledger.selectors import ledger_check
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from challenges.benchmarks import bench_sweep, bench_warnings
+from proof.lifecycle_bench import bench_sweep, bench_warnings
 
 
 class Command(BaseCommand):

@@ -28,9 +28,10 @@ from django.db.models import Max
 from django.test import override_settings
 
 from config.celery import app as celery_app
-from payouts.models import Account, PayoutEntry, PayoutJob
+from ledger.models import Account
+from ledger.selectors import ledger_check
+from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import payout_job_notify
-from payouts.services.ledger import ledger_check
 
 # A winning side of N and a losing side of N / LOSER_RATIO: enough losing pool to make every
 # payout carry winnings (a share computed, a remainder ranked) rather than a bare refund.
@@ -82,7 +83,7 @@ def payout_benchmark(
     """
     from deploy.workers import WorkerPool
     from payouts.services.jobs import challenge_resolve
-    from payouts.services.seeding import challenge_seed
+    from proof.seeding import challenge_seed
 
     started = time.perf_counter()
     challenge = challenge_seed(

@@ -1,8 +1,8 @@
 import pytest
 
 from core.models import AuditEntry
-from payouts.models import Transfer
-from payouts.selectors import wallet_get
+from ledger.models import Transfer
+from ledger.selectors import wallet_get
 
 pytestmark = pytest.mark.django_db
 

@@ -5,15 +5,9 @@ from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
 from core.errors import InsufficientFunds, InvalidInput
-from payouts.models import Account, Transfer
-from payouts.selectors import wallet_get
-from payouts.services.ledger import (
-    TransferSpec,
-    ledger_check,
-    system_account_id,
-    transfer_post,
-    transfers_post,
-)
+from ledger.models import Account, Transfer
+from ledger.selectors import ledger_check, wallet_get
+from ledger.services import TransferSpec, system_account_id, transfer_post, transfers_post
 
 
 @pytest.fixture

@@ -1,0 +1,30 @@
+"""The ledger in the admin, read-only: rows that only the posting service writes."""
+
+from django.contrib import admin
+
+from core.admin import ReadOnlyAdmin
+from ledger.models import Account, Transfer
+
+
+@admin.register(Account)
+class AccountAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "user", "currency", "balance", "created_at"]
+    list_filter = ["kind", "currency"]
+    search_fields = ["=id", "user__username"]
+    list_select_related = ["user"]
+
+
+@admin.register(Transfer)
+class TransferAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "kind",
+        "amount",
+        "debit_account",
+        "credit_account",
+        "idempotency_key",
+        "created_at",
+    ]
+    list_filter = ["kind"]
+    search_fields = ["=idempotency_key", "=debit_account__id", "=credit_account__id"]
+    list_select_related = ["debit_account", "credit_account"]

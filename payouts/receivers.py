@@ -1,0 +1,11 @@
+"""Receivers of the lower apps' signals, connected in ``PayoutsConfig.ready``."""
+
+from typing import Any
+
+from payouts.services.jobs import refund_jobs_create_for_cancelled
+
+
+def refund_cancelled_challenges(*, challenge_ids: list[int], **kwargs: Any) -> None:
+    """Challenges were cancelled without staff: open their refund jobs now, not at the
+    watchdog's next minute. Set-based over every cancelled challenge still without a job."""
+    refund_jobs_create_for_cancelled()
