@@ -21,6 +21,7 @@ install: $(STAMP)
 lint: install
 	ruff check .
 	ruff format --check .
+	lint-imports
 
 format: install
 	ruff format .
