@@ -36,6 +36,7 @@ lock:
 lint: install
 	ruff check .
 	ruff format --check .
+	python -m deploy.render --check
 
 format: install
 	ruff format .
