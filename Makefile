@@ -33,10 +33,18 @@ lock:
 	$(COMPILE) -o requirements/main.lock pyproject.toml
 	$(COMPILE) --extra dev -c requirements/main.lock -o requirements/dev.lock pyproject.toml
 
+# The deployment checks run with production settings: DEBUG off and a fresh key of the
+# strength `check --deploy` asks for (`make test` exports a short one for the suite).
+PRODUCTION = DEBUG=false DJANGO_SECRET_KEY=$$(python -c 'import secrets; print(secrets.token_urlsafe(50))')
+
 lint: install
 	ruff check .
 	ruff format --check .
 	python -m deploy.render --check
+	$(PRODUCTION) mypy
+	$(PRODUCTION) python manage.py check --deploy --fail-level WARNING
+	$(PRODUCTION) python manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(PRODUCTION) $(call on_stack,$(TEST_STACK)) python manage.py makemigrations --check --dry-run
 
 format: install
 	ruff format .
