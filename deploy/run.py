@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import devstack
+from deploy.processes import MIGRATE, ROLES, Dialect
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = Path(os.environ.get("DEVSTACK_DIR", devstack.DEFAULT_ROOT)).resolve()
@@ -36,47 +37,24 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def _celery(*args: str) -> list[str]:
-    return _python("-m", "celery", "-A", "config", *args)
+def local_argv(argv: list[str]) -> list[str]:
+    """A deploy command run by this interpreter: ``celery ...`` becomes ``python -m celery``,
+    so the virtualenv need not be on ``PATH``."""
+    program, *args = argv
+    return _python(*args) if program == "python" else _python("-m", program, *args)
 
 
 def process_table(port: int, flower_port: int) -> dict[str, list[str]]:
-    """One web server, one worker per queue group (each pool scales on its own), beat, Flower."""
-    concurrency = os.environ.get("WORKER_CONCURRENCY", str(os.cpu_count() or 2))
-    return {
-        "web": _python(
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            os.environ.get("WEB_CONCURRENCY", "2"),
-            "--threads",
-            "4",
-            "--access-logfile",
-            "-",
-        ),
-        "worker-payouts": _celery(
-            "worker", "-Q", "payouts", "-c", concurrency, "-n", "payouts@%h", "-l", "INFO"
-        ),
-        "worker-stripe": _celery(
-            "worker", "-Q", "payouts_stripe", "-c", "4", "-n", "stripe@%h", "-l", "INFO"
-        ),
-        "worker-ops": _celery(
-            "worker",
-            "-Q",
-            "scheduler,notifications,default",
-            "-c",
-            "2",
-            "-n",
-            "ops@%h",
-            "-l",
-            "INFO",
-        ),
-        "beat": _celery("beat", "-l", "INFO"),
-        "flower": _celery("flower", f"--port={flower_port}", "--address=127.0.0.1"),
-    }
+    """Every role of the process list (``deploy/processes.py``), one process each, on loopback."""
+    dialect = Dialect(
+        node_host="%h",
+        log_level=os.environ.get("LOG_LEVEL", "INFO"),
+        web_address="127.0.0.1",
+        flower_address="127.0.0.1",
+        web_port=port,
+        flower_port=flower_port,
+    )
+    return {role.name: local_argv(role.argv(dialect)) for role in ROLES}
 
 
 @dataclass
@@ -84,15 +62,17 @@ class Supervisor:
     """Starts children in their own process groups and stops every one of them."""
 
     env: dict[str, str]
+    logs: Path = LOGS
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str]) -> None:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        with (LOGS / f"{name}.log").open("ab") as log:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``argv`` with the supervisor's environment, or with ``env`` instead."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 argv,
                 cwd=ROOT,
-                env=self.env,
+                env=self.env if env is None else env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -143,6 +123,9 @@ def prepare_env() -> dict[str, str]:
             key_file.chmod(0o600)
         env["DJANGO_SECRET_KEY"] = key_file.read_text().strip()
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Plain HTTP on loopback: a browser would drop cookies marked HTTPS-only.
+    env.setdefault("SESSION_COOKIE_SECURE", "false")
+    env.setdefault("CSRF_COOKIE_SECURE", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -212,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(env)
     try:
         print("Preparing the database (migrations, static files, staff user)...", flush=True)
-        manage(env, "migrate", "--noinput", "-v", "0")
+        subprocess.run(local_argv([*MIGRATE, "-v", "0"]), cwd=ROOT, env=env, check=True)
         manage(env, "collectstatic", "--noinput", "-v", "0")
         username, password, generated = staff_credentials(env)
         # The password travels in the environment, never on a command line others can read.
