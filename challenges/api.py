@@ -1,15 +1,16 @@
 """Challenges REST API: explicit input and output serializers, business rules in services."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from challenges.models import Challenge, Stake
+from challenges.providers import challenge_payout_summary
 from challenges.selectors import challenge_get, challenge_list
-from challenges.services import challenge_create, stake_place
-from core.api import AmountField
+from challenges.services import challenge_create, challenge_notes_update, stake_place
+from core.api import AmountField, StrictCharField
 from core.errors import InvalidInput
 
 
@@ -33,6 +34,28 @@ class ChallengeOutputSerializer(serializers.Serializer):
     yes_count = serializers.IntegerField()
     no_count = serializers.IntegerField()
     created_at = serializers.DateTimeField()
+
+
+class PayoutSummarySerializer(serializers.Serializer):
+    status = serializers.CharField()
+    progress_percent = serializers.FloatField()
+
+
+class ChallengeDetailOutputSerializer(ChallengeOutputSerializer):
+    """The list's fields plus what one challenge's page shows: the evidence, why staff
+    settled it as they did, and the progress row of its payout job (null before it has one)."""
+
+    evidence = serializers.CharField()
+    resolution_note = serializers.CharField()
+    payout = serializers.SerializerMethodField()
+
+    @extend_schema_field(PayoutSummarySerializer(allow_null=True))
+    def get_payout(self, challenge: Challenge) -> dict | None:
+        return challenge_payout_summary(challenge_id=challenge.pk)
+
+
+def _detail(challenge_id: int) -> dict:
+    return ChallengeDetailOutputSerializer(challenge_get(challenge_id=challenge_id)).data
 
 
 class ChallengeCreateInputSerializer(serializers.Serializer):
@@ -80,9 +103,28 @@ class ChallengeListCreateApi(APIView):
 
 
 class ChallengeDetailApi(APIView):
-    @extend_schema(responses={200: ChallengeOutputSerializer})
+    @extend_schema(responses={200: ChallengeDetailOutputSerializer})
     def get(self, request, challenge_id: int):
-        return Response(ChallengeOutputSerializer(challenge_get(challenge_id=challenge_id)).data)
+        return Response(_detail(challenge_id))
+
+
+class EvidenceInputSerializer(serializers.Serializer):
+    evidence = StrictCharField(max_length=10_000, allow_blank=True)
+
+
+class ChallengeEvidenceApi(APIView):
+    """The challenge's parties (or staff) state their evidence: text and/or links."""
+
+    @extend_schema(
+        request=EvidenceInputSerializer, responses={200: ChallengeDetailOutputSerializer}
+    )
+    def post(self, request, challenge_id: int):
+        data = EvidenceInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        challenge_notes_update(
+            challenge_id=challenge_id, actor=request.user, evidence=data.validated_data["evidence"]
+        )
+        return Response(_detail(challenge_id))
 
 
 class StakeInputSerializer(serializers.Serializer):

@@ -62,6 +62,12 @@ class Challenge(models.Model):
         related_name="+",
     )
     completed_at = models.DateTimeField(null=True, blank=True)
+    # What the parties (or staff) offer as proof of the outcome: text and/or links.
+    evidence = models.TextField(blank=True)
+    # Staff only: never in the public API.
+    admin_notes = models.TextField(blank=True)
+    # Why staff resolved or cancelled it as they did (required in the admin, audited).
+    resolution_note = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -88,6 +94,13 @@ class Challenge(models.Model):
                 name="challenge_open_due_idx",
             ),
             models.Index(fields=["status", "-id"], name="challenge_status_idx"),
+            # The console's "awaiting resolution" figures (the oldest, a capped count) read
+            # only these rows, however many challenges there are.
+            models.Index(
+                fields=["due_date"],
+                condition=Q(status="pending_admin"),
+                name="challenge_awaiting_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -22,8 +22,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.money import MAX_AMOUNT
+from core.permissions import staff_action_allowed
+from core.services import audit_record
 from ledger.models import Account, Transfer
 from ledger.selectors import wallet_get
 from ledger.services import account_create, transfer_post
@@ -94,6 +96,58 @@ def challenge_create(
             escrow=escrow,
             due_date=due_date,
         )
+
+
+NOTES_MAX_LENGTH = 10_000
+
+
+def challenge_notes_update(
+    *,
+    challenge_id: int,
+    actor: Any,
+    evidence: str | None = None,
+    admin_notes: str | None = None,
+) -> Challenge:
+    """Set a challenge's ``evidence`` (its challenger, its challenged user or staff) and/or
+    its ``admin_notes`` (staff only); None leaves a field as it is.
+
+    Allowed in any status: evidence often arrives while staff decide. Locks the row; audited
+    as ``challenge.notes`` with the fields changed (not their text: evidence may be long and
+    the row keeps it).
+    """
+    staff = staff_action_allowed(user=actor, action="challenge.notes")
+    changes = {
+        name: value.strip()
+        for name, value in (("evidence", evidence), ("admin_notes", admin_notes))
+        if value is not None
+    }
+    if any(len(value) > NOTES_MAX_LENGTH for value in changes.values()):
+        raise InvalidInput(
+            f"Notes may hold at most {NOTES_MAX_LENGTH} characters.", code="note_too_long"
+        )
+    if "admin_notes" in changes and not staff:
+        raise Forbidden("Only staff write admin notes.", code="staff_only")
+    with transaction.atomic():
+        challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
+        if challenge is None:
+            raise NotFound("No such challenge.", code="challenge_not_found")
+        party = getattr(actor, "pk", None) in (challenge.challenger_id, challenge.challenged_id)
+        if not (staff or party):
+            raise Forbidden(
+                "Only the challenge's parties and staff give evidence.", code="not_a_party"
+            )
+        for name, value in changes.items():
+            setattr(challenge, name, value)
+        challenge.updated_at = timezone.now()
+        challenge.save(update_fields=[*changes, "updated_at"])
+        audit_record(
+            actor=actor,
+            action="challenge.notes",
+            target_type="challenge",
+            target_id=challenge.pk,
+            details={"fields": sorted(changes)},
+        )
+    return challenge
 
 
 def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stake:

@@ -233,6 +233,8 @@ PUSHER_HOST = env.str("PUSHER_HOST", default="")
 PUSHER_PORT = env.int("PUSHER_PORT", default=0)
 PUSHER_SSL = env.bool("PUSHER_SSL", default=True)
 
+# Where staff find Flower (the console's queue figures link to it); empty hides the link.
+FLOWER_URL = env.str("FLOWER_URL", default="")
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)

@@ -13,6 +13,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import DomainError
 from core.money import MAX_AMOUNT
+from core.permissions import staff_action_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,14 @@ class StrictCharField(serializers.CharField):
 
 
 class IsStaff(permissions.BasePermission):
+    """Staff API views: asks ``core.permissions`` with the view's ``staff_action`` (default
+    ``staff``), the same check the admin pages make."""
+
     message = "Staff only."
 
     def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+        action = getattr(view, "staff_action", "staff")
+        return staff_action_allowed(user=request.user, action=action)
 
 
 def healthz(request):

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     env = prepare_env()
+    # The staff console links its queue figures to this Flower.
+    env.setdefault("FLOWER_URL", f"http://127.0.0.1:{flower_port}/")
     supervisor = Supervisor(env)
     try:
         print("Preparing the database (migrations, static files, staff user)...", flush=True)

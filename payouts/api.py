@@ -1,13 +1,24 @@
+from functools import partial
+
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from core.api import IsStaff
+from core.api import IsStaff, StrictCharField
 from core.services import dead_letter_replay
-from payouts.selectors import dead_letter_list, payout_job_get, payout_job_list, payout_job_progress
+from payouts.dashboard import console_dashboard, dashboard_json
+from payouts.models import PayoutEntry
+from payouts.selectors import (
+    dead_letter_list,
+    payout_entry_list,
+    payout_job_get,
+    payout_job_list,
+    payout_job_progress,
+)
 from payouts.services.jobs import (
     challenge_cancel,
     challenge_resolve,
@@ -32,10 +43,14 @@ class ResolveInputSerializer(serializers.Serializer):
     # Checked by the service, which answers invalid_result / invalid_rail with stable codes.
     result = serializers.CharField()
     rail = serializers.CharField(required=False)
+    note = StrictCharField(
+        required=False, allow_blank=True, help_text="Why this outcome (stored and audited)."
+    )
 
 
 class ChallengeResolveApi(APIView):
     permission_classes = [IsStaff]
+    staff_action = "challenge.resolve"
 
     @extend_schema(request=ResolveInputSerializer, responses={202: JobStartedOutputSerializer})
     def post(self, request, challenge_id: int):
@@ -47,12 +62,22 @@ class ChallengeResolveApi(APIView):
         return _job_started(request, job)
 
 
+class CancelInputSerializer(serializers.Serializer):
+    note = StrictCharField(
+        required=False, allow_blank=True, help_text="Why it is cancelled (stored and audited)."
+    )
+
+
 class ChallengeCancelApi(APIView):
     permission_classes = [IsStaff]
+    staff_action = "challenge.cancel"
 
-    @extend_schema(request=None, responses={202: JobStartedOutputSerializer})
+    @extend_schema(request=CancelInputSerializer, responses={202: JobStartedOutputSerializer})
     def post(self, request, challenge_id: int):
-        job = challenge_cancel(challenge_id=challenge_id, actor=request.user)
+        # A body is optional here: an empty POST cancels without a note.
+        data = CancelInputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        job = challenge_cancel(challenge_id=challenge_id, actor=request.user, **data.validated_data)
         return _job_started(request, job)
 
 
@@ -75,6 +100,7 @@ class PayoutJobOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(help_text="Why the job is failed; empty otherwise.")
 
 
 def _job_output(job) -> dict:
@@ -94,14 +120,86 @@ def _status_filtered_page(view, request, select, output):
     return paginator.get_paginated_response([output(row) for row in page])
 
 
+class JobFilterSerializer(StatusFilterSerializer):
+    challenge = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
 class PayoutJobListApi(APIView):
     permission_classes = [IsStaff]
 
     @extend_schema(
-        parameters=[StatusFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
+        parameters=[JobFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
     )
     def get(self, request):
-        return _status_filtered_page(self, request, payout_job_list, _job_output)
+        filters = JobFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        challenge_id = filters.validated_data.get("challenge")
+        return _status_filtered_page(
+            self,
+            request,
+            partial(payout_job_list, challenge_id=challenge_id),
+            _job_output,
+        )
+
+
+class EntryOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    user = serializers.IntegerField(source="user_id")
+    username = serializers.CharField(source="user.username")
+    stake_amount = serializers.IntegerField()
+    amount = serializers.IntegerField()
+    status = serializers.CharField()
+    attempt_count = serializers.IntegerField()
+    first_attempt_at = serializers.DateTimeField(allow_null=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    failure_reason = serializers.CharField()
+    last_error = serializers.CharField()
+    stripe_transfer_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class EntryFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=PayoutEntry.Status.values, required=False)
+    failure_reason = serializers.CharField(required=False, max_length=64)
+
+
+class EntryCursorPagination(CursorPagination):
+    # Keyset on the id: page 10,000 of a million entries costs what page 1 does.
+    ordering = "id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class PayoutEntryListApi(APIView):
+    """A job's entries, filtered by ``status`` and ``failure_reason`` (cursor pagination)."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        parameters=[EntryFilterSerializer], responses={200: EntryOutputSerializer(many=True)}
+    )
+    def get(self, request, job_id: int):
+        filters = EntryFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        job = payout_job_get(job_id=job_id)
+        paginator = EntryCursorPagination()
+        page = paginator.paginate_queryset(
+            payout_entry_list(job_id=job.pk, **filters.validated_data), request, self
+        )
+        return paginator.get_paginated_response(EntryOutputSerializer(page, many=True).data)
+
+
+class DashboardApi(APIView):
+    """The staff console's figures (the admin index shows the same)."""
+
+    permission_classes = [IsStaff]
+    staff_action = "console.view"
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request):
+        return Response(dashboard_json(console_dashboard()))
 
 
 class PayoutJobDetailApi(APIView):
@@ -125,6 +223,10 @@ class PayoutJobControlApi(APIView):
 
     permission_classes = [IsStaff]
     control: str = ""
+
+    @property
+    def staff_action(self) -> str:
+        return f"payout_job.{self.control}"
 
     @extend_schema(request=None, responses={200: PayoutJobOutputSerializer})
     def post(self, request, job_id: int):
@@ -162,6 +264,7 @@ class DeadLetterListApi(APIView):
 
 class DeadLetterReplayApi(APIView):
     permission_classes = [IsStaff]
+    staff_action = "dead_letter.replay"
 
     @extend_schema(request=None, responses={200: DeadLetterOutputSerializer})
     def post(self, request, dead_letter_id: int):

@@ -11,3 +11,9 @@ class PayoutsConfig(AppConfig):
         from payouts.receivers import refund_cancelled_challenges
 
         challenges_cancelled.connect(refund_cancelled_challenges, dispatch_uid="payouts.refunds")
+
+        # The challenge API shows its job's progress row through this registry.
+        from challenges.providers import payout_summary_register
+        from payouts.selectors import payout_job_summary
+
+        payout_summary_register(lambda challenge_id: payout_job_summary(challenge_id=challenge_id))

@@ -30,6 +30,9 @@ class PayoutJob(models.Model):
         COMPLETED = "completed"
         COMPLETED_WITH_FAILURES = "completed_with_failures"
         CANCELLED = "cancelled"
+        # Finalizing failed for good (the escrow does not hold what the counters say): staff
+        # fix the cause and retry; the watchdog leaves it alone.
+        FAILED = "failed"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.EXPANDING, Status.RUNNING, Status.PAUSED)
 
@@ -51,6 +54,8 @@ class PayoutJob(models.Model):
     total_amount = models.BigIntegerField(default=0)
     paid_amount = models.BigIntegerField(default=0)
     fee_amount = models.BigIntegerField(default=0)
+    # Why the job is ``failed``; empty otherwise.
+    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -85,7 +90,14 @@ class PayoutJob(models.Model):
                 fields=["status"],
                 condition=Q(status__in=["queued", "expanding", "running", "paused"]),
                 name="payoutjob_active_idx",
-            )
+            ),
+            # The console's "last 24 hours" reads the jobs that finished lately, not all jobs.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
+                name="payoutjob_finished_idx",
+            ),
+            models.Index(fields=["id"], condition=Q(status="failed"), name="payoutjob_failed_idx"),
         ]
 
     def __str__(self) -> str:

@@ -1,11 +1,15 @@
 """Reads shared by the API, the admin and services."""
 
+from dataclasses import dataclass
+
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from challenges.models import Stake
 from core.errors import NotFound
 from core.models import DeadLetter
-from payouts.models import PayoutJob
+from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob
 
 
 def payout_job_get(*, job_id: int) -> PayoutJob:
@@ -15,10 +19,16 @@ def payout_job_get(*, job_id: int) -> PayoutJob:
     return job
 
 
-def payout_job_list(*, status: str | None = None) -> QuerySet[PayoutJob]:
-    """Jobs, newest first, optionally in one status."""
+def payout_job_list(
+    *, status: str | None = None, challenge_id: int | None = None
+) -> QuerySet[PayoutJob]:
+    """Jobs, newest first, optionally in one status and/or of one challenge."""
     jobs = PayoutJob.objects.order_by("-id")
-    return jobs.filter(status=status) if status else jobs
+    if status:
+        jobs = jobs.filter(status=status)
+    if challenge_id is not None:
+        jobs = jobs.filter(challenge_id=challenge_id)
+    return jobs
 
 
 def payout_job_progress(*, job: PayoutJob) -> dict:
@@ -57,12 +67,116 @@ def payout_job_progress(*, job: PayoutJob) -> dict:
         "progress_percent": percent,
         "rate": rate,
         "eta_seconds": eta,
+        "error": job.error,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
 
 
+def payout_job_summary(*, challenge_id: int) -> dict | None:
+    """``{status, progress_percent}`` of a challenge's job, or None: the progress row of a
+    challenge (registered with ``challenges.providers`` in ``PayoutsConfig.ready``)."""
+    job = PayoutJob.objects.filter(challenge_id=challenge_id).first()
+    if job is None:
+        return None
+    progress = payout_job_progress(job=job)
+    return {"status": progress["status"], "progress_percent": progress["progress_percent"]}
+
+
+def payout_entry_list(
+    *, job_id: int, status: str | None = None, failure_reason: str | None = None
+) -> QuerySet[PayoutEntry]:
+    """A job's entries in id order (cursor-paginated by callers), optionally of one status and
+    one failure reason; the (job, status, id) index serves the status filter."""
+    entries = PayoutEntry.objects.filter(job_id=job_id).select_related("user").order_by("id")
+    if status:
+        entries = entries.filter(status=status)
+    if failure_reason:
+        entries = entries.filter(failure_reason=failure_reason)
+    return entries
+
+
+# Counts on the console stop here: past it a page shows "10000+" rather than scan a million
+# rows to say exactly how many.
+COUNT_CAP = 10_000
+
+_STATUS_COUNTS_SQL = """
+SELECT s.status,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM payouts_payoutentry AS e
+            WHERE e.job_id = %(job_id)s AND e.status = s.status LIMIT %(cap)s
+        ) AS capped)
+FROM unnest(%(statuses)s::text[]) AS s(status)
+"""
+
+_FAILURE_REASONS_SQL = """
+SELECT failure_reason, count(*) FROM (
+    SELECT failure_reason FROM payouts_payoutentry
+    WHERE job_id = %(job_id)s AND status IN ('failed', 'retryable') LIMIT %(cap)s
+) AS capped
+GROUP BY failure_reason ORDER BY count(*) DESC, failure_reason
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A count that stops at ``COUNT_CAP``: ``capped`` means "at least this many"."""
+
+    value: int
+    capped: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.value}+" if self.capped else str(self.value)
+
+
+def _capped(value: int, cap: int = COUNT_CAP) -> Count:
+    return Count(min(value, cap), value >= cap)
+
+
+def payout_entry_status_counts(*, job: PayoutJob) -> dict[str, Count]:
+    """How many of a job's entries are in each status. ``completed`` comes from the job's
+    exact counter; every other status is counted with an index lookup that stops at
+    ``COUNT_CAP`` (one query), so the page costs the same for a million entries."""
+    open_statuses = [s for s in PayoutEntry.Status.values if s != PayoutEntry.Status.COMPLETED]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STATUS_COUNTS_SQL, {"job_id": job.pk, "statuses": open_statuses, "cap": COUNT_CAP}
+        )
+        counted = {status: _capped(count) for status, count in cursor.fetchall()}
+    return {PayoutEntry.Status.COMPLETED: Count(job.completed_count), **counted}
+
+
+def payout_entry_failure_reasons(*, job_id: int) -> list[tuple[str, Count]]:
+    """Failed and retryable entries of a job by failure reason, most frequent first, over at
+    most ``COUNT_CAP`` of them (one query)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FAILURE_REASONS_SQL, {"job_id": job_id, "cap": COUNT_CAP})
+        rows = cursor.fetchall()
+    capped = sum(count for _, count in rows) >= COUNT_CAP
+    return [(reason or "(none)", Count(count, capped)) for reason, count in rows]
+
+
+def payout_job_dead_letters(*, job_id: int, limit: int = 20) -> list[DeadLetter]:
+    """The newest dead letters of a job's tasks (every payouts task takes the job id first)."""
+    return list(
+        DeadLetter.objects.filter(task_name__startswith="payouts.tasks.", args__0=job_id).order_by(
+            "-id"
+        )[:limit]
+    )
+
+
 def dead_letter_list(*, status: str | None = None) -> QuerySet[DeadLetter]:
     letters = DeadLetter.objects.order_by("-id")
     return letters.filter(status=status) if status else letters
+
+
+def winners_without_connected_account(*, challenge_id: int, side: str) -> Count:
+    """How many stakers of ``side`` have no Stripe account with payouts enabled: who a Stripe
+    job paying that side would fail (``stripe_account_not_connected``). Stops at
+    ``COUNT_CAP``."""
+    enabled = ConnectedAccount.objects.filter(payouts_enabled=True).values("user_id")
+    stakers = Stake.objects.filter(challenge_id=challenge_id, side=side).exclude(
+        user_id__in=enabled
+    )
+    return _capped(stakers[:COUNT_CAP].count())

@@ -4,8 +4,10 @@ from payouts.api import (
     JOB_CONTROLS,
     ChallengeCancelApi,
     ChallengeResolveApi,
+    DashboardApi,
     DeadLetterListApi,
     DeadLetterReplayApi,
+    PayoutEntryListApi,
     PayoutJobControlApi,
     PayoutJobDetailApi,
     PayoutJobListApi,
@@ -26,6 +28,12 @@ urlpatterns = [
     ),
     path("admin/payout-jobs/", PayoutJobListApi.as_view(), name="payout-job-list"),
     path("admin/payout-jobs/<int:job_id>/", PayoutJobDetailApi.as_view(), name="payout-job-detail"),
+    path(
+        "admin/payout-jobs/<int:job_id>/entries/",
+        PayoutEntryListApi.as_view(),
+        name="payout-job-entries",
+    ),
+    path("admin/dashboard/", DashboardApi.as_view(), name="console-dashboard"),
     *[
         path(
             f"admin/payout-jobs/<int:job_id>/{action}/",

@@ -5,8 +5,9 @@ State machines (DESIGN.md section 4)::
 
     PayoutJob:   queued -> expanding -> running <-> paused
                  running -> completed | completed_with_failures      (finalize)
+                 running -> failed             (finalize failed for good: LedgerMismatch)
                  queued | expanding | running | paused -> cancelled  (staff)
-                 completed_with_failures -> running                  (retry failed entries)
+                 completed_with_failures | failed -> running         (staff retry)
     PayoutEntry: pending -> completed                                (ledger rail, one transaction)
                  pending -> processing -> completed | retryable | failed   (stripe rail)
                  retryable -> processing ...
@@ -449,7 +450,37 @@ def payout_job_finalize(*, job_id: int) -> bool:
     ``completed`` or ``completed_with_failures`` and completes the challenge; after commit it
     sends the notification of every paid staker (``payout_job_notify``), which takes a while
     for a million stakers and so runs as its own task, not inside the money transaction.
+
+    A ``LedgerMismatch`` is permanent (retrying cannot change what the escrow holds): the
+    money transaction rolls back, the job moves to ``failed`` with the error (see
+    ``payout_job_fail``), and False comes back. Staff fix the cause and retry the job.
     """
+    try:
+        return _job_finalize(job_id=job_id)
+    except LedgerMismatch as exc:
+        logger.error("payout job %s cannot finalize: %s", job_id, exc)  # noqa: TRY400
+        payout_job_fail(job_id=job_id, error=str(exc))
+        return False
+
+
+def payout_job_fail(*, job_id: int, error: str) -> bool:
+    """Move a running job to ``failed`` with ``error`` (a finalize that cannot succeed by
+    retrying). Only from ``running``, so a job that a concurrent caller finalized stays
+    finalized; the watchdog restarts only running jobs, so it leaves a failed one alone.
+    Returns whether the job moved."""
+    with transaction.atomic(durable=True):
+        moved = PayoutJob.objects.filter(pk=job_id, status=PayoutJob.Status.RUNNING).update(
+            status=PayoutJob.Status.FAILED,
+            error=error[:10_000],
+            finished_at=Now(),
+            updated_at=Now(),
+        )
+        if moved:
+            transaction.on_commit(partial(payout_progress_publish, job_id=job_id, force=True))
+    return bool(moved)
+
+
+def _job_finalize(*, job_id: int) -> bool:
     job = PayoutJob.objects.filter(pk=job_id).first()
     # Unlocked look first: batches that found nothing call this while others still work.
     if job is None or job.status != PayoutJob.Status.RUNNING or _open_entries(job):

@@ -28,6 +28,9 @@ WINNING_SIDE: dict[str, str] = {
     Challenge.Result.CHALLENGED_WON: Stake.Side.NO,
 }
 CANCELLABLE = (Challenge.Status.PENDING, Challenge.Status.ACTIVE, Challenge.Status.PENDING_ADMIN)
+# Jobs that retry-failed may restart: finished ones run again.
+FINISHED_RETRYABLE = (PayoutJob.Status.COMPLETED_WITH_FAILURES, PayoutJob.Status.FAILED)
+RETRYABLE = (PayoutJob.Status.RUNNING, PayoutJob.Status.PAUSED, *FINISHED_RETRYABLE)
 # Refunds return stakes to the wallets they came from, whatever rail pays the winnings.
 REFUND_RAIL = PayoutJob.Rail.LEDGER
 
@@ -70,8 +73,20 @@ def _job_create(*, challenge: Challenge, kind: str, rail: str, winning_side: str
     return job
 
 
+NOTE_MAX_LENGTH = 5_000
+
+
+def _note_check(note: str) -> str:
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX_LENGTH:
+        raise InvalidInput(
+            f"The note may hold at most {NOTE_MAX_LENGTH} characters.", code="note_too_long"
+        )
+    return note
+
+
 def challenge_resolve(
-    *, challenge_id: int, result: str, actor: Any, rail: str | None = None
+    *, challenge_id: int, result: str, actor: Any, rail: str | None = None, note: str = ""
 ) -> PayoutJob:
     """Record a ``pending_admin`` challenge's result and create its payout job.
 
@@ -80,13 +95,15 @@ def challenge_resolve(
     challenge row, so of two concurrent resolves one wins and the other gets
     ``already_resolved``; the job's unique challenge is the database's guard. The fee rate,
     batch size and parallelism are copied onto the job. Expansion is sent after commit.
-    Audited as ``challenge.resolve``.
+    ``note`` (why this outcome) is stored on the challenge as ``resolution_note``. Audited as
+    ``challenge.resolve`` with the note.
     """
     if result not in Challenge.Result.values:
         raise InvalidInput(
             f"result must be one of {', '.join(Challenge.Result.values)}.", code="invalid_result"
         )
     rail = _rail_check(rail)
+    note = _note_check(note)
     with transaction.atomic(durable=True):
         challenge = _challenge_locked(challenge_id)
         if challenge.status != Challenge.Status.PENDING_ADMIN:
@@ -103,9 +120,17 @@ def challenge_resolve(
         challenge.result = result
         challenge.resolved_at = now
         challenge.resolved_by = actor if getattr(actor, "pk", None) else None
+        challenge.resolution_note = note
         challenge.updated_at = now
         challenge.save(
-            update_fields=["status", "result", "resolved_at", "resolved_by", "updated_at"]
+            update_fields=[
+                "status",
+                "result",
+                "resolved_at",
+                "resolved_by",
+                "resolution_note",
+                "updated_at",
+            ]
         )
         job = _job_create(
             challenge=challenge,
@@ -119,18 +144,26 @@ def challenge_resolve(
             action="challenge.resolve",
             target_type="challenge",
             target_id=challenge.pk,
-            details={"result": result, "payout_job_id": job.pk, "kind": job.kind, "rail": job.rail},
+            details={
+                "result": result,
+                "payout_job_id": job.pk,
+                "kind": job.kind,
+                "rail": job.rail,
+                "note": note,
+            },
         )
     return job
 
 
-def challenge_cancel(*, challenge_id: int, actor: Any) -> PayoutJob:
+def challenge_cancel(*, challenge_id: int, actor: Any, note: str = "") -> PayoutJob:
     """Cancel an unresolved challenge and create the job that refunds every stake in full.
 
     Allowed from ``pending``, ``active`` and ``pending_admin``; locks the challenge row (the
-    staking service takes the same lock, so no stake lands after the cancel). Audited as
-    ``challenge.cancel``.
+    staking service takes the same lock, so no stake lands after the cancel). ``note`` is
+    stored as the challenge's ``resolution_note``. Audited as ``challenge.cancel`` with the
+    note.
     """
+    note = _note_check(note)
     with transaction.atomic(durable=True):
         challenge = _challenge_locked(challenge_id)
         if challenge.status not in CANCELLABLE:
@@ -139,8 +172,9 @@ def challenge_cancel(*, challenge_id: int, actor: Any) -> PayoutJob:
                 code="challenge_not_cancellable",
             )
         challenge.status = Challenge.Status.CANCELLED
+        challenge.resolution_note = note
         challenge.updated_at = timezone.now()
-        challenge.save(update_fields=["status", "updated_at"])
+        challenge.save(update_fields=["status", "resolution_note", "updated_at"])
         job = _job_create(
             challenge=challenge,
             kind=PayoutJob.Kind.REFUND,
@@ -153,7 +187,7 @@ def challenge_cancel(*, challenge_id: int, actor: Any) -> PayoutJob:
             action="challenge.cancel",
             target_type="challenge",
             target_id=challenge.pk,
-            details={"payout_job_id": job.pk},
+            details={"payout_job_id": job.pk, "note": note},
         )
     return job
 
@@ -300,20 +334,14 @@ def payout_job_retry_failed(
     entry's dead letter) a fresh start (``pending``, attempts reset).
 
     Allowed while the job is running or paused, and after it completed with failures (it
-    runs again and finalizes again; the fee is never collected twice). Set-based; audited with
-    the number of entries retried.
+    runs again and finalizes again; the fee is never collected twice). A ``failed`` job (its
+    finalize failed for good) runs again too, once staff fixed the cause, whether or not it
+    has failed entries: its error is cleared and its batches finalize it again. Set-based;
+    audited with the number of entries retried.
     """
     with transaction.atomic(durable=True):
         job = _job_locked(job_id)
-        _state_check(
-            job,
-            "retried",
-            (
-                PayoutJob.Status.RUNNING,
-                PayoutJob.Status.PAUSED,
-                PayoutJob.Status.COMPLETED_WITH_FAILURES,
-            ),
-        )
+        _state_check(job, "retried", RETRYABLE)
         failed = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED)
         if entry_ids is not None:
             failed = failed.filter(pk__in=entry_ids)
@@ -324,14 +352,15 @@ def payout_job_retry_failed(
             lease_until=None,
             failure_reason="",
         )
-        if not retried:
+        if not retried and job.status != PayoutJob.Status.FAILED:
             raise Conflict("This job has no failed entries.", code="no_failed_entries")
-        if job.status == PayoutJob.Status.COMPLETED_WITH_FAILURES:
+        if job.status in FINISHED_RETRYABLE:
             job.status = PayoutJob.Status.RUNNING
             job.finished_at = None
+            job.error = ""
         job.failed_count = F("failed_count") - retried
         job.updated_at = timezone.now()
-        job.save(update_fields=["status", "finished_at", "failed_count", "updated_at"])
+        job.save(update_fields=["status", "finished_at", "error", "failed_count", "updated_at"])
         _audit(actor, "retry_failed", job, entries=retried)
         if job.status == PayoutJob.Status.RUNNING:
             transaction.on_commit(

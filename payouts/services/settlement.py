@@ -12,7 +12,8 @@ Pari-mutuel with the fee on the winnings only:
 ``settlement_terms`` computes the global figures in PostgreSQL in two passes over the stakes
 (the pools and the fee; then which winners get a leftover unit, by ranking the remainders),
 and ``payout_entries_insert`` then creates the entries of any slice of the stakes with one
-``INSERT ... SELECT``, so a million stakes never travel to Python and the slices can be paid
+``INSERT ... SELECT`` (``settlement_preview`` reads the same terms and amount SQL to show staff
+what a resolve would pay), so a million stakes never travel to Python and the slices can be paid
 while later ones are still being created. ``settlement_compute`` is the same rule in plain
 Python: the oracle the property tests hold the SQL to. Products such as
 ``stake * distributable`` reach 10**33 for amounts up to 10**15, past bigint, so the SQL
@@ -228,25 +229,76 @@ def payout_entries_insert(
     Idempotent per (job, user) through the unique constraint: a slice inserted twice (a
     redelivered task) creates nothing the second time.
     """
-    sql = _ENTRIES_SQL.format(
-        side_filter="" if terms.refund else "AND s.side = %(side)s",
-        amount="amount"
-        if terms.refund
-        else _PAYOUT_AMOUNT.format(**_share_sql(terms.winning_pool, terms.distributable)),
-    )
-    params: dict[str, Any] = {
-        "job_id": job_id,
+    sql = _ENTRIES_SQL.format(**_amount_sql(terms))
+    params = {**_amount_params(terms), "job_id": job_id, "from_id": from_stake_id, "limit": limit}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        stakes, last_stake_id, inserted, first_entry_id = cursor.fetchone()
+    return Chunk(stakes, last_stake_id, inserted, first_entry_id)
+
+
+def _amount_sql(terms: SettlementTerms) -> dict[str, str]:
+    """Which stakes get an entry and the SQL of each one's amount: shared by the expansion and
+    the preview, so what staff are shown is computed by what pays."""
+    if terms.refund:
+        return {"side_filter": "", "amount": "amount"}
+    share = _share_sql(terms.winning_pool, terms.distributable)
+    return {"side_filter": "AND s.side = %(side)s", "amount": _PAYOUT_AMOUNT.format(**share)}
+
+
+def _amount_params(terms: SettlementTerms) -> dict[str, Any]:
+    return {
         "challenge_id": terms.challenge_id,
         "side": terms.winning_side,
-        "from_id": from_stake_id,
-        "limit": limit,
         "winning": terms.winning_pool,
         "distributable": terms.distributable,
         "leftover": terms.leftover,
         "cut_remainder": terms.cut_remainder,
         "cut_id": terms.cut_id,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        stakes, last_stake_id, inserted, first_entry_id = cursor.fetchone()
-    return Chunk(stakes, last_stake_id, inserted, first_entry_id)
+
+
+_PREVIEW_SQL = """
+SELECT min(({amount})::bigint), max(({amount})::bigint)
+FROM challenges_stake AS s
+WHERE s.challenge_id = %(challenge_id)s {side_filter}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementPreview:
+    """What a job settling these terms will pay, before it exists (the resolve confirmation
+    page shows it)."""
+
+    refund: bool
+    entries: int  # winners paid, or stakers refunded
+    total_amount: int
+    fee: int
+    smallest: int | None
+    largest: int | None
+
+
+def settlement_preview(
+    *, challenge_id: int, winning_side: str | None, fee_bps: int
+) -> SettlementPreview:
+    """The settlement a job would pay now, from the same terms (``settlement_terms``) and the
+    same per-stake amount SQL as ``payout_entries_insert``: never a second copy of the rule.
+
+    Read-only; a pass over the stakes like the expansion's (seconds for a million). Stakes
+    cannot change once a challenge is past its deadline, so a job created right after pays
+    exactly this.
+    """
+    terms = settlement_terms(challenge_id=challenge_id, winning_side=winning_side, fee_bps=fee_bps)
+    smallest = largest = None
+    if terms.entries:
+        with connection.cursor() as cursor:
+            cursor.execute(_PREVIEW_SQL.format(**_amount_sql(terms)), _amount_params(terms))
+            smallest, largest = cursor.fetchone()
+    return SettlementPreview(
+        refund=terms.refund,
+        entries=terms.entries,
+        total_amount=terms.total_amount,
+        fee=terms.fee,
+        smallest=smallest,
+        largest=largest,
+    )
