@@ -11,7 +11,7 @@ LOCKS := requirements/main.lock requirements/dev.lock
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install lock test lint format up demo bench chaos stack-stop clean
+.PHONY: install lock browser test lint format up demo bench chaos stack-stop clean
 
 $(STAMP): pyproject.toml $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +58,14 @@ TEST_STACK ?= .devstack/test
 on_stack = $(if $(DATABASE_URL),,python -m deploy.devstack run --root $(1) --)
 test chaos bench: export DJANGO_SECRET_KEY ?= test-only-secret-key
 
+# The browser tests drive Debian's Chromium through Playwright from PyPI; Playwright's own
+# browser download cannot work offline, so it is never used. CI runs as root with apt.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
+
 # The whole suite, then a small chaos run: a regression in crash safety fails the build.
-test: lint
+test: lint browser
 	$(call on_stack,$(TEST_STACK)) python -m pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 10000 --stripe-winners 300 --kills 5 --seed 7

@@ -63,11 +63,11 @@ class Challenge(models.Model):
     )
     completed_at = models.DateTimeField(null=True, blank=True)
     # What the parties (or staff) offer as proof of the outcome: text and/or links.
-    evidence = models.TextField(blank=True)
+    evidence = models.TextField(blank=True, default="", db_default="")
     # Staff only: never in the public API.
-    admin_notes = models.TextField(blank=True)
+    admin_notes = models.TextField(blank=True, default="", db_default="")
     # Why staff resolved or cancelled it as they did (required in the admin, audited).
-    resolution_note = models.TextField(blank=True)
+    resolution_note = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-id"]

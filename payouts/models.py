@@ -55,7 +55,7 @@ class PayoutJob(models.Model):
     paid_amount = models.BigIntegerField(default=0)
     fee_amount = models.BigIntegerField(default=0)
     # Why the job is ``failed``; empty otherwise.
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, default="", db_default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

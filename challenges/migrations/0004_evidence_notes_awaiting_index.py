@@ -13,17 +13,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="challenge",
             name="evidence",
-            field=models.TextField(blank=True),
+            field=models.TextField(blank=True, default="", db_default=""),
         ),
         migrations.AddField(
             model_name="challenge",
             name="admin_notes",
-            field=models.TextField(blank=True),
+            field=models.TextField(blank=True, default="", db_default=""),
         ),
         migrations.AddField(
             model_name="challenge",
             name="resolution_note",
-            field=models.TextField(blank=True),
+            field=models.TextField(blank=True, default="", db_default=""),
         ),
         migrations.AddIndex(
             model_name="challenge",

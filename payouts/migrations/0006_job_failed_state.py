@@ -1,4 +1,5 @@
-"""A ``failed`` job state with its ``error``, and an index of finished jobs for the console."""
+"""A ``failed`` job state with its ``error``, and indexes of finished and failed jobs for the
+console. The new column has a database default: the refund jobs are inserted by raw SQL."""
 
 from django.db import migrations, models
 
@@ -12,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="payoutjob",
             name="error",
-            field=models.TextField(blank=True),
+            field=models.TextField(blank=True, default="", db_default=""),
         ),
         migrations.AlterField(
             model_name="payoutjob",

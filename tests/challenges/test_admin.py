@@ -32,7 +32,7 @@ def test_challenge_admin_lists_filters_searches_and_shows_stakes_read_only(make_
     assert listing.status_code == by_due.status_code == page.status_code == 200
     assert challenge.title in listing.content.decode()
     html = page.content.decode()
-    assert "Stakes (first 50)" in html
+    assert "Stakers (5; 50 a page)" in html
     assert players[2].username in html
     assert "5 stakes" in html
     assert 'name="_save"' not in html  # view only: state changes go through services

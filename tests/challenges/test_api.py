@@ -49,7 +49,8 @@ def test_create_then_read_a_challenge(make_user, client_for):
     )
     detail = client.get(f"/api/challenges/{body['id']}/")
     assert detail.status_code == 200
-    assert detail.json() == body
+    # The detail adds the evidence, the resolution note and the payout row (none yet)
+    assert detail.json() == {**body, "evidence": "", "resolution_note": "", "payout": None}
 
 
 def test_detail_shows_per_side_totals_and_counts(make_user, client_for):
