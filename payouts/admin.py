@@ -273,7 +273,6 @@ class PayoutJobAdmin(ReadOnlyAdmin):
     list_filter = ["status", "kind", "rail", ("finished_at", admin.DateFieldListFilter)]
     search_fields = ["=id", "=challenge__id"]
     list_select_related = ["challenge"]
-    readonly_fields = ["progress"]
     # Job controls are buttons on the job page, each behind a confirmation.
     actions = None
 
@@ -310,7 +309,12 @@ class PayoutJobAdmin(ReadOnlyAdmin):
                 "dead_letters": payout_job_dead_letters(job_id=job.pk),
                 "entries_url": entries_url,
                 "controls": [
-                    (name, reverse("admin:payouts_payoutjob_control", args=[job.pk, name]), states)
+                    (
+                        name,
+                        name.replace("-", " ").capitalize(),
+                        reverse("admin:payouts_payoutjob_control", args=[job.pk, name]),
+                        states,
+                    )
                     for name, (_, states, _) in JOB_CONTROLS.items()
                 ],
                 "pusher": _pusher_settings(),

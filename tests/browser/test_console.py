@@ -6,6 +6,7 @@ it, and replay a dead letter. Each step leaves a screenshot in .devstack/screens
 import re
 
 import pytest
+from celery import current_app
 
 from core.models import DeadLetter
 from core.services import dead_letter_record
@@ -26,18 +27,15 @@ def _figure(page, outcome: str, column: str) -> int:
     return int(page.locator(f'tr[data-outcome="{outcome}"] td.{column}').inner_text())
 
 
-def test_resolve_watch_pause_resume_and_replay(
-    live_server, page, screenshot, workers, settings
-):
+def test_resolve_watch_pause_resume_and_replay(live_server, page, screenshot, workers, settings):
     # Small batches, one at a time: the job takes long enough to pause and to watch.
     settings.PAYOUT_BATCH_SIZE = 5
     settings.PAYOUT_PARALLELISM = 1
     workers.start("payouts,notifications", name="console")
+    wait_for(lambda: current_app.control.ping(timeout=0.5), timeout=30)  # the worker is up
     challenge = challenge_seed(stakers=4_000, yes_share=0.5, seed=11, title=TITLE)
     before = wallet_balances(challenge)
-    user_create(
-        username="ops", password=PASSWORD, is_staff=True, is_superuser=True, validate=False
-    )
+    user_create(username="ops", password=PASSWORD, is_staff=True, is_superuser=True, validate=False)
 
     # Log in as staff: the dashboard shows the challenge awaiting resolution
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
@@ -51,9 +49,11 @@ def test_resolve_watch_pause_resume_and_replay(
 
     # Open it, press Resolve…: the preview's figures are what the settlement rule says
     page.click(f"a.awaiting-challenge:has-text('{TITLE}')")
-    assert page.locator("a.console-button", has_text="Resolve…").is_visible()
+    page.wait_for_url(re.compile(r"/admin/challenges/challenge/\d+/change/"))
     screenshot("02-challenge")
+    assert page.locator("a.console-button", has_text="Resolve…").is_visible()
     page.click("a.console-button:has-text('Resolve…')")
+    page.wait_for_url(re.compile(r"/resolve/$"))
     expected, fee = expected_amounts(challenge, "yes", settings.PLATFORM_FEE_BPS)
     assert _figure(page, "challenger_won", "entries") == len(expected) == 2_000
     assert _figure(page, "challenger_won", "total") == sum(expected.values())
@@ -74,7 +74,7 @@ def test_resolve_watch_pause_resume_and_replay(
 
     # Pause from the job page (through its confirmation); nothing is paid while paused
     page.click("#control-pause")
-    page.click("input[type=submit][value=\"Yes, I'm sure\"]")
+    page.click('input[type=submit][value="Yes, I\'m sure"]')
     page.wait_for_url(re.compile(r"/admin/payouts/payoutjob/\d+/change/"))
     assert page.locator("#payout-status").inner_text() == "paused"
     paused_at = PayoutJob.objects.get(pk=job.pk).completed_count
@@ -86,19 +86,17 @@ def test_resolve_watch_pause_resume_and_replay(
 
     # Resume, then watch: the bar reaches 100% on the same page, without a reload
     page.click("#control-resume")
-    page.click("input[type=submit][value=\"Yes, I'm sure\"]")
+    page.click('input[type=submit][value="Yes, I\'m sure"]')
     page.wait_for_url(re.compile(r"/admin/payouts/payoutjob/\d+/change/"))
     page.evaluate("window.sameDocument = true")
     page.wait_for_function(
         "document.getElementById('payout-progress-bar').value >= 50", timeout=120_000
     )
-    screenshot("06-live-job")
+    screenshot("06-live-job", full_page=False)
     page.wait_for_function(
         "document.getElementById('payout-progress-bar').value == 100", timeout=120_000
     )
-    page.wait_for_function(
-        "document.getElementById('payout-status').textContent == 'completed'"
-    )
+    page.wait_for_function("document.getElementById('payout-status').textContent == 'completed'")
     assert page.evaluate("window.sameDocument") is True  # the page was never reloaded
     assert "final state: completed" in page.locator("#payout-live").inner_text()
     screenshot("07-job-completed")
@@ -123,8 +121,9 @@ def test_resolve_watch_pause_resume_and_replay(
     )
     page.reload()
     page.click("a.replay-link")
+    page.wait_for_url(re.compile(r"/replay/$"))
     assert "payout_job_notify_task" in page.content()
-    page.click("input[type=submit][value=\"Yes, I'm sure\"]")
+    page.click('input[type=submit][value="Yes, I\'m sure"]')
     page.wait_for_url(re.compile(r"/admin/payouts/payoutjob/\d+/change/"))
     assert "replayed" in page.locator("#dead-letters").inner_text()
     assert DeadLetter.objects.get(task_id="console-lost-notify").status == "replayed"

@@ -17,21 +17,6 @@ from tests.payouts.helpers import run_job_inline
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def json_client(client_for):
-    def make(user=None):
-        client = client_for(user)
-        client.default_format = "json"
-        return client
-
-    return make
-
-
-@pytest.fixture
-def staff_client(staff, json_client):
-    return json_client(staff)
-
-
 def test_resolve_answers_202_with_the_job_and_enqueues_expansion(
     staff, staff_client, django_capture_on_commit_callbacks
 ):

@@ -21,6 +21,11 @@
     $("payout-paid-amount").textContent = job.paid_amount;
     $("payout-rate").textContent = job.rate === null ? "-" : job.rate;
     $("payout-eta").textContent = job.eta_seconds === null ? "-" : job.eta_seconds + " s";
+    // The status table's exact counters follow the job too.
+    for (const [status, count] of [["completed", job.completed], ["failed", job.failed], ["cancelled", job.cancelled]]) {
+      const cell = document.querySelector(".count-" + status);
+      if (cell) cell.textContent = count;
+    }
     $("payout-error").hidden = !job.error;
     $("payout-error-text").textContent = job.error || "";
     // Only the controls that apply to the job's new state stay visible.
