@@ -187,6 +187,8 @@ CELERY_TASK_ROUTES = {
     "payouts.tasks.payout_batch_stripe_task": {"queue": "payouts_stripe"},
     # Creating a job's notifications (a million rows) must not hold up payout workers.
     "payouts.tasks.payout_job_notify_task": {"queue": "notifications"},
+    # The hourly money check reads for seconds: never in the way of a payout batch.
+    "payouts.tasks.platform_audit_task": {"queue": "scheduler"},
     "payouts.tasks.*": {"queue": "payouts"},
     "notifications.tasks.*": {"queue": "notifications"},
     "challenges.tasks.*": {"queue": "scheduler"},

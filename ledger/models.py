@@ -111,3 +111,27 @@ class Transfer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} #{self.debit_account_id}->#{self.credit_account_id}"
+
+
+class Checkpoint(models.Model):
+    """What the incremental ``ledger_check`` has verified so far: one row.
+
+    Every transfer with an id up to ``watermark`` is final (committed or never will be) and
+    folded into ``checksum``: the sum over accounts of (credits - debits) times a per-account
+    weight, modulo a prime (``ledger.selectors``). The next run reads only the transfers after
+    the watermark and compares the balances, in one pass over the accounts, with the checksum
+    plus those transfers. Written only by ``ledger_check``; the weights' ``salt`` is drawn when
+    the row is created.
+    """
+
+    watermark = models.BigIntegerField()
+    checksum = models.BigIntegerField()
+    salt = models.BigIntegerField()
+    transfers = models.BigIntegerField()
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "ledger_checkpoint"
+
+    def __str__(self) -> str:
+        return f"ledger checked up to transfer {self.watermark}"

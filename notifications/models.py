@@ -19,6 +19,8 @@ class Notification(models.Model):
         CHALLENGE_CANCELLED = "challenge_cancelled"
         PAYOUT = "payout"
         REFUND = "refund"
+        # To staff: a money check found a violation (payouts.services.audit).
+        PLATFORM_ALERT = "platform_alert"
 
     class Priority(models.TextChoices):
         NORMAL = "normal"

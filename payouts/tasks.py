@@ -8,6 +8,7 @@ from celery import shared_task
 
 from core.errors import DomainError
 from core.tasks import BaseTask
+from payouts.services.audit import platform_audit_run
 from payouts.services.engine import (
     payout_batch_ledger,
     payout_job_expand,
@@ -82,3 +83,18 @@ def payout_entry_retry_task(job_id: int, entry_id: int) -> bool:
     except DomainError:
         return False
     return True
+
+
+# Beat, hourly, on the scheduler queue: the incremental ledger check and the audit of recent
+# jobs take seconds, the full one (``full=True``, by hand) minutes on a large database.
+@shared_task(time_limit=3600, soft_time_limit=3500)
+def platform_audit_task(full: bool = False) -> dict:
+    audit = platform_audit_run(full=bool(full))
+    return {
+        "ok": audit.ok,
+        "ledger_mode": audit.ledger.mode,
+        "ledger_watermark": audit.ledger.watermark,
+        "jobs": audit.payouts.jobs,
+        "entries": audit.payouts.entries,
+        "violations": audit.violations[:100],
+    }

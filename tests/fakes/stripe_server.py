@@ -11,7 +11,10 @@ in any process configure it and read its counters the same way:
     POST /_fake/accounts   {"accounts": [{"id": "acct_...", "payouts_enabled": true}, ...]}
     POST /_fake/release    let held responses go (see ``hold_after_create``)
     POST /_fake/reset      forget every transfer, key, account, counter and setting
+    POST /_fake/forget_keys {"keys": [...]} (or {} for all): Stripe's 24-hour key expiry, now
     GET  /_fake/stats      counters: transfers per idempotency key, request timestamps, faults
+    GET  /_fake/transfers  every transfer created, oldest first, each with the key it was
+                           created under (``idempotency_key``, null without one)
 
 What it models of Stripe (https://docs.stripe.com/api/idempotent_requests):
 - ``POST /v1/transfers`` with an ``Idempotency-Key``: the same key and parameters replay the
@@ -73,7 +76,8 @@ class FakeStripeState:
             # idempotency key -> {"params": ..., "status": ..., "body": ...} once executed
             self.keys: dict[str, dict[str, Any]] = {}
             self.in_flight: set[str] = set()
-            self.created_per_key: dict[str, int] = {}
+            # transfer id -> the idempotency key it was created under (None without one)
+            self.transfer_keys: dict[str, str | None] = {}
             self.post_times: list[float] = []
             self.request_count = 0
             self.fault_counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
@@ -106,6 +110,21 @@ class FakeStripeState:
                     "charges_enabled": bool(account.get("payouts_enabled", True)),
                 }
 
+    def forget_keys(self, keys: list[str] | None = None) -> None:
+        """What Stripe does to a key 24 hours after its first use: the next request with it
+        executes afresh. ``None`` forgets every key."""
+        with self.lock:
+            for key in list(self.keys) if keys is None else keys:
+                self.keys.pop(key, None)
+
+    def transfers_created(self) -> list[dict[str, Any]]:
+        """Every transfer created, oldest first, with the key it was created under."""
+        with self.lock:
+            return [
+                {**transfer, "idempotency_key": self.transfer_keys.get(transfer_id)}
+                for transfer_id, transfer in self.transfers.items()
+            ]
+
     def draw_fault(self, now: float, *, transfer_create: bool = False) -> str | None:
         """Pick this request's fault, if any; the server-side rate limit is checked first.
 
@@ -133,7 +152,7 @@ class FakeStripeState:
             return {
                 "requests": self.request_count,
                 "transfers_created": len(self.transfers),
-                "created_per_key": dict(self.created_per_key),
+                "created_per_key": self._created_per_key(),
                 "post_times": list(self.post_times),
                 "faults": dict(self.fault_counts),
                 "replays": self.replays,
@@ -141,6 +160,13 @@ class FakeStripeState:
                 "in_flight": len(self.in_flight),
                 "held": self.held,
             }
+
+    def _created_per_key(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for key in self.transfer_keys.values():
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -186,6 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/_fake/stats":
             self._send(200, self.state.stats())
             return
+        if url.path == "/_fake/transfers":
+            self._send(200, {"transfers": self.state.transfers_created()})
+            return
         if not self._authorized() or self._inject_fault(None):
             return
         query = dict(parse_qsl(url.query))
@@ -230,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.state.released.set()
             elif path == "/_fake/reset":
                 self.state.reset()
+            elif path == "/_fake/forget_keys":
+                self.state.forget_keys(body.get("keys"))
             else:
                 self._send(404, {"error": "unknown control endpoint"})
                 return
@@ -366,13 +397,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "reversed": False,
             }
             state.transfers[transfer["id"]] = transfer
+            state.transfer_keys[transfer["id"]] = key
             if key:
                 state.keys[key] = {
                     "params": sorted(params.items()),
                     "status": 200,
                     "body": transfer,
                 }
-                state.created_per_key[key] = state.created_per_key.get(key, 0) + 1
         return 200, transfer
 
     def _list_transfers(self, query: dict[str, str]) -> None:
@@ -475,8 +506,12 @@ class FakeStripe:
         return self.state.stats()
 
     def transfers(self) -> list[dict[str, Any]]:
+        """Every transfer created, oldest first, as Stripe's API shows it."""
         with self.state.lock:
             return list(self.state.transfers.values())
+
+    def forget_keys(self, keys: list[str] | None = None) -> None:
+        self.state.forget_keys(keys)
 
 
 def main() -> None:
