@@ -20,7 +20,7 @@ class Command(BaseCommand):
             self.stderr.write(f"VIOLATION {violation}")
         checkpoint = f", checkpoint at transfer {report.watermark}" if report.watermark else ""
         self.stdout.write(
-            f"ledger_check ({report.mode}): {'ok' if report.ok else 'FAILED'}: "
+            f"ledger_check: {'ok' if report.ok else 'FAILED'} ({report.mode}): "
             f"{report.accounts} accounts, {report.transfers} transfers read, total balance "
             f"{report.total_balance}{checkpoint}"
         )
