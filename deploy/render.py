@@ -119,11 +119,13 @@ def compose() -> str:
         "redis": {
             "image": "redis:7",
             # A broker must neither drop queued tasks under memory pressure nor lose them on
-            # restart.
+            # restart; a crash loses at most the last second of writes.
             "command": [
                 "redis-server",
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "everysec",
                 "--maxmemory-policy",
                 "noeviction",
             ],

@@ -65,7 +65,32 @@ class WorkerPool:
             "--without-mingle",
             "--without-heartbeat",
         ]
-        # Without a log folder a worker writes to our standard error: its banner and log are
+        return self._spawn(argv, name, extra_env)
+
+    def start_beat(self, *, name: str = "beat", schedule: Path, **extra_env: str):
+        """Start a beat process of this pool's app with the file scheduler and its state in
+        ``schedule`` (so the database's schedule is neither used nor touched); killed and
+        stopped like a worker."""
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "beat",
+            "-S",
+            "celery.beat:PersistentScheduler",
+            "-s",
+            str(schedule),
+            "--max-interval",
+            "1",
+            "-l",
+            "WARNING",
+        ]
+        return self._spawn(argv, name, extra_env)
+
+    def _spawn(self, argv: list[str], name: str, extra_env: dict[str, str]) -> subprocess.Popen:
+        # Without a log folder a process writes to our standard error: its banner and log are
         # diagnostics, and standard output may carry a report (``manage.py bench --json``).
         output = None
         if self.log_dir is not None:

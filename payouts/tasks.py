@@ -17,7 +17,7 @@ from payouts.services.engine import (
 )
 from payouts.services.jobs import payout_job_retry_failed
 from payouts.services.stripe_rail import payout_batch_stripe
-from payouts.services.watchdog import payout_watchdog
+from payouts.services.watchdog import WATCHDOG_STALE_SECONDS, payout_watchdog
 
 
 class PayoutJobTask(BaseTask):
@@ -60,8 +60,9 @@ def payout_batch_stripe_task(job_id: int) -> int:
 
 
 @shared_task(time_limit=120, soft_time_limit=100)
-def payout_watchdog_task() -> dict:
-    report = payout_watchdog()
+def payout_watchdog_task(stale_seconds: int = WATCHDOG_STALE_SECONDS) -> dict:
+    # Beat's schedule passes no arguments; the chaos run's fast schedule passes a short one.
+    report = payout_watchdog(stale_seconds=int(stale_seconds))
     return {
         "refund_jobs": report.refund_jobs,
         "expansions": report.expansions,

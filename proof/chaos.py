@@ -1,19 +1,26 @@
-"""The chaos run: pay a ledger job and a Stripe job while a seeded schedule breaks things.
+"""The chaos run: pay a ledger job and a Stripe job while a seeded schedule breaks things, and
+prove that every planned fault hit a job that was still paying.
 
-Faults injected (all from one ``random.Random(seed)``, so a seed replays the same schedule):
-SIGKILL of a random payout worker every ``kill_interval`` seconds (a replacement starts at
-once, as a process supervisor would), one Redis restart and one PostgreSQL restart (embedded
-stack only) at seeded points of the ledger job's progress, so that both hit it mid-flight,
-every batch task published twice (``proof.chaos_app``), and Stripe faults of every kind the
-fake knows (429, 500, lock_timeout, connection reset, timeout, response lost after the
-transfer was created) at ``stripe_fault_rate`` until ``stripe_faults_until`` of the Stripe
-job's entries are settled.
+Faults (all from one ``random.Random(seed)``, so a seed replays the same schedule), each
+planned against one job and fired when that job has settled a seeded share of its entries:
+SIGKILL of payout workers (``kills`` of them, a replacement started at once, as a process
+supervisor would); SIGKILL of Redis (append-only, fsync every second, as in production: what
+it had not written is lost) and of PostgreSQL (every open transaction aborted, WAL replayed),
+and a clean restart of each (embedded stack only: the run refuses to start elsewhere rather
+than skip them); SIGKILL of beat and of the worker running its watchdog sweep, in the middle of
+that sweep (``proof.chaos_app`` says when a sweep runs; the kill is proven by the sweep never
+reporting its end), after which beat is started again and must sweep again; every batch task
+published twice (``proof.chaos_app``); and Stripe faults of every kind the fake knows (429,
+500, lock_timeout, connection reset, timeout, response lost after the transfer was created) on
+``stripe_fault_rate`` of the requests until ``stripe_faults_until`` of the Stripe job's
+entries are settled.
 
 When the schedule is done the faults stop, the run waits (bounded) for both jobs to end, and
-then checks what must hold whatever happened: every entry terminal; no entry paid twice, in
-the ledger or at Stripe (the fake's own count per idempotency key); no Stripe transfer without
-its ledger entry and none for an unpaid entry; ``ledger_check`` clean; each escrow holding
-exactly its unpaid entries.
+then checks what must hold whatever happened: every planned fault fired while its job still had
+entries to pay, and every Stripe fault kind happened; every entry terminal; the payouts audit
+(``payouts.services.audit``) of both jobs -- per entry its one ledger transfer, of its amount,
+to its payee; the escrow against the unpaid entries; the totals against the settlement -- and
+of the fake's transfers grouped by entry (count, amount, destination); ``ledger_check`` clean.
 """
 
 import logging
@@ -34,10 +41,10 @@ from django.test import override_settings
 from deploy.workers import ROOT, WorkerPool, run_log_dir
 from ledger.selectors import ledger_check
 from payouts.models import PayoutJob
+from payouts.services.audit import payout_jobs_audit, stripe_transfers_audit
 from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.jobs import challenge_resolve
-from payouts.services.watchdog import payout_watchdog
-from proof.chaos_app import DUPLICATES_KEY
+from proof.chaos_app import DUPLICATES_KEY, SWEEPING, SWEEPS_DONE
 from proof.seeding import challenge_seed
 from proof.staff import proof_staff
 from tests.fakes.stripe_server import FAULT_KINDS, FakeStripe
@@ -46,10 +53,14 @@ logger = logging.getLogger(__name__)
 
 TERMINAL_JOB = {"completed", "completed_with_failures", "cancelled"}
 TERMINAL_ENTRY = {"completed", "failed", "cancelled", "reversed"}
-# How often the run plays beat's part and calls the watchdog (beat does it every minute; a
-# shorter period keeps the run short without changing what the watchdog does).
-WATCHDOG_PERIOD = 3.0
-WATCHDOG_STALE_SECONDS = 5
+QUEUES = {"ledger": "payouts", "stripe": "payouts_stripe"}
+POLL_SECONDS = 0.1
+# How long the run waits for a watchdog sweep to be running so that it can kill beat in it.
+SWEEP_WAIT_SECONDS = 60.0
+
+
+class ChaosRefused(Exception):
+    """The run cannot inject the faults it plans here: it stops before doing anything."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +68,13 @@ class ChaosConfig:
     winners: int = 100_000
     stripe_winners: int = 2_000
     seed: int = 1
-    kills: int = 10
-    kill_interval: float = 2.0
+    kills: int = 24
     restarts: bool = True
+    beat_kill: bool = True
     duplicate_publish: bool = True
-    stripe_fault_rate: float = 0.2
-    # Share of the Stripe job's entries paid or failed before its faults stop: the job runs
-    # under faults for most of its life, not only while the kills last.
+    stripe_fault_rate: float = 0.3
+    # Share of the Stripe job's entries settled before its faults stop: the job runs under
+    # faults for most of its life, not only while the kills last.
     stripe_faults_until: float = 0.9
     ledger_workers: int = 2
     stripe_workers: int = 2
@@ -74,38 +85,54 @@ class ChaosConfig:
 
 @dataclass
 class Event:
-    action: str  # "kill", "restart_redis", "restart_postgres"
-    at: float | None = None  # seconds after the jobs were resolved
-    at_ledger_share: float | None = None  # or once the ledger job has paid this share
+    # kill_worker, kill_redis, kill_postgres, restart_redis, restart_postgres, kill_beat
+    action: str
+    rail: str  # the job it must hit while that job still pays
+    at_share: float  # fired once that job has settled this share of its entries
     detail: str = ""
-    done_at: float | None = None
-
-    def due(self, now: float, ledger_share: float) -> bool:
-        if self.done_at is not None:
-            return False
-        if self.at is not None:
-            return self.at <= now
-        return self.at_ledger_share is not None and self.at_ledger_share <= ledger_share
+    done_at: float | None = None  # seconds after the jobs were resolved
+    # The job was running with entries left to settle when the fault hit it.
+    mid_job: bool | None = None
+    proven: bool = True  # kill_beat: the sweep it killed never ended
 
 
 @dataclass
 class Injected:
     kills: int = 0
+    redis_kills: int = 0
     redis_restarts: int = 0
+    postgres_kills: int = 0
     postgres_restarts: int = 0
+    beat_kills: int = 0
+    sweeps_after_beat_kill: int = 0
     duplicate_publishes: int = 0
     stripe_faults: dict[str, int] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
 def schedule_build(config: ChaosConfig, rng: random.Random) -> list[Event]:
-    """Kills every ``kill_interval`` seconds; Redis restarts when the ledger job has paid a
-    seeded 20-45% of its entries, PostgreSQL at 55-80%."""
-    events = [Event("kill", at=config.kill_interval * (i + 1)) for i in range(config.kills)]
+    """Two in five worker kills during the ledger job (it is the short one), the others during
+    the Stripe job; Redis and PostgreSQL SIGKILLed during the ledger job and restarted cleanly
+    during the Stripe job; beat killed mid-sweep during the Stripe job."""
+    share = rng.uniform
+    ledger_kills = config.kills * 2 // 5
+    events = [
+        Event("kill_worker", "ledger", round(share(0.05, 0.6), 3)) for _ in range(ledger_kills)
+    ]
+    events += [
+        Event("kill_worker", "stripe", round(share(0.05, 0.85), 3))
+        for _ in range(config.kills - ledger_kills)
+    ]
     if config.restarts:
-        events.append(Event("restart_redis", at_ledger_share=round(rng.uniform(0.2, 0.45), 2)))
-        events.append(Event("restart_postgres", at_ledger_share=round(rng.uniform(0.55, 0.8), 2)))
-    return events
+        events += [
+            Event("kill_redis", "ledger", round(share(0.15, 0.35), 3)),
+            Event("kill_postgres", "ledger", round(share(0.4, 0.6), 3)),
+            Event("restart_redis", "stripe", round(share(0.2, 0.4), 3)),
+            Event("restart_postgres", "stripe", round(share(0.45, 0.65), 3)),
+        ]
+    if config.beat_kill:
+        events.append(Event("kill_beat", "stripe", round(share(0.3, 0.7), 3)))
+    return sorted(events, key=lambda e: (e.at_share, e.rail))
 
 
 def _worker_env(fake: FakeStripe, config: ChaosConfig) -> dict[str, str]:
@@ -130,7 +157,7 @@ def _worker_env(fake: FakeStripe, config: ChaosConfig) -> dict[str, str]:
     }
 
 
-def _retrying(what: str, func: Callable[[], Any], *, attempts: int = 40) -> Any:
+def _retrying(what: str, func: Callable[[], Any], *, attempts: int = 60) -> Any:
     """Run ``func`` from the run's own process, riding out a server restart."""
     for attempt in range(attempts):
         try:
@@ -144,6 +171,24 @@ def _retrying(what: str, func: Callable[[], Any], *, attempts: int = 40) -> Any:
     return None
 
 
+def _job_rows(job_ids: list[int]) -> dict[int, dict[str, Any]]:
+    return {
+        job["id"]: job
+        for job in PayoutJob.objects.filter(pk__in=job_ids).values(
+            "id", "status", "completed_count", "failed_count", "total_entries"
+        )
+    }
+
+
+def _settled(row: dict[str, Any]) -> float:
+    return (row["completed_count"] + row["failed_count"]) / (row["total_entries"] or float("inf"))
+
+
+def _paying(row: dict[str, Any]) -> bool:
+    done = row["completed_count"] + row["failed_count"]
+    return row["status"] == "running" and done < row["total_entries"]
+
+
 class ChaosRun:
     def __init__(self, config: ChaosConfig, *, log: Callable[[str], None] = print) -> None:
         self.config = config
@@ -152,6 +197,14 @@ class ChaosRun:
         self.injected = Injected()
         self.stack = os.environ.get("DEVSTACK_DIR")
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
+        if config.restarts and not self.stack:
+            raise ChaosRefused(
+                "The chaos run SIGKILLs and restarts PostgreSQL and Redis, which it can do only "
+                "to the embedded servers it runs on (`python -m deploy.devstack run --root DIR "
+                "-- python manage.py chaos ...`, as `make chaos` does without DATABASE_URL). "
+                "DATABASE_URL points at servers it cannot restart: run it on the embedded stack, "
+                "or pass --no-restarts to run it knowingly without server faults."
+            )
 
     # --- set-up ----------------------------------------------------------------------------
     def _seed(self) -> tuple[int, int]:
@@ -163,50 +216,105 @@ class ChaosRun:
         self.fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
         return ledger.pk, stripe.pk
 
-    def _start_workers(self) -> None:
+    def _start_processes(self) -> None:
         cfg = self.config
         for _ in range(cfg.ledger_workers):
-            self.pool.start("payouts")
+            self.pool.start(QUEUES["ledger"])
         for _ in range(cfg.stripe_workers):
-            self.pool.start("payouts_stripe")
-        self.ops = self.pool.start("scheduler,notifications,default", name="ops")
+            self.pool.start(QUEUES["stripe"])
+        self.pool.start("scheduler,notifications,default", name="ops")
+        self._beat_start()
+
+    def _beat_start(self) -> None:
+        schedule = self.pool.log_dir / "beat-schedule"
+        for stale in self.pool.log_dir.glob("beat-schedule*"):
+            stale.unlink()
+        self.beat = self.pool.start_beat(schedule=schedule)
+
+    def _workers(self, queue: str) -> list[subprocess.Popen]:
+        return [
+            p
+            for p in self.pool.alive()
+            if "-Q" in p.args and queue in p.args[p.args.index("-Q") + 1].split(",")
+        ]
+
+    def _replace(self, victim: subprocess.Popen) -> None:
+        self.pool.kill(victim)
+        self.pool.start(victim.args[victim.args.index("-Q") + 1])
 
     # --- faults ----------------------------------------------------------------------------
-    def _kill(self, event: Event) -> None:
-        victims = [p for p in self.pool.alive() if p is not self.ops]
-        victim = self.rng.choice(victims)
-        queues = victim.args[victim.args.index("-Q") + 1]
-        self.pool.kill(victim)
-        self.pool.start(queues)
+    def _kill_worker(self, event: Event) -> None:
+        victim = self.rng.choice(self._workers(QUEUES[event.rail]))
+        self._replace(victim)
         self.injected.kills += 1
-        event.detail += f"; SIGKILL pid {victim.pid} ({queues}), replacement started"
+        event.detail += f"; SIGKILL pid {victim.pid} ({QUEUES[event.rail]}), replacement started"
 
-    def _restart(self, event: Event, server: str) -> None:
-        if not self.stack:
-            event.detail += "; skipped: not the embedded stack"
-            return
+    def _server(self, event: Event) -> None:
+        mode, server = event.action.split("_")
         started = time.monotonic()
         subprocess.run(
-            [sys.executable, "-m", "deploy.devstack", "restart", server, "--root", self.stack],
+            [sys.executable, "-m", "deploy.devstack", "restart", server, "--root", self.stack]
+            + (["--kill"] if mode == "kill" else []),
             cwd=ROOT,
             check=True,
             capture_output=True,
         )
         connections.close_all()
-        setattr(
-            self.injected,
-            f"{server}_restarts",
-            getattr(self.injected, f"{server}_restarts") + 1,
-        )
-        event.detail += f"; {server} down and back in {time.monotonic() - started:.1f}s"
+        counter = f"{server}_{'kills' if mode == 'kill' else 'restarts'}"
+        setattr(self.injected, counter, getattr(self.injected, counter) + 1)
+        how = "SIGKILLed" if mode == "kill" else "stopped"
+        event.detail += f"; {server} {how} and back in {time.monotonic() - started:.1f}s"
 
-    def _inject(self, event: Event, now: float, progress: str) -> None:
-        # What was in flight when the fault hit, so the report shows faults met real work.
-        event.detail = progress
-        if event.action == "kill":
-            self._kill(event)
+    def _kill_beat(self, event: Event) -> None:
+        """SIGKILL the worker running a watchdog sweep and beat, while that sweep runs; start
+        both again. Proven when the sweep's mark outlives it (it never reached its end)."""
+        deadline = time.monotonic() + SWEEP_WAIT_SECONDS
+        attempts = 0
+        while time.monotonic() < deadline:
+            alive = {p.pid: p for p in self.pool.alive()}
+            sweeping = {
+                task.decode(): int(pid) for task, pid in self.redis.hgetall(SWEEPING).items()
+            }
+            stale = [task for task, pid in sweeping.items() if pid not in alive]
+            if stale:  # marks of sweeps whose worker another fault killed
+                self.redis.hdel(SWEEPING, *stale)
+            running = [(task, alive[pid]) for task, pid in sweeping.items() if pid in alive]
+            if not running:
+                time.sleep(0.002)
+                continue
+            task, worker = running[0]
+            self.pool.kill(worker)
+            self.pool.kill(self.beat)
+            attempts += 1
+            proven = bool(self.redis.hexists(SWEEPING, task))
+            self.redis.hdel(SWEEPING, task)
+            self.pool.start(worker.args[worker.args.index("-Q") + 1])
+            self._beat_start()
+            self.injected.beat_kills += 1
+            if proven:
+                self.sweeps_at_beat_kill = int(self.redis.get(SWEEPS_DONE) or 0)
+                event.detail += (
+                    f"; SIGKILL beat and worker pid {worker.pid} in sweep {task} "
+                    f"(attempt {attempts}), both started again"
+                )
+                return
+        event.proven = False
+        event.detail += f"; no sweep caught in progress in {attempts} attempt(s)"
+
+    def _inject(self, event: Event, now: float, jobs: dict[str, int]) -> None:
+        # Read right before the fault: the proof that it met a job still paying.
+        row = _retrying("job status", lambda: _job_rows([jobs[event.rail]]))[jobs[event.rail]]
+        event.mid_job = _paying(row)
+        event.detail = (
+            f"{event.rail} job {row['status']}, "
+            f"{row['completed_count'] + row['failed_count']}/{row['total_entries']} settled"
+        )
+        if event.action == "kill_worker":
+            self._kill_worker(event)
+        elif event.action == "kill_beat":
+            self._kill_beat(event)
         else:
-            self._restart(event, event.action.removeprefix("restart_"))
+            self._server(event)
         event.done_at = round(now, 2)
         self.log(f"  t={now:6.1f}s {event.action}: {event.detail}")
 
@@ -221,16 +329,19 @@ class ChaosRun:
         )
         for name, value in self.fake.env().items():
             setattr(settings, name, float(value) if name == "STRIPE_TIMEOUT" else value)
-        self.redis.delete(DUPLICATES_KEY)
+        self.redis.delete(DUPLICATES_KEY, SWEEPING, SWEEPS_DONE)
+        self.sweeps_at_beat_kill: int | None = None
         staff = proof_staff("chaos-staff")
         ledger_id, stripe_id = self._seed()
         self.pool = WorkerPool(
             _worker_env(self.fake, cfg),
-            app="proof.chaos_app" if cfg.duplicate_publish else "config",
+            app="proof.chaos_app",
             log_dir=run_log_dir("chaos-logs"),
         )
         try:
-            self._start_workers()
+            if not cfg.duplicate_publish:
+                self.pool.env["CHAOS_NO_DUPLICATES"] = "1"
+            self._start_processes()
             # A job keeps the batch size it was created with: small batches mean many
             # messages to duplicate and a ledger job that lasts through the faults.
             with override_settings(PAYOUT_BATCH_SIZE=cfg.batch_size):
@@ -243,76 +354,86 @@ class ChaosRun:
                     ).pk,
                 }
             self.log(f"resolved: ledger job #{jobs['ledger']}, stripe job #{jobs['stripe']}")
-            finished = self._drive(jobs)
+            events, finished = self._drive(jobs)
         finally:
             self.pool.stop_all()
             stats = self.fake.stats()
+            transfers = self.fake.transfers()
             self.fake.stop()
         self.injected.duplicate_publishes = int(self.redis.get(DUPLICATES_KEY) or 0)
+        if self.sweeps_at_beat_kill is not None:
+            done = int(self.redis.get(SWEEPS_DONE) or 0)
+            self.injected.sweeps_after_beat_kill = done - self.sweeps_at_beat_kill
         self.injected.stripe_faults = stats.get("faults", {})
         violations = [] if finished else ["jobs did not finish within the time limit"]
-        report = self._verify(jobs, stats, violations)
+        violations += self._fault_violations(events)
+        report = self._verify(jobs, transfers, violations)
         report["seconds"] = round(time.monotonic() - started, 1)
         return report
 
-    def _drive(self, jobs: dict[str, int]) -> bool:
-        """Play the schedule, then wait for both jobs; True if they ended in time."""
+    def _drive(self, jobs: dict[str, int]) -> tuple[list[Event], bool]:
+        """Play the schedule, then wait for both jobs; the events, and True if the jobs ended
+        in time."""
         cfg = self.config
         events = schedule_build(cfg, self.rng)
         t0 = time.monotonic()
-        next_watchdog = 0.0
         faults_over_at: float | None = None
+        finished = False
         while True:
             now = time.monotonic() - t0
-            if now >= next_watchdog:
-                _retrying("watchdog", lambda: payout_watchdog(stale_seconds=WATCHDOG_STALE_SECONDS))
-                next_watchdog = now + WATCHDOG_PERIOD
-            rows = _retrying(
-                "job status",
-                lambda: {
-                    job["id"]: job
-                    for job in PayoutJob.objects.filter(pk__in=jobs.values()).values(
-                        "id", "status", "completed_count", "failed_count", "total_entries"
-                    )
-                },
-            )
-            settled = {
-                rail: (rows[job_id]["completed_count"] + rows[job_id]["failed_count"])
-                / (rows[job_id]["total_entries"] or float("inf"))
-                for rail, job_id in jobs.items()
-            }
-            progress = ", ".join(
-                f"{rail} {rows[job_id]['completed_count']}/{rows[job_id]['total_entries']} paid"
-                for rail, job_id in jobs.items()
-            )
+            rows = _retrying("job status", lambda: _job_rows(list(jobs.values())))
+            by_rail = {rail: rows[job_id] for rail, job_id in jobs.items()}
             for event in events:
-                if event.due(now, settled["ledger"]):
-                    self._inject(event, now, progress)
-            stripe_done = (
-                settled["stripe"] >= cfg.stripe_faults_until
-                or rows[jobs["stripe"]]["status"] in TERMINAL_JOB
+                if event.done_at is None and _settled(by_rail[event.rail]) >= event.at_share:
+                    self._inject(event, time.monotonic() - t0, jobs)
+            progress = ", ".join(
+                f"{rail} {row['completed_count']}/{row['total_entries']} paid"
+                for rail, row in by_rail.items()
             )
-            if (
-                faults_over_at is None
-                and stripe_done
-                and all(e.done_at is not None for e in events)
-            ):
+            over = {rail: row["status"] in TERMINAL_JOB for rail, row in by_rail.items()}
+            stripe_done = _settled(by_rail["stripe"]) >= cfg.stripe_faults_until or over["stripe"]
+            # Events whose job ended before their share was reached will never fire: they are
+            # reported as violations, not waited for.
+            pending = [e for e in events if e.done_at is None and not over[e.rail]]
+            if faults_over_at is None and stripe_done and not pending:
                 faults_over_at = now
                 self.fake.configure(faults={})
-                events.append(Event("faults_stop", detail=progress, done_at=round(now, 2)))
                 self.log(f"  t={now:6.1f}s faults stop ({progress}); waiting for the jobs")
-            if faults_over_at is not None and {r["status"] for r in rows.values()} <= TERMINAL_JOB:
+            if faults_over_at is not None and all(over.values()):
                 self.log(f"  t={now:6.1f}s both jobs ended ({progress})")
+                finished = True
                 break
             if now - (faults_over_at or 0) > cfg.finish_timeout:
-                return False
-            time.sleep(0.2)
-        self.injected.timeline = sorted((asdict(e) for e in events), key=lambda e: e["done_at"])
-        return True
+                break
+            time.sleep(POLL_SECONDS)
+        timeline = sorted(events, key=lambda e: (e.done_at is None, e.done_at or 0))
+        self.injected.timeline = [asdict(e) for e in timeline]
+        return events, finished
+
+    def _fault_violations(self, events: list[Event]) -> list[str]:
+        """Every planned fault fired, while its job was still paying; every Stripe fault kind
+        and the duplicate messages happened; beat swept again after it was killed."""
+        found = []
+        for e in events:
+            what = f"{e.action} planned at {e.at_share:.0%} of the {e.rail} job"
+            if e.done_at is None:
+                found.append(f"{what} never fired: the job ended first")
+            elif not e.mid_job:
+                found.append(f"{what} fired after the job stopped paying ({e.detail})")
+            elif not e.proven:
+                found.append(f"{what} did not kill a sweep in progress ({e.detail})")
+        missing = [kind for kind in FAULT_KINDS if not self.injected.stripe_faults.get(kind)]
+        if missing:
+            found.append(f"Stripe faults of kinds {missing} never happened")
+        if self.config.duplicate_publish and not self.injected.duplicate_publishes:
+            found.append("no batch message was published twice")
+        if self.config.beat_kill and not self.injected.sweeps_after_beat_kill:
+            found.append("beat never swept again after it was killed")
+        return found
 
     # --- the checks ------------------------------------------------------------------------
     def _verify(
-        self, jobs: dict[str, int], stats: dict[str, Any], violations: list[str]
+        self, jobs: dict[str, int], transfers: list[dict[str, Any]], violations: list[str]
     ) -> dict[str, Any]:
         entries: dict[str, dict[str, int]] = {}
         with connection.cursor() as cursor:
@@ -326,75 +447,23 @@ class ChaosRun:
                 open_entries = {s: n for s, n in entries[rail].items() if s not in TERMINAL_ENTRY}
                 if open_entries:
                     violations.append(f"{rail} job has non-terminal entries: {open_entries}")
-                # Every paid entry has exactly one ledger transfer, no unpaid entry has one
-                # (the unique key already forbids two).
-                cursor.execute(
-                    """
-                    SELECT count(*) FILTER (WHERE e.status = 'completed' AND t.id IS NULL),
-                           count(*) FILTER (WHERE e.status <> 'completed' AND t.id IS NOT NULL
-                                            AND e.status <> 'reversed')
-                    FROM payouts_payoutentry AS e
-                    LEFT JOIN payouts_transfer AS t ON t.idempotency_key = 'payout:' || e.id
-                    WHERE e.job_id = %s
-                    """,
-                    [job_id],
-                )
-                unposted, posted_unpaid = cursor.fetchone()
-                if unposted or posted_unpaid:
-                    violations.append(
-                        f"{rail} job: {unposted} paid entries without a ledger transfer, "
-                        f"{posted_unpaid} unpaid entries with one"
-                    )
-                # The escrow holds exactly what was not paid out.
-                cursor.execute(
-                    """
-                    SELECT a.balance,
-                           (SELECT coalesce(sum(amount), 0) FROM payouts_payoutentry
-                            WHERE job_id = j.id AND status <> 'completed'),
-                           j.status
-                    FROM payouts_payoutjob AS j
-                    JOIN challenges_challenge AS c ON c.id = j.challenge_id
-                    JOIN payouts_account AS a ON a.id = c.escrow_id
-                    WHERE j.id = %s
-                    """,
-                    [job_id],
-                )
-                escrow, unpaid, status = cursor.fetchone()
-                if status in TERMINAL_JOB and escrow != unpaid:
-                    violations.append(f"{rail} job: escrow holds {escrow}, unpaid entries {unpaid}")
-            cursor.execute(
-                "SELECT 'payout:' || id FROM payouts_payoutentry "
-                "WHERE job_id = %s AND status = 'completed'",
-                [jobs["stripe"]],
-            )
-            paid_at_stripe = {key for (key,) in cursor.fetchall()}
-        per_key = stats.get("created_per_key", {})
-        twice = {key: n for key, n in per_key.items() if n > 1}
-        if twice:
-            violations.append(f"Stripe created several transfers for keys {sorted(twice)[:10]}")
-        orphans = sorted(set(per_key) - set(paid_at_stripe))
-        if orphans:
-            violations.append(
-                f"{len(orphans)} Stripe transfers without a paid ledger entry: {orphans[:10]}"
-            )
-        missing = sorted(set(paid_at_stripe) - set(per_key))
-        if missing:
-            violations.append(f"{len(missing)} paid Stripe entries unknown to Stripe")
+        audit = payout_jobs_audit(job_ids=list(jobs.values()))
+        violations.extend(f"payouts: {v}" for v in audit.violations)
+        at_stripe = stripe_transfers_audit(transfers=transfers, job_ids=[jobs["stripe"]])
+        violations.extend(f"stripe: {v}" for v in at_stripe.violations)
         ledger = ledger_check()
         violations.extend(f"ledger: {v}" for v in ledger.violations)
+        job_rows = _job_rows(list(jobs.values()))
+        for rail, job_id in jobs.items():
+            if job_rows[job_id]["status"] not in TERMINAL_JOB:
+                violations.append(f"{rail} job ended {job_rows[job_id]['status']}")
         return {
             "config": asdict(self.config),
             "injected": asdict(self.injected),
-            "jobs": {
-                rail: dict(
-                    PayoutJob.objects.filter(pk=job_id).values(
-                        "id", "status", "total_entries", "completed_count", "failed_count"
-                    )[0]
-                )
-                for rail, job_id in jobs.items()
-            },
+            "jobs": {rail: job_rows[job_id] for rail, job_id in jobs.items()},
             "entries": entries,
-            "stripe_transfers": len(per_key),
+            "stripe_transfers": len(transfers),
+            "audit": {"entries": audit.entries, "stripe_entries": at_stripe.entries},
             "ledger_check": {"ok": ledger.ok, "accounts": ledger.accounts},
             "violations": violations,
         }

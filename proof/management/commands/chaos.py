@@ -1,16 +1,18 @@
 import json
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from proof.chaos import ChaosConfig, ChaosRun
+from proof.chaos import ChaosConfig, ChaosRefused, ChaosRun
 
 
 class Command(BaseCommand):
     help = (
-        "Pay a ledger job and a Stripe job while a seeded schedule kills workers, restarts "
-        "Redis and PostgreSQL, duplicates batch tasks and makes Stripe fail; then check that "
-        "nobody was paid twice and the ledger balances. Exit 1 on any violation."
+        "Pay a ledger job and a Stripe job while a seeded schedule kills workers, kills and "
+        "restarts Redis and PostgreSQL, kills beat mid-sweep, duplicates batch tasks and makes "
+        "Stripe fail; then check that every fault hit a job still paying, that nobody was paid "
+        "twice or wrongly (payouts audit, Stripe's transfers per entry) and that the ledger "
+        "balances. Exit 1 on any violation; refuses to run off the embedded stack."
     )
 
     def add_arguments(self, parser):
@@ -19,7 +21,6 @@ class Command(BaseCommand):
         parser.add_argument("--stripe-winners", type=int, default=defaults.stripe_winners)
         parser.add_argument("--seed", type=int, default=defaults.seed)
         parser.add_argument("--kills", type=int, default=defaults.kills)
-        parser.add_argument("--kill-interval", type=float, default=defaults.kill_interval)
         parser.add_argument("--no-restarts", action="store_true")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -30,11 +31,14 @@ class Command(BaseCommand):
             stripe_winners=options["stripe_winners"],
             seed=options["seed"],
             kills=options["kills"],
-            kill_interval=options["kill_interval"],
             restarts=not options["no_restarts"],
         )
         quiet = options["json"]
-        report = ChaosRun(config, log=(lambda _: None) if quiet else self.stdout.write).run()
+        try:
+            run = ChaosRun(config, log=(lambda _: None) if quiet else self.stdout.write)
+        except ChaosRefused as exc:
+            raise CommandError(str(exc)) from exc
+        report = run.run()
         if quiet:
             self.stdout.write(json.dumps(report, default=str))
         else:
@@ -45,14 +49,20 @@ class Command(BaseCommand):
     def _print(self, report: dict) -> None:
         injected = report["injected"]
         self.stdout.write(
-            f"\ninjected: {injected['kills']} SIGKILLs, {injected['redis_restarts']} Redis "
-            f"restart(s), {injected['postgres_restarts']} PostgreSQL restart(s), "
-            f"{injected['duplicate_publishes']} duplicate batch messages, Stripe faults "
-            f"{injected['stripe_faults']}"
+            f"\ninjected: {injected['kills']} worker SIGKILLs, Redis {injected['redis_kills']} "
+            f"SIGKILL(s) + {injected['redis_restarts']} restart(s), PostgreSQL "
+            f"{injected['postgres_kills']} SIGKILL(s) + {injected['postgres_restarts']} "
+            f"restart(s), beat {injected['beat_kills']} SIGKILL(s) mid-sweep (then "
+            f"{injected['sweeps_after_beat_kill']} sweeps), {injected['duplicate_publishes']} "
+            f"duplicate batch messages, Stripe faults {injected['stripe_faults']}"
         )
         for rail, job in report["jobs"].items():
             self.stdout.write(f"{rail} job: {job}  entries {report['entries'][rail]}")
-        self.stdout.write(f"ledger_check: {report['ledger_check']}  ({report['seconds']} s)")
+        self.stdout.write(
+            f"audited {report['audit']['entries']} entries, "
+            f"{report['stripe_transfers']} Stripe transfers; ledger_check: "
+            f"{report['ledger_check']}  ({report['seconds']} s)"
+        )
         if report["violations"]:
             for violation in report["violations"]:
                 self.stderr.write(f"VIOLATION {violation}")
