@@ -27,7 +27,7 @@ from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
 from proof.baselines import per_transaction_run, task_per_payout_run
 from proof.lifecycle_bench import bench_sweep, bench_warnings
-from proof.payout_bench import database_settle, payout_benchmark
+from proof.payout_bench import database_settle, payout_benchmark, workers_ready
 from proof.resolve_latency import resolve_latency
 from proof.seeding import challenge_seed
 from proof.staff import proof_staff
@@ -98,16 +98,22 @@ def bench_run(
     logs = run_log_dir("bench-logs")
     log(f"worker logs: {logs}")
 
+    # Every measured phase starts on the same footing: its data written, then the database
+    # settled (database_settle: vacuumed and checkpointed), and any workers it uses answering
+    # before its clock starts -- the engine's phase (payout_benchmark) does the same.
     log(f"resolve latency through the API ({resolve_samples} samples per size)...")
     report["resolve"] = {}
     for seed, stakers in enumerate(resolve_sizes, start=100):
         challenge = challenge_seed(stakers=stakers, seed=seed)
+        database_settle()
         figures = resolve_latency(challenge_id=challenge.pk, staff=staff, samples=resolve_samples)
         report["resolve"][str(stakers)] = figures
         log(f"  {stakers:>9,} stakers: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
     log(f"baseline (a), one transaction per payout, {baseline_sample:,} payouts...")
-    per_tx = per_transaction_run(job_id=_resolved_sample(stakers=baseline_sample, seed=11))
+    job_id = _resolved_sample(stakers=baseline_sample, seed=11)
+    database_settle()
+    per_tx = per_transaction_run(job_id=job_id)
     log(f"  {per_tx:,.0f} payouts/s")
     log(f"baseline (b), one Celery task per payout, {baseline_sample:,} payouts...")
     pool = WorkerPool(env, app=BENCH_APP, log_dir=logs)
@@ -115,6 +121,8 @@ def bench_run(
     try:
         for n in range(workers):
             pool.start("payouts", name=f"baseline{n}")
+        workers_ready(workers)
+        database_settle()
         per_task = task_per_payout_run(job_id=job_id)
     finally:
         pool.stop_all()
@@ -144,8 +152,8 @@ def bench_run(
 
     log(f"stripe rail, {stripe_winners:,} winners, {stripe_limit:g}/s limit...")
     # Stripe batches spend their time waiting on the network: a limit of 100/s at 30 ms per
-    # call needs about ten calls in flight, hence more (mostly idle) worker processes.
-    database_settle()
+    # call needs about ten calls in flight, hence more (mostly idle) worker processes. It
+    # settles the database and waits for its workers itself, after seeding.
     stripe = stripe_rate_benchmark(
         winners=stripe_winners,
         workers=stripe_workers,

@@ -99,7 +99,7 @@ def payout_benchmark(
     try:
         for n in range(worker_processes):
             pool.start("payouts", name=f"bench{n}")
-        _wait_for_workers(worker_processes)
+        workers_ready(worker_processes)
         # A web process has served requests before staff resolve (connections open, code
         # paths warm); one small resolve first makes this process comparable.
         challenge_resolve(challenge_id=warm_up.pk, result="draw", actor=None)
@@ -191,7 +191,9 @@ def database_writes() -> tuple[int, int]:
     return int(rows), int(wal)
 
 
-def _wait_for_workers(count: int, timeout: float = 60) -> None:
+def workers_ready(count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` workers answer a ping: a clock started before would time their
+    start-up (a few seconds of Python imports), not the work."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(celery_app.control.ping(timeout=0.5) or []) >= count:

@@ -75,6 +75,7 @@ def stripe_rate_benchmark(
     from payouts.services.connected_accounts import connected_accounts_seed
     from payouts.services.jobs import challenge_resolve
     from payouts.services.ratelimit import token_bucket_reset
+    from proof.payout_bench import database_settle, workers_ready
     from proof.seeding import challenge_seed
     from tests.fakes.stripe_server import FakeStripe
 
@@ -93,10 +94,12 @@ def stripe_rate_benchmark(
         challenge = challenge_seed(stakers=2 * winners, yes_share=0.5, seed=5)
         accounts = connected_accounts_seed(challenge_id=challenge.pk)
         fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
-        # A full bucket to start from, as after any idle period.
-        token_bucket_reset(bucket="stripe")
         for n in range(workers):
             pool.start("payouts,payouts_stripe", name=f"stripe-bench{n}")
+        workers_ready(workers)
+        database_settle()
+        # A full bucket to start from, as after any idle period.
+        token_bucket_reset(bucket="stripe")
         with override_settings(
             STRIPE_API_KEY=fake.env()["STRIPE_API_KEY"], PAYOUT_PARALLELISM=workers
         ):

@@ -18,6 +18,13 @@ class Command(BaseCommand):
         parser.add_argument("--winners", type=int, default=1_000_000)
         parser.add_argument("--workers", type=int, default=2, help="worker processes")
         parser.add_argument("--baseline-sample", type=int, default=20_000)
+        # Smaller sizes for a quick run on a shared machine; the defaults are the proof's.
+        parser.add_argument(
+            "--resolve-sizes", default="10,10000,1000000", help="stakers, comma-separated"
+        )
+        parser.add_argument("--stripe-winners", type=int, default=2_000)
+        parser.add_argument("--sweep-challenges", type=int, default=1_000_000)
+        parser.add_argument("--warning-participants", type=int, default=100_000)
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, winners: int, workers: int, baseline_sample: int, **options):
@@ -29,6 +36,11 @@ class Command(BaseCommand):
                 winners=winners,
                 workers=workers,
                 baseline_sample=baseline_sample,
+                resolve_sizes=tuple(int(n) for n in options["resolve_sizes"].split(",")),
+                stripe_winners=options["stripe_winners"],
+                sweep_challenges=options["sweep_challenges"],
+                sweep_due=min(10_000, options["sweep_challenges"]),
+                warning_participants=options["warning_participants"],
                 log=print if quiet else self.stdout.write,
             )
         if quiet:
