@@ -305,3 +305,20 @@ def test_the_money_check_alerts_every_staff_member_once_per_failing_run(staff, m
     alerts = Notification.objects.filter(kind="platform_alert")
     assert sorted(alerts.values_list("user_id", flat=True)) == sorted([staff.pk, other_staff.pk])
     assert all(a.priority == "high" and f"job {job.pk}" in a.body for a in alerts)
+
+
+def test_beat_runs_the_money_check_hourly_on_the_scheduler_queue():
+    from django_celery_beat.models import PeriodicTask
+
+    from config.celery import app
+
+    task = PeriodicTask.objects.select_related("interval").get(
+        task="payouts.tasks.platform_audit_task"
+    )
+    assert task.enabled
+    assert (task.interval.every, task.interval.period) == (1, "hours")
+    app.loader.import_default_modules()
+    assert "payouts.tasks.platform_audit_task" in app.tasks
+    assert app.amqp.router.route({}, "payouts.tasks.platform_audit_task")["queue"].name == (
+        "scheduler"
+    )
