@@ -273,9 +273,9 @@ def stripe_transfers_audit(
     by_entry: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     problems: dict[str, list[str]] = defaultdict(list)
     for transfer in transfers:
-        entry_id = str((transfer.get("metadata") or {}).get("entry_id", ""))
-        if entry_id.isdigit() and int(entry_id) in entries:
-            by_entry[int(entry_id)].append(transfer)
+        named = str((transfer.get("metadata") or {}).get("entry_id", ""))
+        if named.isdigit() and int(named) in entries:
+            by_entry[int(named)].append(transfer)
         else:
             problems["Stripe transfers name no entry of the audited jobs"].append(
                 str(transfer.get("id"))

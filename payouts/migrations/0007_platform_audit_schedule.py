@@ -32,7 +32,7 @@ def remove_schedule(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("payouts", "0005_ledger_moved_out"),
+        ("payouts", "0006_job_failed_state"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
