@@ -51,7 +51,8 @@ from tests.fakes.stripe_server import FAULT_KINDS, FakeStripe
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_JOB = {"completed", "completed_with_failures", "cancelled"}
+# "failed" (finalize refused the escrow) ends a job too, and is a violation of its own.
+TERMINAL_JOB = {"completed", "completed_with_failures", "cancelled", "failed"}
 TERMINAL_ENTRY = {"completed", "failed", "cancelled", "reversed"}
 QUEUES = {"ledger": "payouts", "stripe": "payouts_stripe"}
 POLL_SECONDS = 0.1
@@ -455,7 +456,7 @@ class ChaosRun:
         violations.extend(f"ledger: {v}" for v in ledger.violations)
         job_rows = _job_rows(list(jobs.values()))
         for rail, job_id in jobs.items():
-            if job_rows[job_id]["status"] not in TERMINAL_JOB:
+            if job_rows[job_id]["status"] not in TERMINAL_JOB - {"failed"}:
                 violations.append(f"{rail} job ended {job_rows[job_id]['status']}")
         return {
             "config": asdict(self.config),

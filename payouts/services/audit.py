@@ -157,7 +157,11 @@ _TERMINAL = {
     PayoutJob.Status.COMPLETED,
     PayoutJob.Status.COMPLETED_WITH_FAILURES,
     PayoutJob.Status.CANCELLED,
+    PayoutJob.Status.FAILED,
 }
+# Finished without collecting the fee: cancelled, or failed to finalize (its escrow was wrong,
+# which the escrow checks report).
+_FEE_LEFT = (PayoutJob.Status.CANCELLED, PayoutJob.Status.FAILED)
 
 
 def _job_violations(row: Mapping[str, Any]) -> list[str]:
@@ -200,7 +204,7 @@ def _job_violations(row: Mapping[str, Any]) -> list[str]:
         if counted != actual:
             found.append(f"{job}: {name} is {counted}, its entries say {actual}")
     if row["status"] in _TERMINAL:
-        collected = row["status"] != PayoutJob.Status.CANCELLED
+        collected = row["status"] not in _FEE_LEFT
         if row["entries_open"]:
             found.append(f"{job}: {row['entries_open']} entries still open in a finished job")
         if collected and row["fee_posted"] != row["fee_amount"]:

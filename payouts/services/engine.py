@@ -75,7 +75,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from core.errors import NotFound
+from core.errors import InsufficientFunds, NotFound
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
 from payouts.models import PayoutEntry, PayoutJob
@@ -495,13 +495,20 @@ def _job_finalize(*, job_id: int) -> bool:
             return False
         escrow_id = job.challenge.escrow_id
         if job.fee_amount:
-            transfer_post(
-                debit_account_id=escrow_id,
-                credit_account_id=system_account_id(Account.Kind.PLATFORM_FEES),
-                amount=job.fee_amount,
-                kind=Transfer.Kind.FEE,
-                idempotency_key=f"fee:{job.pk}",
-            )
+            try:
+                transfer_post(
+                    debit_account_id=escrow_id,
+                    credit_account_id=system_account_id(Account.Kind.PLATFORM_FEES),
+                    amount=job.fee_amount,
+                    kind=Transfer.Kind.FEE,
+                    idempotency_key=f"fee:{job.pk}",
+                )
+            except InsufficientFunds as exc:
+                # An escrow short of even the fee is the mismatch below, found sooner: the job
+                # must fail the same way, not retry a transfer that can never pass.
+                raise LedgerMismatch(
+                    f"job {job.pk}: escrow {escrow_id} holds less than the fee {job.fee_amount}"
+                ) from exc
         escrow = Account.objects.get(pk=escrow_id)
         unpaid = job.total_amount - job.paid_amount
         if escrow.balance != unpaid:
