@@ -25,7 +25,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options):
-        call_command("migrate", "--noinput", verbosity=0)
         config = ChaosConfig(
             winners=options["winners"],
             stripe_winners=options["stripe_winners"],
@@ -38,6 +37,7 @@ class Command(BaseCommand):
             run = ChaosRun(config, log=(lambda _: None) if quiet else self.stdout.write)
         except ChaosRefused as exc:
             raise CommandError(str(exc)) from exc
+        call_command("migrate", "--noinput", verbosity=0)
         report = run.run()
         if quiet:
             self.stdout.write(json.dumps(report, default=str))
