@@ -12,8 +12,8 @@ from ledger.models import Account, Transfer
 from ledger.services import system_account_id
 from notifications.models import Notification
 from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob, StripeEvent
-from payouts.services.engine import payout_job_notify
 from payouts.services.connected_accounts import connected_account_link
+from payouts.services.engine import payout_job_notify
 from payouts.services.stripe_rail import payout_batch_stripe
 from tests.payouts.test_stripe_rail import balance, stripe_job
 
