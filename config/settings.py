@@ -185,6 +185,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "payouts.tasks.payout_batch_stripe_task": {"queue": "payouts_stripe"},
+    "payouts.tasks.payout_job_reconcile_task": {"queue": "payouts_stripe"},
     # Creating a job's notifications (a million rows) must not hold up payout workers.
     "payouts.tasks.payout_job_notify_task": {"queue": "notifications"},
     # The hourly money check reads for seconds: never in the way of a payout batch.
@@ -225,6 +226,15 @@ STRIPE_LEASE_SECONDS = env.int("STRIPE_LEASE_SECONDS", default=120)
 # One Stripe batch task works this long, then hands over to a fresh message (fair to other
 # jobs); it must stay below CELERY_VISIBILITY_TIMEOUT or Redis delivers the message twice.
 STRIPE_BATCH_SECONDS = env.float("STRIPE_BATCH_SECONDS", default=30.0)
+# Where Stripe's hosted Connect onboarding sends the user back: when they finished (return) and
+# when their link expired and the app must make a fresh one (refresh, by calling
+# POST /api/payout-account/ again). Pages of the app's front end.
+STRIPE_CONNECT_RETURN_URL = env.str(
+    "STRIPE_CONNECT_RETURN_URL", default="http://localhost:8000/payout-account/done"
+)
+STRIPE_CONNECT_REFRESH_URL = env.str(
+    "STRIPE_CONNECT_REFRESH_URL", default="http://localhost:8000/payout-account/refresh"
+)
 
 PUSHER_APP_ID = env.str("PUSHER_APP_ID", default="")
 PUSHER_KEY = env.str("PUSHER_KEY", default="")

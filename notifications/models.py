@@ -17,8 +17,11 @@ class Notification(models.Model):
         DEADLINE_10M = "deadline_10m"
         NEEDS_RESOLUTION = "needs_resolution"
         CHALLENGE_CANCELLED = "challenge_cancelled"
-        PAYOUT = "payout"
-        REFUND = "refund"
+        PAYOUT_COMPLETED = "payout_completed"
+        STAKE_REFUNDED = "stake_refunded"
+        CHALLENGE_LOST = "challenge_lost"
+        PAYOUT_ACCOUNT_NEEDED = "payout_account_needed"
+        PAYOUT_FAILED = "payout_failed"
         # To staff: a money check found a violation (payouts.services.audit).
         PLATFORM_ALERT = "platform_alert"
 

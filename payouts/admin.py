@@ -28,12 +28,12 @@ from django.utils.text import Truncator
 
 from challenges.admin import ChallengeAdmin
 from challenges.models import Challenge
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, ReadOnlyAdminMixin
 from core.errors import DomainError
 from core.models import DeadLetter
 from core.permissions import staff_action_check
 from core.services import dead_letter_replay
-from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob
+from payouts.models import ConnectedAccount, PayoutAttempt, PayoutEntry, PayoutJob
 from payouts.selectors import (
     payout_entry_failure_reasons,
     payout_entry_status_counts,
@@ -448,6 +448,26 @@ class FailureReasonFilter(admin.SimpleListFilter):
         return queryset.filter(failure_reason=self.value()) if self.value() else queryset
 
 
+class PayoutAttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """Every call to Stripe about the entry, oldest first: what each one answered."""
+
+    model = PayoutAttempt
+    extra = 0
+    can_delete = False
+    fields = [
+        "attempt",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "outcome",
+        "error_code",
+        "http_status",
+        "stripe_request_id",
+        "transfer_id",
+    ]
+    readonly_fields = fields
+
+
 @admin.register(PayoutEntry)
 class PayoutEntryAdmin(ReadOnlyAdmin):
     list_display = [
@@ -466,6 +486,7 @@ class PayoutEntryAdmin(ReadOnlyAdmin):
     search_fields = ["=job__id", "=user__username"]
     list_select_related = ["user"]
     raw_id_fields = ["job", "user"]
+    inlines = [PayoutAttemptInline]
 
     @admin.display(description="last error")
     def short_error(self, entry: PayoutEntry) -> str:

@@ -14,11 +14,13 @@ from payouts.dashboard import console_dashboard, dashboard_json
 from payouts.models import PayoutEntry
 from payouts.selectors import (
     dead_letter_list,
+    payout_attempts_by_entry,
     payout_entry_list,
     payout_job_get,
     payout_job_list,
     payout_job_progress,
 )
+from payouts.services.connected_accounts import payout_account_get, payout_account_open
 from payouts.services.jobs import (
     challenge_cancel,
     challenge_resolve,
@@ -94,6 +96,10 @@ class PayoutJobOutputSerializer(serializers.Serializer):
     total_amount = serializers.IntegerField()
     paid_amount = serializers.IntegerField()
     fee_amount = serializers.IntegerField()
+    uncertain = serializers.IntegerField(
+        help_text="Entries of a cancelled Stripe job that may have reached Stripe and are being "
+        "looked up there before they are recorded as paid or cancelled."
+    )
     progress_percent = serializers.FloatField()
     rate = serializers.FloatField(allow_null=True, help_text="Entries finished per second.")
     eta_seconds = serializers.FloatField(allow_null=True)
@@ -142,6 +148,20 @@ class PayoutJobListApi(APIView):
         )
 
 
+class PayoutAttemptOutputSerializer(serializers.Serializer):
+    """One call to Stripe about an entry (``PayoutAttempt``), under each entry's ``attempts``."""
+
+    attempt = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    outcome = serializers.CharField()
+    error_code = serializers.CharField()
+    http_status = serializers.IntegerField(allow_null=True)
+    stripe_request_id = serializers.CharField()
+    transfer_id = serializers.CharField()
+
+
 class EntryOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     user = serializers.IntegerField(source="user_id")
@@ -155,8 +175,11 @@ class EntryOutputSerializer(serializers.Serializer):
     failure_reason = serializers.CharField()
     last_error = serializers.CharField()
     stripe_transfer_id = serializers.CharField()
+    reversed_amount = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
+    # Set by the view from one query for the whole page (``payout_attempts_by_entry``).
+    attempts = PayoutAttemptOutputSerializer(many=True, source="attempt_history")
 
 
 class EntryFilterSerializer(serializers.Serializer):
@@ -173,7 +196,8 @@ class EntryCursorPagination(CursorPagination):
 
 
 class PayoutEntryListApi(APIView):
-    """A job's entries, filtered by ``status`` and ``failure_reason`` (cursor pagination)."""
+    """A job's entries, filtered by ``status`` and ``failure_reason`` (cursor pagination),
+    each with its Stripe attempts."""
 
     permission_classes = [IsStaff]
 
@@ -188,6 +212,9 @@ class PayoutEntryListApi(APIView):
         page = paginator.paginate_queryset(
             payout_entry_list(job_id=job.pk, **filters.validated_data), request, self
         )
+        history = payout_attempts_by_entry(entry_ids=[entry.pk for entry in page])
+        for entry in page:
+            entry.attempt_history = history[entry.pk]
         return paginator.get_paginated_response(EntryOutputSerializer(page, many=True).data)
 
 
@@ -270,3 +297,41 @@ class DeadLetterReplayApi(APIView):
     def post(self, request, dead_letter_id: int):
         letter = dead_letter_replay(dead_letter_id=dead_letter_id, actor=request.user)
         return Response(DeadLetterOutputSerializer(letter).data)
+
+
+class PayoutAccountOutputSerializer(serializers.Serializer):
+    account_id = serializers.CharField()
+    payouts_enabled = serializers.BooleanField()
+    requirements_due = serializers.ListField(
+        child=serializers.CharField(), help_text="What Stripe still needs from you."
+    )
+
+
+class PayoutAccountOpenedOutputSerializer(serializers.Serializer):
+    account_id = serializers.CharField()
+    payouts_enabled = serializers.BooleanField()
+    onboarding_url = serializers.URLField(
+        help_text="Stripe's hosted onboarding; single use, expires within minutes."
+    )
+
+
+class PayoutAccountApi(APIView):
+    """The caller's Stripe Connect Express account, where Stripe-rail winnings are sent."""
+
+    @extend_schema(responses={200: PayoutAccountOutputSerializer})
+    def get(self, request):
+        account = payout_account_get(user_id=request.user.pk)
+        return Response(
+            PayoutAccountOutputSerializer(
+                {
+                    "account_id": account.stripe_account_id,
+                    "payouts_enabled": account.payouts_enabled,
+                    "requirements_due": account.requirements_due,
+                }
+            ).data
+        )
+
+    @extend_schema(request=None, responses={200: PayoutAccountOpenedOutputSerializer})
+    def post(self, request):
+        link = payout_account_open(user=request.user)
+        return Response(PayoutAccountOpenedOutputSerializer(link).data)

@@ -132,6 +132,8 @@ class PayoutEntry(models.Model):
     failure_reason = models.CharField(max_length=64, blank=True)
     last_error = models.TextField(blank=True)
     stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    # What Stripe reversals have taken back so far (each reversal is posted once, by its id).
+    reversed_amount = models.BigIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(db_default=Now())
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -142,6 +144,10 @@ class PayoutEntry(models.Model):
             models.CheckConstraint(condition=Q(amount__gt=0), name="payoutentry_amount_positive"),
             models.CheckConstraint(
                 condition=Q(amount__gte=F("stake_amount")), name="payoutentry_never_below_stake"
+            ),
+            models.CheckConstraint(
+                condition=Q(reversed_amount__gte=0, reversed_amount__lte=F("amount")),
+                name="payoutentry_reversed_within_amount",
             ),
         ]
         indexes = [
@@ -156,6 +162,11 @@ class PayoutEntry(models.Model):
                 condition=Q(status="processing"),
                 name="payoutentry_lease_idx",
             ),
+            # A user's failed entries, found when their Stripe account gets enabled; failed
+            # entries are few, so this index costs next to nothing on the hot path.
+            models.Index(
+                fields=["user"], condition=Q(status="failed"), name="payoutentry_user_failed_idx"
+            ),
         ]
         verbose_name_plural = "payout entries"
 
@@ -164,25 +175,42 @@ class PayoutEntry(models.Model):
 
 
 class ConnectedAccount(models.Model):
-    """A user's Stripe Connect account, kept current by ``account.updated`` webhooks."""
+    """A user's Stripe Connect account, kept current by ``account.updated`` webhooks.
+
+    The row is written before Stripe is asked to create the account (``stripe_account_id``
+    still empty), so a user has one row whatever happens to that request, and a request that
+    timed out is finished by the next one with the same idempotency key (or, after Stripe
+    forgot that key, by looking the account up by its ``metadata.user_id``).
+    """
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="connected_account"
     )
-    stripe_account_id = models.CharField(max_length=64, unique=True)
+    stripe_account_id = models.CharField(max_length=64, blank=True)
     payouts_enabled = models.BooleanField(default=False)
+    # Stripe's ``requirements.currently_due``: what the user still has to fill in.
+    requirements_due = models.JSONField(default=list, blank=True)
+    # ``created`` (epoch seconds) of the last ``account.updated`` event applied: an older event
+    # arriving late never undoes a newer one.
+    last_event_created = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=Q(stripe_account_id__startswith="acct_"),
+                condition=Q(stripe_account_id="") | Q(stripe_account_id__startswith="acct_"),
                 name="connectedaccount_id_format",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_account_id"],
+                condition=~Q(stripe_account_id=""),
+                name="connectedaccount_stripe_id_unique",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.stripe_account_id} (user {self.user_id})"
+        return f"{self.stripe_account_id or '(being created)'} (user {self.user_id})"
 
 
 class StripeEvent(models.Model):
@@ -198,3 +226,44 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class PayoutAttempt(models.Model):
+    """One call to Stripe about one entry, and what came of it: the entry's history.
+
+    Written in the transaction that records the call's result on the entry, so the history
+    and the entry never disagree. ``reconciled``: Stripe's own transfer list showed the
+    transfer (a lost answer, a lookup before failing or cancelling).
+    """
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        TRANSIENT = "transient"
+        PERMANENT = "permanent"
+        RECONCILED = "reconciled"
+
+    # Indexed by (entry, id) below: the history of one entry, in order.
+    entry = models.ForeignKey(
+        PayoutEntry, on_delete=models.PROTECT, related_name="attempts", db_index=False
+    )
+    attempt = models.IntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    http_status = models.IntegerField(null=True, blank=True)
+    stripe_request_id = models.CharField(max_length=255, blank=True)
+    transfer_id = models.CharField(max_length=64, blank=True)
+    duration_ms = models.IntegerField()
+
+    class Meta:
+        ordering = ["entry", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(duration_ms__gte=0), name="payoutattempt_duration_non_negative"
+            ),
+        ]
+        indexes = [models.Index(fields=["entry", "id"], name="payoutattempt_entry_idx")]
+
+    def __str__(self) -> str:
+        return f"entry #{self.entry_id} attempt {self.attempt}: {self.outcome}"

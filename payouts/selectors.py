@@ -1,5 +1,6 @@
 """Reads shared by the API, the admin and services."""
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.db import connection
@@ -9,7 +10,7 @@ from django.utils import timezone
 from challenges.models import Stake
 from core.errors import NotFound
 from core.models import DeadLetter
-from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob
+from payouts.models import ConnectedAccount, PayoutAttempt, PayoutEntry, PayoutJob
 
 
 def payout_job_get(*, job_id: int) -> PayoutJob:
@@ -40,6 +41,13 @@ def payout_job_progress(*, job: PayoutJob) -> dict:
     """
     done = job.completed_count + job.failed_count + job.cancelled_count
     finished = job.status not in PayoutJob.ACTIVE_STATUSES
+    # A cancelled Stripe job's open entries may have reached Stripe: until Stripe's transfer
+    # list decides (paid or cancelled), they are uncertain.
+    uncertain = (
+        job.total_entries - done
+        if job.status == PayoutJob.Status.CANCELLED and job.rail == PayoutJob.Rail.STRIPE
+        else 0
+    )
     if job.total_entries:
         percent = round(100 * done / job.total_entries, 1)
     else:
@@ -61,6 +69,7 @@ def payout_job_progress(*, job: PayoutJob) -> dict:
         "completed": job.completed_count,
         "failed": job.failed_count,
         "cancelled": job.cancelled_count,
+        "uncertain": uncertain,
         "total_amount": job.total_amount,
         "paid_amount": job.paid_amount,
         "fee_amount": job.fee_amount,
@@ -164,6 +173,14 @@ def payout_job_dead_letters(*, job_id: int, limit: int = 20) -> list[DeadLetter]
             "-id"
         )[:limit]
     )
+
+
+def payout_attempts_by_entry(*, entry_ids: list[int]) -> dict[int, list[PayoutAttempt]]:
+    """The Stripe attempts of each given entry, oldest first (one query for a page)."""
+    found: dict[int, list[PayoutAttempt]] = defaultdict(list)
+    for attempt in PayoutAttempt.objects.filter(entry_id__in=entry_ids).order_by("entry_id", "id"):
+        found[attempt.entry_id].append(attempt)
+    return {entry_id: found.get(entry_id, []) for entry_id in entry_ids}
 
 
 def dead_letter_list(*, status: str | None = None) -> QuerySet[DeadLetter]:

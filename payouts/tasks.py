@@ -16,7 +16,7 @@ from payouts.services.engine import (
     payout_job_notify,
 )
 from payouts.services.jobs import payout_job_retry_failed
-from payouts.services.stripe_rail import payout_batch_stripe
+from payouts.services.stripe_rail import payout_batch_stripe, stripe_entries_reconcile
 from payouts.services.watchdog import WATCHDOG_STALE_SECONDS, payout_watchdog
 
 
@@ -57,6 +57,13 @@ def payout_batch_ledger_task(job_id: int, after_id: int = 0) -> int:
 @shared_task(base=PayoutJobTask)
 def payout_batch_stripe_task(job_id: int) -> int:
     return payout_batch_stripe(job_id=int(job_id))
+
+
+# Routed to the payouts_stripe queue: it asks Stripe (a walk of the job's transfer group).
+@shared_task(base=PayoutJobTask, time_limit=600, soft_time_limit=540)
+def payout_job_reconcile_task(job_id: int) -> dict:
+    result = stripe_entries_reconcile(job_id=int(job_id))
+    return {"paid": result.paid, "cancelled": result.cancelled, "uncertain": result.uncertain}
 
 
 @shared_task(time_limit=120, soft_time_limit=100)

@@ -7,6 +7,7 @@ from payouts.api import (
     DashboardApi,
     DeadLetterListApi,
     DeadLetterReplayApi,
+    PayoutAccountApi,
     PayoutEntryListApi,
     PayoutJobControlApi,
     PayoutJobDetailApi,
@@ -16,6 +17,7 @@ from payouts.webhooks import StripeWebhookApi
 
 urlpatterns = [
     path("webhooks/stripe/", StripeWebhookApi.as_view(), name="stripe-webhook"),
+    path("payout-account/", PayoutAccountApi.as_view(), name="payout-account"),
     path(
         "admin/challenges/<int:challenge_id>/resolve/",
         ChallengeResolveApi.as_view(),

@@ -12,7 +12,9 @@ State machines (DESIGN.md section 4)::
                  pending -> processing -> completed | retryable | failed   (stripe rail)
                  retryable -> processing ...
                  failed -> pending                                   (retry failed entries)
-                 pending | retryable -> cancelled                    (job cancelled)
+                 pending | retryable -> cancelled                    (job cancelled; on the
+                 Stripe rail a retryable or expired processing entry only after Stripe's
+                 transfer list shows none for it, else -> completed)
 
 Who moves what:
 
@@ -43,8 +45,8 @@ Who moves what:
   settlement computed, also when some entries failed), job ``completed`` or
   ``completed_with_failures``, challenge ``resolving -> completed`` (a cancelled challenge
   stays cancelled), escrow checked to hold exactly the failed entries' money (0 when none
-  failed); after commit, ``payout_job_notify`` inserts one notification per paid entry in
-  one statement.
+  failed); after commit, ``payout_job_notify`` tells every staker the outcome (paid,
+  refunded, lost, account needed, failed) in one statement.
 - ``payout_watchdog`` (beat, every minute): creates refund jobs for cancelled challenges,
   re-sends the expansion of jobs stuck in ``queued``/``expanding`` or missing entries, and
   batches of ``running`` jobs with no progress for a while (which also finalizes a job whose
@@ -84,12 +86,14 @@ from payouts.services.settlement import (
     payout_entries_insert,
     settlement_terms,
 )
+from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
 logger = logging.getLogger(__name__)
 
 EXPAND_TASK = "payouts.tasks.payout_job_expand_task"
 EXPAND_CHUNK_TASK = "payouts.tasks.payout_job_expand_chunk_task"
 NOTIFY_TASK = "payouts.tasks.payout_job_notify_task"
+RECONCILE_TASK = "payouts.tasks.payout_job_reconcile_task"
 BATCH_TASKS: dict[str, str] = {
     PayoutJob.Rail.LEDGER: "payouts.tasks.payout_batch_ledger_task",
     PayoutJob.Rail.STRIPE: "payouts.tasks.payout_batch_stripe_task",
@@ -391,22 +395,81 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
     return BatchOutcome(int(claimed), int(paid), int(last_id) or after_id)
 
 
+# Every staker's outcome, in one statement per job whatever the number of stakers: paid
+# (or refunded) and failed entries, and the losing side's stakes. The dedup keys make a repeat
+# (finalize after a retry, the watchdog) insert only what is new: ``payout:<entry_id>`` for
+# the money that arrived, ``payout_account_needed:<entry_id>``, ``payout_failed:<entry_id>``
+# and ``challenge_lost:<stake_id>``.
 _NOTIFY_SELECT = """
-SELECT e.user_id, %s, %s, %s,
-       format(%s, e.amount, %s, %s), 'normal',
-       jsonb_build_object('payout_job_id', e.job_id, 'entry_id', e.id, 'amount', e.amount),
-       'payout:' || e.id
-FROM payouts_payoutentry AS e
-WHERE e.job_id = %s AND e.status = 'completed'
+WITH outcomes AS (
+    SELECT e.user_id, e.id AS subject_id, e.id AS entry_id, e.amount, e.failure_reason AS reason,
+           CASE WHEN e.status = 'completed' THEN %(paid_kind)s
+                WHEN e.failure_reason = %(not_connected)s THEN %(needed_kind)s
+                ELSE %(failed_kind)s END AS kind
+    FROM payouts_payoutentry AS e
+    WHERE e.job_id = %(job_id)s AND e.status IN ('completed', 'failed')
+    UNION ALL
+    SELECT s.user_id, s.id, NULL, s.amount, '', %(lost_kind)s
+    FROM challenges_stake AS s
+    WHERE s.challenge_id = %(challenge_id)s AND %(has_losers)s AND s.side <> %(winning_side)s
+)
+SELECT o.user_id, o.kind, %(challenge_id)s::bigint, m.title,
+       format(m.body, o.amount, %(currency)s, %(challenge_title)s,
+              coalesce(r.text, %(default_reason)s)),
+       CASE WHEN o.kind IN (%(needed_kind)s, %(failed_kind)s) THEN 'high' ELSE 'normal' END,
+       jsonb_build_object('payout_job_id', %(job_id)s::bigint, 'entry_id', o.entry_id,
+                          'amount', o.amount)
+         || CASE WHEN o.kind = %(needed_kind)s
+                 THEN jsonb_build_object('action', %(needed_action)s) ELSE '{}'::jsonb END,
+       CASE WHEN o.kind = %(paid_kind)s THEN 'payout' ELSE o.kind END || ':' || o.subject_id
+FROM outcomes AS o
+JOIN unnest(%(kinds)s::text[], %(titles)s::text[], %(bodies)s::text[]) AS m(kind, title, body)
+  ON m.kind = o.kind
+LEFT JOIN unnest(%(reasons)s::text[], %(reason_texts)s::text[]) AS r(reason, text)
+  ON r.reason = o.reason
 """
+
+# What each outcome says. Bodies are PostgreSQL ``format`` strings over (amount, currency,
+# challenge title, reason): people read them, so no internal codes or error text.
+OUTCOME_MESSAGES: dict[str, tuple[str, str]] = {
+    "payout_completed": ("You won a challenge", '%1$s %2$s paid to %5$s for "%3$s".'),
+    "stake_refunded": (
+        "Your stake was refunded",
+        'Your %1$s %2$s stake on "%3$s" is back in your wallet.',
+    ),
+    "challenge_lost": (
+        "You lost a challenge",
+        'Your %1$s %2$s stake on "%3$s" went to the winners.',
+    ),
+    "payout_account_needed": (
+        "Connect a payout account to receive your winnings",
+        '%1$s %2$s from "%3$s" is waiting for you. Connect a Stripe account in the app '
+        "(POST /api/payout-account/) and it is sent to you as soon as Stripe enables it.",
+    ),
+    "payout_failed": (
+        "We could not send your winnings",
+        'We could not send your %1$s %2$s from "%3$s": %4$s The money is safe with us and our '
+        "team has been told.",
+    ),
+}
+PAYOUT_ACCOUNT_ACTION = "POST /api/payout-account/"
+# Failure reasons (PayoutEntry.failure_reason) in words; anything else reads as the default.
+FAILURE_EXPLANATIONS: dict[str, str] = {
+    "stripe_attempts_exhausted": "our payment provider did not answer, even after many tries.",
+}
+DEFAULT_FAILURE_EXPLANATION = "your Stripe account could not receive the transfer."
 
 
 def payout_job_notify(*, job_id: int) -> int:
-    """Notify every staker a job paid, once (dedup key ``payout:<entry_id>``); one statement.
+    """Tell every staker of a job its outcome, once each; one statement.
 
-    Sent by ``payout_job_finalize`` after commit, and by the watchdog for a finished job whose
-    last paid entry has no notification. Idempotent: what exists is skipped. Returns how many
-    notifications were created.
+    Winners ``payout_completed`` (or ``stake_refunded`` on a refund job) with the amount;
+    losers ``challenge_lost`` with their stake; a winner whose entry failed for want of a
+    connected account ``payout_account_needed`` with the amount waiting and the call that
+    fixes it; any other failure ``payout_failed`` with a reason in words. Sent by
+    ``payout_job_finalize`` after commit (so after the money moved), and by the watchdog for
+    a finished job without its notifications. Idempotent: what exists is skipped (a job
+    finalized again after a retry adds only the new outcomes). Returns how many were created.
     """
     from notifications.models import Notification
     from notifications.services import notifications_insert_select
@@ -414,25 +477,37 @@ def payout_job_notify(*, job_id: int) -> int:
     job = PayoutJob.objects.select_related("challenge").filter(pk=job_id).first()
     if job is None:
         raise NotFound("No such payout job.", code="job_not_found")
-    if job.kind == PayoutJob.Kind.REFUND:
-        kind, title = Notification.Kind.REFUND, "Your stake was refunded"
-        body = 'Your %s %s stake on "%s" is back in your wallet.'
-    else:
-        kind, title = Notification.Kind.PAYOUT, "You won a challenge"
-        body = '%s %s paid to your wallet for "%s".'
+    refund = job.kind == PayoutJob.Kind.REFUND
+    paid_kind = Notification.Kind.STAKE_REFUNDED if refund else Notification.Kind.PAYOUT_COMPLETED
+    kinds = list(OUTCOME_MESSAGES)
+    params = {
+        "job_id": job.pk,
+        "challenge_id": job.challenge_id,
+        "challenge_title": job.challenge.title,
+        "currency": settings.CURRENCY,
+        "paid_kind": paid_kind,
+        "needed_kind": Notification.Kind.PAYOUT_ACCOUNT_NEEDED,
+        "failed_kind": Notification.Kind.PAYOUT_FAILED,
+        "lost_kind": Notification.Kind.CHALLENGE_LOST,
+        "not_connected": ACCOUNT_NOT_CONNECTED,
+        "needed_action": PAYOUT_ACCOUNT_ACTION,
+        "has_losers": not refund,
+        "winning_side": job.winning_side,
+        "kinds": kinds,
+        "titles": [OUTCOME_MESSAGES[kind][0] for kind in kinds],
+        "bodies": [
+            OUTCOME_MESSAGES[kind][1].replace(
+                "%5$s",
+                "your Stripe account" if job.rail == PayoutJob.Rail.STRIPE else "your wallet",
+            )
+            for kind in kinds
+        ],
+        "reasons": list(FAILURE_EXPLANATIONS),
+        "reason_texts": list(FAILURE_EXPLANATIONS.values()),
+        "default_reason": DEFAULT_FAILURE_EXPLANATION,
+    }
     with transaction.atomic(durable=True):
-        ids = notifications_insert_select(
-            select_sql=_NOTIFY_SELECT,
-            params=[
-                kind,
-                job.challenge_id,
-                title,
-                body,
-                settings.CURRENCY,
-                job.challenge.title,
-                job.pk,
-            ],
-        )
+        ids = notifications_insert_select(select_sql=_NOTIFY_SELECT, params=params)
     return len(ids)
 
 
@@ -448,7 +523,7 @@ def payout_job_finalize(*, job_id: int) -> bool:
     settlement computed, checks that the escrow then holds exactly the unpaid (failed) amount
     -- 0 when everything was paid -- and raises ``LedgerMismatch`` otherwise, sets the job to
     ``completed`` or ``completed_with_failures`` and completes the challenge; after commit it
-    sends the notification of every paid staker (``payout_job_notify``), which takes a while
+    sends every staker's outcome notification (``payout_job_notify``), which takes a while
     for a million stakers and so runs as its own task, not inside the money transaction.
 
     A ``LedgerMismatch`` is permanent (retrying cannot change what the escrow holds): the
@@ -567,27 +642,38 @@ def payout_progress_publish(*, job_id: int, force: bool = False) -> bool:
     return True
 
 
+# A Stripe-rail entry that is retryable may already have its transfer (a lost answer): only
+# ``stripe_entries_reconcile`` may cancel it, after asking Stripe.
 _CANCEL_ENTRIES_SQL = """
 WITH cancelled AS (
     UPDATE payouts_payoutentry SET status = 'cancelled', lease_until = NULL
-    WHERE job_id = %s AND status IN ('pending', 'retryable')
+    WHERE job_id = %(job_id)s
+      AND (status = 'pending' OR (status = 'retryable' AND %(rail)s <> 'stripe'))
     RETURNING 1
 )
-UPDATE payouts_payoutjob SET cancelled_count = cancelled_count + (SELECT count(*) FROM cancelled),
-                             updated_at = now()
-WHERE id = %s
-RETURNING (SELECT count(*) FROM cancelled)
+UPDATE payouts_payoutjob
+SET cancelled_count = cancelled_count + (SELECT count(*) FROM cancelled), updated_at = now()
+WHERE id = %(job_id)s
+RETURNING (SELECT count(*) FROM cancelled),
+          total_entries - completed_count - failed_count - cancelled_count
+              - (SELECT count(*) FROM cancelled)
 """
 
 
 def payout_job_cancel_entries(*, job_id: int) -> int:
-    """Cancel the pending and retryable entries of a cancelled job; return how many.
+    """Cancel the entries of a cancelled job that never reached a rail; return how many.
 
-    Their money stays in the escrow. Set-based and idempotent (a second run finds none). Waits
-    for batches that hold some of these entries: those roll back (the job is no longer
-    running) and release them.
+    Pending entries (and, on the ledger rail, retryable ones) become ``cancelled``; their money
+    stays in the escrow. On the Stripe rail, entries that may have reached Stripe stay open
+    (the job shows them as uncertain) and, after commit, ``stripe_entries_reconcile`` is sent
+    to ask Stripe about them: a paid one is recorded as paid, not cancelled. Set-based and
+    idempotent (a second run cancels nothing new and asks again). Waits for batches that hold
+    some of these entries: those roll back (the job is no longer running) and release them.
     """
+    rail = PayoutJob.objects.filter(pk=job_id).values_list("rail", flat=True).first()
     with transaction.atomic(durable=True), connection.cursor() as cursor:
-        cursor.execute(_CANCEL_ENTRIES_SQL, [job_id, job_id])
+        cursor.execute(_CANCEL_ENTRIES_SQL, {"job_id": job_id, "rail": rail or ""})
         row = cursor.fetchone()
+        if row and row[1] > 0 and rail == PayoutJob.Rail.STRIPE:
+            transaction.on_commit(partial(current_app.send_task, RECONCILE_TASK, args=[job_id]))
     return int(row[0]) if row else 0

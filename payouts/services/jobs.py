@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
@@ -22,6 +22,7 @@ from payouts.services.engine import (
     payout_batches_enqueue,
     payout_job_cancel_entries,
 )
+from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
 WINNING_SIDE: dict[str, str] = {
     Challenge.Result.CHALLENGER_WON: Stake.Side.YES,
@@ -304,14 +305,17 @@ def payout_job_resume(*, job_id: int, actor: Any) -> PayoutJob:
 
 
 def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
-    """Cancel an unfinished job: its pending and retryable entries become ``cancelled``.
+    """Cancel an unfinished job: entries that never reached a rail become ``cancelled``.
 
     Two steps, so that the job row is never held while waiting for entry locks (that would
     deadlock with a batch holding entries and waiting for the job row): first the job becomes
     ``cancelled`` (audited), which makes every in-flight batch roll back; then its open entries
     are cancelled. If the process dies in between, the watchdog finishes the second step.
     Cancelled entries are never paid; their money stays in the challenge's escrow (exactly the
-    cancelled amounts plus the uncollected fee), where staff can see it and refund it.
+    cancelled amounts plus the uncollected fee), where staff can see it and refund it. On the
+    Stripe rail an entry that may have reached Stripe is not cancelled blind: it stays open
+    (the job shows it as uncertain) until Stripe's transfer list says whether it was paid
+    (``payout_job_cancel_entries`` sends ``stripe_entries_reconcile``).
     """
     with transaction.atomic(durable=True):
         job = _job_transition(
@@ -327,6 +331,44 @@ def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
     return job
 
 
+def _failed_requeue(job: PayoutJob, failed: QuerySet[PayoutEntry]) -> int:
+    """Under the job row lock: the given failed entries start afresh (``pending``, attempts
+    reset); a finished job runs again and finalizes again (the fee is never collected twice)
+    -- one that completed with failures when some entry was requeued, a ``failed`` one in any
+    case (its error is cleared) -- and batches are sent after commit. Returns how many
+    entries."""
+    retried = failed.update(
+        status=PayoutEntry.Status.PENDING,
+        attempt_count=0,
+        next_attempt_at=None,
+        lease_until=None,
+        failure_reason="",
+    )
+    if not retried and job.status != PayoutJob.Status.FAILED:
+        return 0
+    if job.status in FINISHED_RETRYABLE:
+        job.status = PayoutJob.Status.RUNNING
+        job.finished_at = None
+        job.error = ""
+    job.failed_count = F("failed_count") - retried
+    job.updated_at = timezone.now()
+    job.save(update_fields=["status", "finished_at", "error", "failed_count", "updated_at"])
+    if job.status == PayoutJob.Status.RUNNING:
+        transaction.on_commit(
+            partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=job.parallelism)
+        )
+    return retried
+
+
+# Jobs whose entries an enabled account requeues by itself; a failed job (its finalize failed)
+# waits for staff, who must fix the cause first.
+ACCOUNT_REQUEUE_STATES = (
+    PayoutJob.Status.RUNNING,
+    PayoutJob.Status.PAUSED,
+    PayoutJob.Status.COMPLETED_WITH_FAILURES,
+)
+
+
 def payout_job_retry_failed(
     *, job_id: int, actor: Any, entry_ids: list[int] | None = None
 ) -> PayoutJob:
@@ -337,7 +379,8 @@ def payout_job_retry_failed(
     runs again and finalizes again; the fee is never collected twice). A ``failed`` job (its
     finalize failed for good) runs again too, once staff fixed the cause, whether or not it
     has failed entries: its error is cleared and its batches finalize it again. Set-based;
-    audited with the number of entries retried.
+    audited with the number of entries retried. Failed Stripe entries are safe to send again:
+    an entry is only failed once Stripe's transfer list showed no transfer for it.
     """
     with transaction.atomic(durable=True):
         job = _job_locked(job_id)
@@ -345,26 +388,45 @@ def payout_job_retry_failed(
         failed = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED)
         if entry_ids is not None:
             failed = failed.filter(pk__in=entry_ids)
-        retried = failed.update(
-            status=PayoutEntry.Status.PENDING,
-            attempt_count=0,
-            next_attempt_at=None,
-            lease_until=None,
-            failure_reason="",
-        )
-        if not retried and job.status != PayoutJob.Status.FAILED:
+        job_failed = job.status == PayoutJob.Status.FAILED
+        retried = _failed_requeue(job, failed)
+        if not retried and not job_failed:
             raise Conflict("This job has no failed entries.", code="no_failed_entries")
-        if job.status in FINISHED_RETRYABLE:
-            job.status = PayoutJob.Status.RUNNING
-            job.finished_at = None
-            job.error = ""
-        job.failed_count = F("failed_count") - retried
-        job.updated_at = timezone.now()
-        job.save(update_fields=["status", "finished_at", "error", "failed_count", "updated_at"])
         _audit(actor, "retry_failed", job, entries=retried)
-        if job.status == PayoutJob.Status.RUNNING:
-            transaction.on_commit(
-                partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=job.parallelism)
-            )
     job.refresh_from_db()
     return job
+
+
+def payout_entries_requeue_connected(*, user_id: int, event_id: str) -> int:
+    """The user's Stripe account can receive payouts now: every entry of theirs that failed
+    with ``stripe_account_not_connected`` is queued again at once, no staff needed.
+
+    Call it inside the transaction that applies the ``account.updated`` event (so the event,
+    the account and the requeue commit together). Per job, locked in id order, the same
+    set-based requeue as ``payout_job_retry_failed`` (running, paused and completed-with-
+    failures jobs; a cancelled or failed job is for staff to decide), audited as
+    ``payout_job.retry_failed`` with the reason and the event id. Returns how many entries.
+    """
+    failed = PayoutEntry.objects.filter(
+        user_id=user_id, status=PayoutEntry.Status.FAILED, failure_reason=ACCOUNT_NOT_CONNECTED
+    )
+    job_ids = sorted(set(failed.values_list("job_id", flat=True)))
+    total = 0
+    for job in (
+        PayoutJob.objects.select_for_update()
+        .filter(pk__in=job_ids, status__in=ACCOUNT_REQUEUE_STATES)
+        .order_by("id")
+    ):
+        retried = _failed_requeue(job, failed.filter(job=job))
+        if retried:
+            _audit(
+                None,
+                "retry_failed",
+                job,
+                entries=retried,
+                reason="stripe_account_enabled",
+                user_id=user_id,
+                event_id=event_id,
+            )
+        total += retried
+    return total

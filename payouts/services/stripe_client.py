@@ -1,4 +1,5 @@
-"""The one place that talks to Stripe: transfer creation, lookup, and error classification.
+"""The one place that talks to Stripe: transfers (creation, lookup), Connect accounts
+(creation, onboarding links, lookup), and error classification.
 
 Nothing here touches the database, so callers can (and must) call it outside any transaction.
 The ``stripe`` library is pointed at settings on every call (API key, API base, timeout), never
@@ -8,14 +9,18 @@ retry through the entry's attempt count and backoff.
 """
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Any
 
 import stripe
 from django.conf import settings
+from django.utils import timezone
 
+from core.errors import DomainError
 from core.retry import backoff_delay
 from payouts.services.ratelimit import stripe_token_take
 
@@ -34,17 +39,62 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class StripeCall:
+    """How one exchange with Stripe went, for the entry's attempt history (``PayoutAttempt``)."""
+
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: int
+    http_status: int | None = None
+    request_id: str = ""
+    # A lookup in the transfer list, not a creation: a transfer found this way is "reconciled".
+    lookup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TransferResult:
     outcome: Outcome
     transfer_id: str = ""
     # A stable code for PayoutEntry.failure_reason (``stripe_rate_limited``, ...).
     reason: str = ""
     error: str = ""
+    # The Stripe exchange behind this result; None when no request was made.
+    call: StripeCall | None = field(default=None, compare=False)
+
+
+class StripeNotConfigured(DomainError):
+    code = "stripe_not_configured"
+    status = 503
+    default_detail = "Stripe payouts are not configured on this server."
+
+
+class StripeUnavailable(DomainError):
+    code = "stripe_unavailable"
+    status = 503
+    default_detail = "Stripe could not be reached; please try again in a moment."
 
 
 def stripe_configured() -> bool:
     """Whether this process may use the Stripe rail at all."""
     return bool(settings.STRIPE_API_KEY)
+
+
+class CallTimer:
+    """Wall-clock start and end of one exchange, and its duration on the monotonic clock."""
+
+    def __init__(self) -> None:
+        self.started_at = timezone.now()
+        self._start = time.monotonic()
+
+    def call(self, *, http_status: int | None, request_id: str | None, lookup=False) -> StripeCall:
+        return StripeCall(
+            started_at=self.started_at,
+            finished_at=timezone.now(),
+            duration_ms=max(0, round((time.monotonic() - self._start) * 1000)),
+            http_status=http_status,
+            request_id=request_id or "",
+            lookup=lookup,
+        )
 
 
 def transfer_idempotency_key(entry_id: int) -> str:
@@ -68,13 +118,22 @@ def _configure() -> None:
     stripe.default_http_client = _http_client(settings.STRIPE_TIMEOUT)
 
 
-def error_classify(exc: stripe.StripeError) -> TransferResult:
+def error_classify(exc: stripe.StripeError, timer: CallTimer | None = None) -> TransferResult:
     """Transient (worth retrying with the same key) or permanent, with a stable reason code.
 
     Transient: connection errors and timeouts, 429, 5xx and 409 (a lock timeout, or the same
     key still executing). Permanent: every other 4xx; an unknown, invalid or disabled
-    destination is ``stripe_account_not_connected``.
+    destination is ``stripe_account_not_connected``. With a ``timer`` the result carries the
+    exchange (status, request id, timing) for the attempt history.
     """
+    result = _error_classify(exc)
+    if timer is None:
+        return result
+    call = timer.call(http_status=exc.http_status, request_id=exc.request_id)
+    return TransferResult(result.outcome, reason=result.reason, error=result.error, call=call)
+
+
+def _error_classify(exc: stripe.StripeError) -> TransferResult:
     status = exc.http_status or 0
     code = (exc.error.code if exc.error else None) or exc.code or ""
     param = (exc.error.param if exc.error else None) or ""
@@ -104,6 +163,7 @@ def transfer_create(
     """
     _configure()
     stripe_token_take()
+    timer = CallTimer()
     try:
         transfer = stripe.Transfer.create(
             api_key=settings.STRIPE_API_KEY,
@@ -115,8 +175,13 @@ def transfer_create(
             metadata={"job_id": str(job_id), "entry_id": str(entry_id)},
         )
     except stripe.StripeError as exc:
-        return error_classify(exc)
-    return TransferResult(Outcome.PAID, transfer_id=transfer.id)
+        return error_classify(exc, timer)
+    response = transfer.last_response
+    call = timer.call(
+        http_status=response.code if response else 200,
+        request_id=response.request_id if response else "",
+    )
+    return TransferResult(Outcome.PAID, transfer_id=transfer.id, call=call)
 
 
 # A lookup walks many pages; each page is retried a few times on transient errors (reads are
@@ -124,15 +189,17 @@ def transfer_create(
 LOOKUP_PAGE_TRIES = 5
 
 
-def _transfers_page(*, job_id: int, starting_after: str | None) -> stripe.ListObject:
-    params: dict[str, Any] = {"transfer_group": transfer_group(job_id), "limit": 100}
+def _list_page(
+    lister: Callable[..., stripe.ListObject], *, starting_after: str | None, **params: Any
+) -> stripe.ListObject:
+    params["limit"] = 100
     if starting_after:
         params["starting_after"] = starting_after
     failures = 0
     while True:
         stripe_token_take()
         try:
-            return stripe.Transfer.list(api_key=settings.STRIPE_API_KEY, **params)
+            return lister(api_key=settings.STRIPE_API_KEY, **params)
         except stripe.StripeError as exc:
             failures += 1
             if failures == LOOKUP_PAGE_TRIES or error_classify(exc).outcome != Outcome.TRANSIENT:
@@ -151,7 +218,9 @@ def transfers_find(*, job_id: int, entry_ids: set[int]) -> dict[int, str]:
     found: dict[int, str] = {}
     last_id: str | None = None
     while len(found) < len(entry_ids):
-        page = _transfers_page(job_id=job_id, starting_after=last_id)
+        page = _list_page(
+            stripe.Transfer.list, starting_after=last_id, transfer_group=transfer_group(job_id)
+        )
         for transfer in page.data:
             entry_id = str(transfer.to_dict().get("metadata", {}).get("entry_id", ""))
             if entry_id.isdigit() and int(entry_id) in entry_ids:
@@ -160,3 +229,98 @@ def transfers_find(*, job_id: int, entry_ids: set[int]) -> dict[int, str]:
             break
         last_id = page.data[-1].id
     return found
+
+
+# -- Connect accounts (Express) ----------------------------------------------------------------
+
+
+def account_idempotency_key(user_id: int) -> str:
+    """One key per user: however often creation is retried, Stripe makes one account."""
+    return f"account:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    id: str
+    payouts_enabled: bool
+    requirements_due: list[str]
+
+
+def account_state_parse(account: Any) -> AccountState:
+    """An account object (from the API or from an event's ``data.object``) as this app needs it."""
+    data = account.to_dict() if hasattr(account, "to_dict") else dict(account)
+    due = (data.get("requirements") or {}).get("currently_due") or []
+    return AccountState(
+        id=str(data["id"]),
+        payouts_enabled=bool(data.get("payouts_enabled")),
+        requirements_due=[str(item) for item in due],
+    )
+
+
+def _unavailable(exc: stripe.StripeError) -> StripeUnavailable:
+    return StripeUnavailable(f"Stripe answered: {error_classify(exc).reason}.")
+
+
+def account_create(*, user_id: int) -> AccountState:
+    """Create the user's Express account, asking Stripe for the ``transfers`` capability (all
+    a platform paying out needs), with the user's id in metadata.
+
+    Always with the key ``account:<user_id>``: a retry after a timeout or a lost answer gets
+    the same account back, never a second one (for Stripe's 24 hours of key memory; older
+    requests are looked up with ``account_find`` first). Raises ``StripeUnavailable``.
+    """
+    _configure()
+    stripe_token_take()
+    try:
+        account = stripe.Account.create(
+            api_key=settings.STRIPE_API_KEY,
+            idempotency_key=account_idempotency_key(user_id),
+            type="express",
+            capabilities={"transfers": {"requested": True}},
+            metadata={"user_id": str(user_id)},
+        )
+    except stripe.StripeError as exc:
+        raise _unavailable(exc) from exc
+    return account_state_parse(account)
+
+
+def account_find(*, user_id: int) -> AccountState | None:
+    """The platform's account whose ``metadata.user_id`` is this user, or None.
+
+    Walks the platform's connected accounts, newest first, a rate-limited page of 100 at a
+    time: only for a creation first requested longer ago than Stripe keeps idempotency keys.
+    Raises ``StripeUnavailable``.
+    """
+    _configure()
+    last_id: str | None = None
+    try:
+        while True:
+            page = _list_page(stripe.Account.list, starting_after=last_id)
+            for account in page.data:
+                metadata = account.to_dict().get("metadata") or {}
+                if str(metadata.get("user_id", "")) == str(user_id):
+                    return account_state_parse(account)
+            if not page.has_more or not page.data:
+                return None
+            last_id = page.data[-1].id
+    except stripe.StripeError as exc:
+        raise _unavailable(exc) from exc
+
+
+def account_onboarding_link(*, account_id: str) -> str:
+    """A fresh, single-use Account Link URL that sends the user through Stripe's hosted
+    onboarding (``account_onboarding``), back to ``STRIPE_CONNECT_RETURN_URL`` when done or to
+    ``STRIPE_CONNECT_REFRESH_URL`` when the link expired. Raises ``StripeUnavailable``."""
+    _configure()
+    stripe_token_take()
+    try:
+        link = stripe.AccountLink.create(
+            api_key=settings.STRIPE_API_KEY,
+            account=account_id,
+            type="account_onboarding",
+            return_url=settings.STRIPE_CONNECT_RETURN_URL,
+            refresh_url=settings.STRIPE_CONNECT_REFRESH_URL,
+        )
+    except stripe.StripeError as exc:
+        raise _unavailable(exc) from exc
+    return str(link.url)

@@ -16,9 +16,17 @@ How an entry is paid exactly once (DESIGN.md section 4, step 4):
    ``payout:<entry_id>``, unique) and the job counters; a transient error -> ``retryable`` with
    ``next_attempt_at`` after exponential backoff with jitter; a permanent error or the last
    allowed attempt -> ``failed`` with a DeadLetter row (subject ``payout_entry:<id>``), but
-   only after Stripe's transfer list shows that no lost answer hid a transfer for it. A
-   winner without an enabled connected account fails with ``stripe_account_not_connected``
-   without any call; their money stays in escrow until staff retry the job's failed entries.
+   whenever this attempt or an earlier one may have reached Stripe, only after Stripe's
+   transfer list shows that no lost answer hid a transfer for it (if the list cannot be read,
+   the entry stays ``retryable``). A winner without an enabled connected account fails with
+   ``stripe_account_not_connected`` without any call; their money stays in escrow until
+   their account is enabled (``account.updated`` queues the entry again) or staff retry.
+   Each exchange with Stripe is appended to the entry's history (``PayoutAttempt``) in the
+   transaction that records its result.
+4. **Cancel** (``stripe_entries_reconcile``): an entry of a cancelled job that may have
+   reached Stripe (``retryable``, or ``processing`` with an expired lease) is looked up in
+   the transfer list before anything else: found, it is recorded as paid; only entries Stripe
+   never saw become ``cancelled``. Until then the job counts them as uncertain.
 
 A result is recorded only by the attempt that owns the entry (``status = processing`` and its
 own ``attempt_count``), except a success, which is the truth whoever learns it. The batch task
@@ -31,6 +39,7 @@ whose batches all died or whose retries are further off (the claim refreshes the
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,7 +55,7 @@ from core.retry import backoff_delay
 from core.services import dead_letter_record
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
-from payouts.models import PayoutEntry, PayoutJob
+from payouts.models import PayoutAttempt, PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import payout_destinations
 from payouts.services.engine import (
     BATCH_TASKS,
@@ -56,6 +65,7 @@ from payouts.services.engine import (
 )
 from payouts.services.stripe_client import (
     ACCOUNT_NOT_CONNECTED,
+    CallTimer,
     Outcome,
     TransferResult,
     error_classify,
@@ -162,15 +172,57 @@ def _release(entries: list[ClaimedEntry]) -> None:
         ).update(attempt_count=entry.attempt - 1, lease_until=_db_clock_plus(0))
 
 
-def stripe_entry_record_paid(*, job_id: int, entry: ClaimedEntry, transfer_id: str) -> bool:
+def _attempt_outcome(result: TransferResult) -> str:
+    if result.outcome == Outcome.PAID:
+        lookup = result.call is not None and result.call.lookup
+        return PayoutAttempt.Outcome.RECONCILED if lookup else PayoutAttempt.Outcome.SUCCEEDED
+    if result.outcome == Outcome.TRANSIENT:
+        return PayoutAttempt.Outcome.TRANSIENT
+    return PayoutAttempt.Outcome.PERMANENT
+
+
+def payout_attempts_record(
+    *, entry: ClaimedEntry, results: Sequence[TransferResult]
+) -> list[PayoutAttempt]:
+    """Append the Stripe exchanges behind an entry's result to its history (results made
+    without any request add nothing). Call it in the transaction that records the result."""
+    return PayoutAttempt.objects.bulk_create(
+        [
+            PayoutAttempt(
+                entry_id=entry.id,
+                attempt=entry.attempt,
+                started_at=result.call.started_at,
+                finished_at=result.call.finished_at,
+                outcome=_attempt_outcome(result),
+                error_code=result.reason,
+                http_status=result.call.http_status,
+                stripe_request_id=result.call.request_id[:255],
+                transfer_id=result.transfer_id,
+                duration_ms=result.call.duration_ms,
+            )
+            for result in results
+            if result.call is not None
+        ]
+    )
+
+
+def stripe_entry_record_paid(
+    *,
+    job_id: int,
+    entry: ClaimedEntry,
+    transfer_id: str,
+    calls: Sequence[TransferResult] = (),
+) -> bool:
     """Record a transfer Stripe made for an entry; False if it was recorded already.
 
     One transaction: entry ``completed`` with the transfer id, ledger transfer escrow ->
     ``stripe_clearing`` (unique key ``payout:<entry_id>``, so at most one per entry), job
-    counters. Accepted from whichever attempt learns it while the entry is ``processing`` or
-    ``retryable`` (a stale worker's success is still a success).
+    counters, and the exchanges (``calls``) in the entry's history. Accepted from whichever
+    attempt learns it while the entry is ``processing`` or ``retryable`` (a stale worker's
+    success is still a success).
     """
     with transaction.atomic(durable=True):
+        payout_attempts_record(entry=entry, results=calls)
         marked = PayoutEntry.objects.filter(
             pk=entry.id,
             status__in=[PayoutEntry.Status.PROCESSING, PayoutEntry.Status.RETRYABLE],
@@ -202,35 +254,54 @@ def job_escrow_id(job_id: int) -> int:
     return PayoutJob.objects.values_list("challenge__escrow_id", flat=True).get(pk=job_id)
 
 
-def stripe_entry_record_failure(*, job_id: int, entry: ClaimedEntry, result: TransferResult) -> str:
+def _would_fail(entry: ClaimedEntry, result: TransferResult) -> bool:
+    exhausted = entry.attempt >= settings.STRIPE_MAX_ATTEMPTS
+    return result.outcome == Outcome.PERMANENT or (
+        result.outcome == Outcome.TRANSIENT and exhausted
+    )
+
+
+def stripe_entry_record_failure(
+    *,
+    job_id: int,
+    entry: ClaimedEntry,
+    result: TransferResult,
+    calls: Sequence[TransferResult] = (),
+    unverified: bool = False,
+) -> str:
     """Record a failed attempt; return the entry's new status ('' if the attempt was stale).
 
     Transient and attempts left -> ``retryable`` with ``next_attempt_at`` after exponential
-    backoff with jitter (``STRIPE_RETRY_BACKOFF_BASE``: 5, 10, 20, 40 s ...). Permanent, or the
+    backoff with jitter (``STRIPE_RETRY_BACKOFF_BASE``: 5, 10, 20, 40 s ...); so is any
+    failure that is ``unverified`` (Stripe's transfer list could not be read to prove that no
+    transfer exists: failing it would risk stranding a paid entry). Permanent, or the
     ``STRIPE_MAX_ATTEMPTS``-th attempt -> ``failed``, job counter, and a DeadLetter row
-    (subject ``payout_entry:<id>``), in one transaction. Only the attempt that owns the entry
-    (still ``processing`` with its attempt number) writes.
+    (subject ``payout_entry:<id>``). One transaction, with the exchanges (``calls``) in the
+    entry's history. Only the attempt that owns the entry (still ``processing`` with its
+    attempt number) changes it.
     """
-    exhausted = entry.attempt >= settings.STRIPE_MAX_ATTEMPTS
     owned = PayoutEntry.objects.filter(
         pk=entry.id, status=PayoutEntry.Status.PROCESSING, attempt_count=entry.attempt
     )
-    if result.outcome == Outcome.TRANSIENT and not exhausted:
+    if unverified or not _would_fail(entry, result):
         delay = backoff_delay(
             entry.attempt - 1,
             base=settings.STRIPE_RETRY_BACKOFF_BASE,
             cap=settings.STRIPE_RETRY_BACKOFF_MAX,
         )
-        updated = owned.update(
-            status=PayoutEntry.Status.RETRYABLE,
-            next_attempt_at=_db_clock_plus(delay),
-            lease_until=None,
-            failure_reason=result.reason,
-            last_error=result.error[:10_000],
-        )
+        with transaction.atomic(durable=True):
+            payout_attempts_record(entry=entry, results=calls)
+            updated = owned.update(
+                status=PayoutEntry.Status.RETRYABLE,
+                next_attempt_at=_db_clock_plus(delay),
+                lease_until=None,
+                failure_reason=result.reason,
+                last_error=result.error[:10_000],
+            )
         return PayoutEntry.Status.RETRYABLE if updated else ""
     reason = "stripe_attempts_exhausted" if result.outcome == Outcome.TRANSIENT else result.reason
     with transaction.atomic(durable=True):
+        payout_attempts_record(entry=entry, results=calls)
         updated = owned.update(
             status=PayoutEntry.Status.FAILED,
             lease_until=None,
@@ -265,12 +336,20 @@ def _transfers_lookup(*, job_id: int, entry_ids: set[int]) -> dict[int, Transfer
     """
     if not entry_ids:
         return {}
+    timer = CallTimer()
     try:
         found = transfers_find(job_id=job_id, entry_ids=entry_ids)
     except stripe.StripeError as exc:
-        return dict.fromkeys(entry_ids, error_classify(exc))
+        failed = error_classify(exc)
+        call = timer.call(http_status=exc.http_status, request_id=exc.request_id, lookup=True)
+        return dict.fromkeys(
+            entry_ids,
+            TransferResult(failed.outcome, reason=failed.reason, error=failed.error, call=call),
+        )
+    call = timer.call(http_status=200, request_id="", lookup=True)
     return {
-        entry_id: TransferResult(Outcome.PAID, transfer_id=tr) for entry_id, tr in found.items()
+        entry_id: TransferResult(Outcome.PAID, transfer_id=tr, call=call)
+        for entry_id, tr in found.items()
     }
 
 
@@ -307,17 +386,31 @@ def _stripe_entries_pay(*, job_id: int, entries: list[ClaimedEntry], lease_end: 
         if time.monotonic() + settings.STRIPE_TIMEOUT > lease_end:
             _release(entries[index:])
             return
-        result = known.get(entry.id) or _attempt(
+        looked = known.get(entry.id)
+        result = looked or _attempt(
             job_id=job_id, entry=entry, destination=destinations.get(entry.user_id)
         )
-        if result.outcome == Outcome.TRANSIENT and entry.attempt >= settings.STRIPE_MAX_ATTEMPTS:
-            # The last attempt's answer may have been lost after Stripe made the transfer: an
-            # entry is marked failed only if Stripe has no transfer for it.
-            result = _transfers_lookup(job_id=job_id, entry_ids={entry.id}).get(entry.id, result)
+        calls = [result]
+        # This attempt (no answer) or an earlier one (a lost answer, a dead worker) may have
+        # made a transfer: an entry is marked failed only if Stripe's list has none for it.
+        may_have_reached = result.outcome == Outcome.TRANSIENT or entry.attempt > 1
+        unverified = False
+        if _would_fail(entry, result) and (looked is not None or may_have_reached):
+            if looked is None:
+                looked = _transfers_lookup(job_id=job_id, entry_ids={entry.id}).get(entry.id)
+                calls += [looked] if looked is not None else []
+            if looked is not None and looked.outcome == Outcome.PAID:
+                result = looked
+            else:
+                unverified = looked is not None  # the list itself could not be read
         if result.outcome == Outcome.PAID:
-            stripe_entry_record_paid(job_id=job_id, entry=entry, transfer_id=result.transfer_id)
+            stripe_entry_record_paid(
+                job_id=job_id, entry=entry, transfer_id=result.transfer_id, calls=calls
+            )
         else:
-            stripe_entry_record_failure(job_id=job_id, entry=entry, result=result)
+            stripe_entry_record_failure(
+                job_id=job_id, entry=entry, result=result, calls=calls, unverified=unverified
+            )
         logger.debug("entry %s attempt %s: %s", entry.id, entry.attempt, result.outcome)
 
 
@@ -358,3 +451,78 @@ def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:
         time.sleep(max(wait, 0.05))
     current_app.send_task(STRIPE_RAIL_TASK, args=[job_id])
     return attempted
+
+
+# Entries of a cancelled job that may have reached Stripe: a retryable one (its last answer
+# may have been lost), or a processing one whose worker's lease ran out (it may have died
+# after Stripe answered). A processing entry with a live lease is left to its worker.
+_UNCERTAIN_SQL = """
+SELECT e.id, e.user_id, e.amount, e.attempt_count, false
+FROM payouts_payoutentry AS e
+WHERE e.job_id = %s
+  AND EXISTS (SELECT 1 FROM payouts_payoutjob AS j WHERE j.id = e.job_id AND j.status = 'cancelled')
+  AND (e.status = 'retryable'
+       OR (e.status = 'processing' AND e.lease_until < statement_timestamp()))
+ORDER BY e.id
+"""
+
+# Cancel exactly the entries Stripe was asked about, if nobody touched them since (same state,
+# same attempt number); entries, then the job row: the engine's lock order.
+_CANCEL_UNSEEN_SQL = """
+WITH cancelled AS (
+    UPDATE payouts_payoutentry AS e
+    SET status = 'cancelled', lease_until = NULL, next_attempt_at = NULL
+    FROM unnest(%s::bigint[], %s::int[]) AS u(id, attempt)
+    WHERE e.id = u.id AND e.attempt_count = u.attempt
+      AND (e.status = 'retryable'
+           OR (e.status = 'processing' AND e.lease_until < statement_timestamp()))
+    RETURNING 1
+)
+UPDATE payouts_payoutjob SET cancelled_count = cancelled_count + (SELECT count(*) FROM cancelled),
+                             updated_at = now()
+WHERE id = %s
+RETURNING (SELECT count(*) FROM cancelled)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    paid: int
+    cancelled: int
+    # Still uncertain: Stripe could not be asked (retried later by the watchdog).
+    uncertain: int
+
+
+def stripe_entries_reconcile(*, job_id: int) -> Reconciliation:
+    """Settle the uncertain entries of a cancelled stripe-rail job by asking Stripe first.
+
+    Each entry that may have reached Stripe (``retryable``, or ``processing`` with an expired
+    lease) is looked up in the job's transfer group by ``metadata.entry_id``: a transfer found
+    is recorded as paid (``stripe_entry_record_paid``: ledger transfer, counters, a
+    ``reconciled`` attempt); the others -- Stripe never saw them -- become ``cancelled``. When
+    Stripe cannot be asked, nothing changes. Idempotent; sent after a cancel and by the
+    watchdog while a cancelled job has open entries.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_UNCERTAIN_SQL, [job_id])
+        entries = [ClaimedEntry(*row) for row in cursor.fetchall()]
+    if not entries:
+        return Reconciliation(0, 0, 0)
+    known = _transfers_lookup(job_id=job_id, entry_ids={e.id for e in entries})
+    if any(result.outcome != Outcome.PAID for result in known.values()):
+        logger.warning("job %s: Stripe could not be asked about %s entries", job_id, len(entries))
+        return Reconciliation(0, 0, len(entries))
+    paid = 0
+    for entry in entries:
+        if entry.id in known:
+            found = known[entry.id]
+            paid += stripe_entry_record_paid(
+                job_id=job_id, entry=entry, transfer_id=found.transfer_id, calls=[found]
+            )
+    unseen = [e for e in entries if e.id not in known]
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(
+            _CANCEL_UNSEEN_SQL, [[e.id for e in unseen], [e.attempt for e in unseen], job_id]
+        )
+        cancelled = int(cursor.fetchone()[0])
+    return Reconciliation(paid, cancelled, len(entries) - paid - cancelled)

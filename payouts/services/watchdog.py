@@ -23,6 +23,7 @@ from payouts.services.engine import (
     payout_job_cancel_entries,
 )
 from payouts.services.jobs import refund_jobs_create_for_cancelled
+from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
 # A job that made no progress for this long has no batch in flight (a batch takes well under a
 # second), so the watchdog sends it new ones.
@@ -34,17 +35,23 @@ WHERE status = ANY(%s) AND updated_at < now() - make_interval(secs => %s)
 RETURNING id, rail, parallelism
 """
 
-# Finished jobs of the last day whose last paid entry has no notification: the notification
-# task was lost (the notifications of a job are inserted by one statement, all or none).
+# Finished jobs of the last day whose last decided entry has no notification: the
+# notification task was lost (the notifications of a job are inserted by one statement, all or
+# none). The key is the one payout_job_notify gives that entry.
 _UNNOTIFIED_SQL = """
 SELECT j.id FROM payouts_payoutjob AS j
-WHERE j.status IN ('completed', 'completed_with_failures') AND j.completed_count > 0
+WHERE j.status IN ('completed', 'completed_with_failures')
+  AND j.completed_count + j.failed_count > 0
   AND j.finished_at BETWEEN now() - interval '1 day' AND now() - make_interval(secs => %s)
   AND NOT EXISTS (
       SELECT 1 FROM notifications_notification AS n
-      WHERE n.dedup_key = 'payout:' || (
-          SELECT max(e.id) FROM payouts_payoutentry AS e
-          WHERE e.job_id = j.id AND e.status = 'completed'
+      WHERE n.dedup_key = (
+          SELECT CASE WHEN e.status = 'completed' THEN 'payout:'
+                      WHEN e.failure_reason = %s THEN 'payout_account_needed:'
+                      ELSE 'payout_failed:' END || e.id
+          FROM payouts_payoutentry AS e
+          WHERE e.job_id = j.id AND e.status IN ('completed', 'failed')
+          ORDER BY e.id DESC LIMIT 1
       )
   )
 ORDER BY j.id
@@ -65,10 +72,10 @@ def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogR
 
     Creates refund jobs for cancelled challenges; re-sends the expansion of jobs stuck in
     ``queued``/``expanding`` or missing entries, and batches of ``running`` jobs without
-    progress for ``stale_seconds``; finishes interrupted cancellations; re-sends lost
-    notifications. Safe to run twice at once: each stalled job is picked by an UPDATE that
-    refreshes ``updated_at``, so a concurrent run skips it, and everything it sends is
-    idempotent.
+    progress for ``stale_seconds``; finishes interrupted cancellations (on the Stripe rail
+    it asks Stripe again about entries still uncertain); re-sends lost notifications. Safe to
+    run twice at once: each stalled job is picked by an UPDATE that refreshes ``updated_at``,
+    so a concurrent run skips it, and everything it sends is idempotent.
     """
     refund_jobs = refund_jobs_create_for_cancelled()
     with transaction.atomic(durable=True), connection.cursor() as cursor:
@@ -86,7 +93,7 @@ def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogR
                 )
         for job_id in expansions:
             transaction.on_commit(partial(expand_enqueue, job_id=job_id))
-        cursor.execute(_UNNOTIFIED_SQL, [stale_seconds])
+        cursor.execute(_UNNOTIFIED_SQL, [stale_seconds, ACCOUNT_NOT_CONNECTED])
         notified = [row[0] for row in cursor.fetchall()]
         for job_id in notified:
             transaction.on_commit(partial(current_app.send_task, NOTIFY_TASK, args=[job_id]))

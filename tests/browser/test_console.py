@@ -102,9 +102,10 @@ def test_resolve_watch_pause_resume_and_replay(live_server, page, screenshot, wo
     screenshot("07-job-completed")
     assert_settled(job, winning_side="yes", wallets_before=before)
 
-    # A dead letter of the job (its winners' notifications were lost for good): replay it
+    # A dead letter of the job (its outcome notifications, one per staker, were lost for
+    # good): replay it
     wait_for(
-        lambda: Notification.objects.filter(data__payout_job_id=job.pk).count() == 2_000,
+        lambda: Notification.objects.filter(data__payout_job_id=job.pk).count() == 4_000,
         timeout=60,
     )
     Notification.objects.filter(data__payout_job_id=job.pk).delete()
@@ -128,7 +129,7 @@ def test_resolve_watch_pause_resume_and_replay(live_server, page, screenshot, wo
     assert "replayed" in page.locator("#dead-letters").inner_text()
     assert DeadLetter.objects.get(task_id="console-lost-notify").status == "replayed"
     wait_for(
-        lambda: Notification.objects.filter(data__payout_job_id=job.pk).count() == 2_000,
+        lambda: Notification.objects.filter(data__payout_job_id=job.pk).count() == 4_000,
         timeout=60,
     )
     screenshot("08-dead-letter-replayed")

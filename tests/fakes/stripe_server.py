@@ -7,7 +7,8 @@ in any process configure it and read its counters the same way:
 
     POST /_fake/config     {"latency": s, "faults": {kind: probability}, "timeout_seconds": s,
                             "rate_limit": n per second (0 = off), "hold_after_create": bool,
-                            "seed": n}
+                            "seed": n, "faults_on_reads": bool (default true),
+                            "webhook_url": url, "webhook_secret": secret}
     POST /_fake/accounts   {"accounts": [{"id": "acct_...", "payouts_enabled": true}, ...]}
     POST /_fake/release    let held responses go (see ``hold_after_create``)
     POST /_fake/reset      forget every transfer, key, account, counter and setting
@@ -15,6 +16,17 @@ in any process configure it and read its counters the same way:
     GET  /_fake/stats      counters: transfers per idempotency key, request timestamps, faults
     GET  /_fake/transfers  every transfer created, oldest first, each with the key it was
                            created under (``idempotency_key``, null without one)
+    POST /_fake/account_update {"id": "acct_...", "payouts_enabled": bool,
+                            "requirements_due": [...]}: change an account as Stripe would,
+                            with its ``account.updated`` event
+    GET  /_fake/onboard/{account}   where an Account Link points: "the user finished
+                            onboarding", so payouts get enabled (and ``account.updated`` sent)
+    GET  /_fake/events     every event made so far, oldest first
+
+Events: every change the fake makes to an account or a transfer (onboarding, account updates,
+reversals) is an event with a strictly increasing ``created``, listed by ``GET /v1/events``
+and, when ``webhook_url`` is configured (``/_fake/config``), delivered there signed with
+``webhook_secret`` (``Stripe-Signature``, as Stripe signs), from a background thread, in order.
 
 What it models of Stripe (https://docs.stripe.com/api/idempotent_requests):
 - ``POST /v1/transfers`` with an ``Idempotency-Key``: the same key and parameters replay the
@@ -27,6 +39,11 @@ What it models of Stripe (https://docs.stripe.com/api/idempotent_requests):
   ``insufficient_capabilities_for_transfer``.
 - ``GET /v1/transfers?transfer_group=...`` (newest first, ``starting_after`` paging) and
   ``GET /v1/transfers/{id}``, ``GET /v1/accounts/{id}``.
+- Connect: ``POST /v1/accounts`` (Express; idempotent like transfers, with the same faults,
+  so a lost answer followed by a retry still makes one account), ``GET /v1/accounts``
+  (newest first, paged), ``POST /v1/account_links`` (its ``url`` is ``/_fake/onboard/...``),
+  ``POST /v1/transfers/{id}/reversals`` (partial or full; ``transfer.reversed`` event),
+  ``GET /v1/events`` and ``GET /v1/events/{id}``.
 
 Faults, drawn per ``/v1`` request from a seeded generator: ``rate_limit`` (429), ``server_error``
 (500), ``lock_timeout`` (409 ``lock_timeout``), ``reset`` (connection reset before anything
@@ -35,7 +52,10 @@ transfer is created, then the connection is reset: the response is lost).
 """
 
 import argparse
+import hashlib
+import hmac
 import json
+import queue
 import random
 import socket
 import struct
@@ -45,12 +65,21 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+from urllib.request import Request, urlopen
 
 FAULT_KINDS = ("rate_limit", "server_error", "lock_timeout", "reset", "timeout", "lost")
 
 
 def _error(kind: str, message: str, **extra: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, **extra}}
+
+
+def _metadata(params: dict[str, str]) -> dict[str, str]:
+    return {
+        name[len("metadata[") : -1]: value
+        for name, value in params.items()
+        if name.startswith("metadata[")
+    }
 
 
 class FakeStripeState:
@@ -69,6 +98,10 @@ class FakeStripeState:
                 "timeout_seconds": 5.0,
                 "rate_limit": 0,
                 "hold_after_create": False,
+                "webhook_url": "",
+                "webhook_secret": "whsec_fake",
+                # False: faults hit only POSTs, so lookups (GETs) always answer.
+                "faults_on_reads": True,
             }
             self.random = random.Random(0)
             self.accounts: dict[str, dict[str, Any]] = {}
@@ -86,6 +119,9 @@ class FakeStripeState:
             self.held = 0
             self.released.set()
             self.sequence = 0
+            self.events: list[dict[str, Any]] = []
+            self.last_created = 0
+            self.deliveries: list[tuple[str, int | str]] = []
 
     def configure(self, changes: dict[str, Any]) -> None:
         with self.lock:
@@ -125,6 +161,42 @@ class FakeStripeState:
                 for transfer_id, transfer in self.transfers.items()
             ]
 
+    def event_emit(self, event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Record an event about ``obj`` (call with the lock held); ``created`` always grows,
+        so Stripe's order is unambiguous here even within one second."""
+        self.sequence += 1
+        self.last_created = max(int(time.time()), self.last_created + 1)
+        event = {
+            "id": f"evt_fake{self.sequence:08d}",
+            "object": "event",
+            "type": event_type,
+            "created": self.last_created,
+            "livemode": False,
+            "api_version": "2024-06-20",
+            "data": {"object": json.loads(json.dumps(obj))},
+        }
+        self.events.append(event)
+        if self.config["webhook_url"]:
+            _WEBHOOK_QUEUE.put(
+                (self, event, self.config["webhook_url"], self.config["webhook_secret"])
+            )
+        return event
+
+    def account_update(self, account_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change an account as Stripe would (onboarding finished, requirements due, payouts
+        paused) and emit its ``account.updated``; returns the event."""
+        with self.lock:
+            account = self.accounts[account_id]
+            if "payouts_enabled" in changes:
+                enabled = bool(changes["payouts_enabled"])
+                account["payouts_enabled"] = account["charges_enabled"] = enabled
+                account["details_submitted"] = account.get("details_submitted") or enabled
+            if "requirements_due" in changes or "payouts_enabled" in changes:
+                due = changes.get("requirements_due", [] if account["payouts_enabled"] else None)
+                if due is not None:
+                    account.setdefault("requirements", {})["currently_due"] = list(due)
+            return self.event_emit("account.updated", account)
+
     def draw_fault(self, now: float, *, transfer_create: bool = False) -> str | None:
         """Pick this request's fault, if any; the server-side rate limit is checked first.
 
@@ -159,6 +231,9 @@ class FakeStripeState:
                 "conflicts": self.conflicts,
                 "in_flight": len(self.in_flight),
                 "held": self.held,
+                "accounts_created": sum(1 for a in self.accounts.values() if a.get("created")),
+                "events": len(self.events),
+                "deliveries": list(self.deliveries),
             }
 
     def _created_per_key(self) -> dict[str, int]:
@@ -167,6 +242,44 @@ class FakeStripeState:
             if key is not None:
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+# Events go out one at a time, in the order they were made, as Stripe's deliveries mostly do;
+# a test that wants them out of order delivers them itself.
+_WEBHOOK_QUEUE: "queue.Queue[tuple[FakeStripeState, dict[str, Any], str, str]]" = queue.Queue()
+
+
+def webhook_signature(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The ``Stripe-Signature`` header Stripe would send with ``payload``."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signed = f"{timestamp}.".encode() + payload
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def _webhook_deliver_forever() -> None:
+    while True:
+        state, event, url, secret = _WEBHOOK_QUEUE.get()
+        payload = json.dumps(event).encode()
+        request = Request(  # noqa: S310 (the URL a test configured, http only)
+            url,
+            data=payload,
+            headers={
+                "Content-Type": "application/json",
+                "Stripe-Signature": webhook_signature(payload, secret),
+            },
+        )
+        try:
+            with urlopen(request, timeout=30) as response:  # noqa: S310
+                outcome: int | str = response.status
+        # Any failure is recorded, as Stripe's delivery log would, and never stops the thread.
+        except Exception as exc:
+            outcome = getattr(exc, "code", None) or type(exc).__name__
+        with state.lock:
+            state.deliveries.append((event["id"], outcome))
+
+
+threading.Thread(target=_webhook_deliver_forever, daemon=True, name="fake-webhooks").start()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -215,6 +328,18 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/_fake/transfers":
             self._send(200, {"transfers": self.state.transfers_created()})
             return
+        if url.path == "/_fake/events":
+            with self.state.lock:
+                self._send(200, {"data": list(self.state.events)})
+            return
+        if url.path.startswith("/_fake/onboard/"):
+            account_id = url.path.rsplit("/", 1)[-1]
+            if account_id not in self.state.accounts:
+                self._send(404, {"error": "unknown account"})
+                return
+            event = self.state.account_update(account_id, {"payouts_enabled": True})
+            self._send(200, {"onboarded": account_id, "event": event["id"]})
+            return
         if not self._authorized() or self._inject_fault(None):
             return
         query = dict(parse_qsl(url.query))
@@ -225,6 +350,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._retrieve("transfers", parts[2])
         elif parts[:2] == ["v1", "accounts"] and len(parts) == 3:
             self._retrieve("accounts", parts[2])
+        elif parts[:2] == ["v1", "accounts"] and len(parts) == 2:
+            with self.state.lock:
+                created = [a for a in self.state.accounts.values() if a.get("created")]
+            self._send_page("/v1/accounts", list(reversed(created)), query)
+        elif parts[:2] == ["v1", "events"] and len(parts) == 2:
+            with self.state.lock:
+                events = list(reversed(self.state.events))
+            if "type" in query:
+                events = [e for e in events if e["type"] == query["type"]]
+            self._send_page("/v1/events", events, query)
+        elif parts[:2] == ["v1", "events"] and len(parts) == 3:
+            with self.state.lock:
+                found = next((e for e in self.state.events if e["id"] == parts[2]), None)
+            if found is None:
+                self._send(
+                    404, _error("invalid_request_error", "No such event", code="resource_missing")
+                )
+            else:
+                self._send(200, found)
         else:
             self._send(404, _error("invalid_request_error", f"Unrecognized request URL {url.path}"))
 
@@ -234,17 +378,32 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_fake/"):
             self._control(url.path, raw)
             return
-        if url.path != "/v1/transfers":
+        parts = url.path.strip("/").split("/")
+        connect = url.path in ("/v1/accounts", "/v1/account_links") or (
+            len(parts) == 4 and parts[:2] == ["v1", "transfers"] and parts[3] == "reversals"
+        )
+        if url.path != "/v1/transfers" and not connect:
             self._send(404, _error("invalid_request_error", f"Unrecognized request URL {url.path}"))
             return
         if not self._authorized():
             return
         latency = float(self.state.config["latency"])
-        fault = self.state.draw_fault(time.time(), transfer_create=True)
-        if fault in ("lost", None):
-            self._create_transfer(raw, latency=latency, lose_response=fault == "lost")
-        else:
+        fault = self.state.draw_fault(time.time(), transfer_create=not connect)
+        if fault not in ("lost", None):
             self._inject_fault(fault)
+        elif url.path == "/v1/accounts":
+            self._create_transfer(
+                raw,
+                latency=latency,
+                lose_response=fault == "lost",
+                execute=self._execute_account_create,
+            )
+        elif url.path == "/v1/account_links":
+            self._account_link(dict(parse_qsl(raw.decode(), keep_blank_values=True)))
+        elif connect:
+            self._reverse(parts[2], dict(parse_qsl(raw.decode(), keep_blank_values=True)))
+        else:
+            self._create_transfer(raw, latency=latency, lose_response=fault == "lost")
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -261,6 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.state.reset()
             elif path == "/_fake/forget_keys":
                 self.state.forget_keys(body.get("keys"))
+            elif path == "/_fake/account_update":
+                self.state.account_update(body["id"], body)
             else:
                 self._send(404, {"error": "unknown control endpoint"})
                 return
@@ -278,6 +439,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _inject_fault(self, fault: str | None) -> bool:
         """Answer with an injected fault; for GETs the fault is drawn here. True if one was."""
         if fault is None:
+            if not self.state.config["faults_on_reads"]:
+                with self.state.lock:
+                    self.state.request_count += 1
+                return False
             fault = self.state.draw_fault(time.time())
             if fault in (None, "lost"):
                 return False
@@ -296,7 +461,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset_connection()
         return True
 
-    def _create_transfer(self, raw: bytes, *, latency: float, lose_response: bool) -> None:
+    def _create_transfer(
+        self, raw: bytes, *, latency: float, lose_response: bool, execute=None
+    ) -> None:
+        """An idempotent creation (a transfer, or with ``execute`` any other object)."""
         params = sorted(parse_qsl(raw.decode(), keep_blank_values=True))
         key = self.headers.get("Idempotency-Key")
         state = self.state
@@ -336,7 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             time.sleep(latency)
-            status, body = self._execute_create(dict(params), key)
+            status, body = (execute or self._execute_create)(dict(params), key)
         finally:
             with state.lock:
                 state.in_flight.discard(key)
@@ -405,6 +573,112 @@ class _Handler(BaseHTTPRequestHandler):
                     "body": transfer,
                 }
         return 200, transfer
+
+    def _execute_account_create(self, params: dict[str, str], key: str | None) -> tuple[int, dict]:
+        """An Express account, not onboarded yet: payouts off, Stripe's usual first requirements."""
+        if params.get("type", "express") != "express":
+            return 400, _error("invalid_request_error", "Only Express accounts are modelled.")
+        state = self.state
+        with state.lock:
+            state.sequence += 1
+            account = {
+                "id": f"acct_fake{state.sequence:08d}",
+                "object": "account",
+                "type": "express",
+                "created": int(time.time()),
+                "payouts_enabled": False,
+                "charges_enabled": False,
+                "details_submitted": False,
+                "capabilities": {"transfers": "inactive"},
+                "requirements": {
+                    "currently_due": ["business_type", "external_account", "tos_acceptance.date"]
+                },
+                "metadata": _metadata(params),
+            }
+            state.accounts[account["id"]] = account
+            if key:
+                state.keys[key] = {"params": sorted(params.items()), "status": 200, "body": account}
+        return 200, account
+
+    def _account_link(self, params: dict[str, str]) -> None:
+        missing = [p for p in ("account", "type", "return_url", "refresh_url") if not params.get(p)]
+        if missing or params.get("account") not in self.state.accounts:
+            self._send(
+                400,
+                _error(
+                    "invalid_request_error",
+                    f"Missing or unknown: {', '.join(missing) or 'account'}",
+                    param=(missing or ["account"])[0],
+                ),
+            )
+            return
+        host, port = self.server.server_address[:2]
+        now = int(time.time())
+        self._send(
+            200,
+            {
+                "object": "account_link",
+                "created": now,
+                "expires_at": now + 300,
+                "url": f"http://{host}:{port}/_fake/onboard/{params['account']}",
+            },
+        )
+
+    def _reverse(self, transfer_id: str, params: dict[str, str]) -> None:
+        """A reversal of (part of) a transfer, and its ``transfer.reversed`` event."""
+        state = self.state
+        with state.lock:
+            transfer = state.transfers.get(transfer_id)
+            if transfer is None:
+                status, body = (
+                    404,
+                    _error(
+                        "invalid_request_error",
+                        f"No such transfer: '{transfer_id}'",
+                        code="resource_missing",
+                    ),
+                )
+            else:
+                left = transfer["amount"] - transfer.get("amount_reversed", 0)
+                amount = int(params.get("amount", left))
+                if not 0 < amount <= left:
+                    status, body = (
+                        400,
+                        _error(
+                            "invalid_request_error", "Amount exceeds what is left.", param="amount"
+                        ),
+                    )
+                else:
+                    state.sequence += 1
+                    body = {
+                        "id": f"trr_fake{state.sequence:08d}",
+                        "object": "transfer_reversal",
+                        "amount": amount,
+                        "currency": transfer["currency"],
+                        "transfer": transfer_id,
+                        "created": int(time.time()),
+                        "metadata": _metadata(params),
+                    }
+                    reversals = transfer.setdefault(
+                        "reversals", {"object": "list", "data": [], "has_more": False}
+                    )
+                    reversals["data"].append(body)
+                    transfer["amount_reversed"] = transfer.get("amount_reversed", 0) + amount
+                    transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+                    state.event_emit("transfer.reversed", transfer)
+                    status = 200
+        self._send(status, body)
+
+    def _send_page(self, url: str, items: list[dict[str, Any]], query: dict[str, str]) -> None:
+        limit = min(int(query.get("limit", 10)), 100)
+        if "starting_after" in query:
+            ids = [item["id"] for item in items]
+            after = query["starting_after"]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        self._send(
+            200,
+            {"object": "list", "url": url, "data": items[:limit], "has_more": len(items) > limit},
+        )
 
     def _list_transfers(self, query: dict[str, str]) -> None:
         limit = min(int(query.get("limit", 10)), 100)
@@ -512,6 +786,18 @@ class FakeStripe:
 
     def forget_keys(self, keys: list[str] | None = None) -> None:
         self.state.forget_keys(keys)
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Accounts created through the API (not the ones put in with ``accounts_put``)."""
+        with self.state.lock:
+            return [dict(a) for a in self.state.accounts.values() if a.get("created")]
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return list(self.state.events)
+
+    def account_update(self, account_id: str, **changes: Any) -> dict[str, Any]:
+        return self.state.account_update(account_id, changes)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def test_delivery_sends_signed_batches_of_ten_and_marks_them_delivered(make_user
     assert event["name"] == "notification"
     assert event["data"] == {
         "id": first.pk,
-        "kind": "payout",
+        "kind": "payout_completed",
         "challenge_id": None,
         "title": "Hello",
         "body": f"Body {first.user_id}",

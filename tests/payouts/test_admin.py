@@ -10,8 +10,10 @@ from core.models import AuditEntry, DeadLetter
 from core.services import dead_letter_record
 from payouts.models import ConnectedAccount, PayoutJob
 from payouts.services.jobs import challenge_resolve
+from payouts.services.stripe_rail import payout_batch_stripe
 from proof.seeding import challenge_seed
 from tests.payouts.helpers import expected_amounts, run_job_inline
+from tests.payouts.test_stripe_rail import stripe_job
 from users.services import user_create
 
 pytestmark = pytest.mark.django_db
@@ -219,3 +221,33 @@ def test_connected_accounts_admin_lists_searches_filters(browser, make_user):
     assert browser.get(base).context["cl"].result_count == 2
     assert browser.get(base, {"q": "alice"}).context["cl"].result_count == 1
     assert browser.get(base, {"payouts_enabled__exact": "0"}).context["cl"].result_count == 1
+
+
+def test_an_entry_page_shows_every_stripe_attempt_inline(browser, fake_stripe, settings):
+    # Given a Stripe entry whose first call failed with a 500, and whose second paid it
+    settings.STRIPE_RATE_LIMIT = 1000.0
+    fake_stripe.configure(faults={"server_error": 1.0})
+    job = stripe_job(fake_stripe, None, stakers=2)
+    payout_batch_stripe(job_id=job.pk, budget=0.5)
+    fake_stripe.configure(faults={})
+    job.entries.update(next_attempt_at=None, status="pending")
+    payout_batch_stripe(job_id=job.pk)
+    entry = job.entries.get()
+    assert entry.status == "completed"
+    # When staff open the entry
+    page = browser.get(f"/admin/payouts/payoutentry/{entry.pk}/change/")
+    # Then both attempts are there, with what Stripe answered
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "transient" in html
+    assert "succeeded" in html
+    assert "stripe_unavailable" in html
+    assert entry.stripe_transfer_id in html
+    # And the entries API gives the same history under the entry
+    (row,) = browser.get(f"/api/admin/payout-jobs/{job.pk}/entries/").json()["results"]
+    attempts = row["attempts"]
+    assert [(a["attempt"], a["outcome"], a["http_status"]) for a in attempts] == [
+        (1, "transient", 500),
+        (2, "succeeded", 200),
+    ]
+    assert attempts[1]["transfer_id"] == entry.stripe_transfer_id

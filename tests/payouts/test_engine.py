@@ -72,12 +72,21 @@ def test_resolved_challenge_pays_everyone_exactly_once(staff, result, winning_si
     challenge.refresh_from_db()
     assert challenge.status == Challenge.Status.COMPLETED
     assert challenge.result == result
-    # And each paid staker has one notification
+    # And every staker holds exactly one outcome notification: the winners' (or refunded
+    # stakers') with what they received, the losers' with their stake
     notes = Notification.objects.filter(challenge=challenge)
-    assert notes.count() == job.total_entries
-    assert set(notes.values_list("kind", flat=True)) == {
-        "refund" if winning_side is None else "payout"
-    }
+    stakes = dict(challenge.stakes.values_list("user_id", "side"))
+    amounts = dict(challenge.stakes.values_list("user_id", "amount"))
+    paid = dict(job.entries.values_list("user_id", "amount"))
+    assert sorted(notes.values_list("user_id", flat=True)) == sorted(stakes)
+    for note in notes:
+        if note.user_id in paid:
+            kind = "stake_refunded" if winning_side is None else "payout_completed"
+            assert (note.kind, note.data["amount"]) == (kind, paid[note.user_id])
+        else:
+            assert stakes[note.user_id] != winning_side
+            assert (note.kind, note.data["amount"]) == ("challenge_lost", amounts[note.user_id])
+            assert note.body.startswith(f"Your {amounts[note.user_id]} coin stake")
     # And running everything again changes nothing
     assert payout_job_finalize(job_id=job.pk) is False
     assert payout_batch_ledger(job_id=job.pk).claimed == 0

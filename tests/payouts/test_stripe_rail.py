@@ -130,9 +130,10 @@ def test_missing_or_disabled_account_fails_without_a_call_then_retry_failed_pays
 def test_transient_errors_back_off_then_fail_with_a_dead_letter_when_attempts_run_out(
     fake, staff, settings
 ):
-    # Given Stripe answering every request with a 500, and three attempts allowed
+    # Given Stripe answering every transfer request with a 500 (its list answers), and three
+    # attempts allowed
     settings.STRIPE_MAX_ATTEMPTS = 3
-    fake.configure(faults={"server_error": 1.0})
+    fake.configure(faults={"server_error": 1.0}, faults_on_reads=False)
     job = stripe_job(fake, staff, stakers=2)
     (entry,) = job.entries.all()
     # When the first attempt fails
@@ -150,7 +151,6 @@ def test_transient_errors_back_off_then_fail_with_a_dead_letter_when_attempts_ru
         PayoutEntry.objects.filter(pk=entry.pk).update(
             next_attempt_at=timezone.now() - timedelta(seconds=1)
         )
-        # (The last failure first asks Stripe's transfer list, retrying 500s for a few seconds.)
         payout_batch_stripe(job_id=job.pk, budget=10)
         entry.refresh_from_db()
         if entry.status == PayoutEntry.Status.RETRYABLE:
@@ -163,30 +163,54 @@ def test_transient_errors_back_off_then_fail_with_a_dead_letter_when_attempts_ru
     letter = DeadLetter.objects.get(subject=f"payout_entry:{entry.pk}")
     assert letter.attempts == 3
     assert "500" in letter.error
+    # And each call is on record: three transient 500s, each with Stripe's request id
+    attempts = list(entry.attempts.order_by("id"))
+    assert [(a.attempt, a.outcome, a.http_status) for a in attempts] == [
+        (1, "transient", 500),
+        (2, "transient", 500),
+        (3, "transient", 500),
+    ]
+    assert all(a.stripe_request_id.startswith("req_") for a in attempts)
+    assert all(a.error_code == "stripe_unavailable" and a.duration_ms >= 0 for a in attempts)
+    assert all(a.started_at <= a.finished_at for a in attempts)
     job.refresh_from_db()
     assert job.status == PayoutJob.Status.COMPLETED_WITH_FAILURES
     assert balance(job.challenge.escrow_id) == entry.amount
 
 
-@pytest.mark.parametrize(("fault", "status"), [("lost", "completed"), ("reset", "failed")])
+@pytest.mark.parametrize(
+    ("fault", "reads", "status", "outcomes"),
+    [
+        ("lost", True, "completed", ["transient", "reconciled"]),
+        ("reset", False, "failed", ["transient"]),
+        # The list cannot be read either: nothing proves Stripe has no transfer, so the entry
+        # is not failed (failing it could strand a paid entry); it is tried again later.
+        ("reset", True, "retryable", ["transient", "transient"]),
+    ],
+)
 def test_before_the_last_attempt_fails_stripe_is_asked_whether_it_paid(
-    fake, staff, settings, fault, status
+    fake, staff, settings, fault, reads, status, outcomes
 ):
     # Given one attempt allowed, and Stripe dropping the connection after (lost) or before
-    # (reset) it creates the transfer
+    # (reset) it creates the transfer (and dropping its list requests too, or not)
     settings.STRIPE_MAX_ATTEMPTS = 1
-    fake.configure(faults={fault: 1.0})
+    fake.configure(faults={fault: 1.0}, faults_on_reads=reads)
     job = stripe_job(fake, staff, stakers=2)
     # When the only attempt fails
-    payout_batch_stripe(job_id=job.pk)
-    # Then the entry is paid if Stripe made the transfer, and failed only if it did not
+    payout_batch_stripe(job_id=job.pk, budget=1)
+    # Then the entry is paid if Stripe made the transfer, failed only if Stripe's list shows
+    # it did not, and otherwise still open
     entry = job.entries.get()
     assert entry.status == status
     assert fake.stats()["transfers_created"] == (1 if fault == "lost" else 0)
     if fault == "lost":
         assert entry.stripe_transfer_id == fake.transfers()[0]["id"]
-    else:
+    elif status == "failed":
         assert entry.failure_reason == "stripe_attempts_exhausted"
+    # And both calls (the create, then the lookup) are in the entry's history
+    assert [a.outcome for a in entry.attempts.order_by("id")] == outcomes
+    if fault == "lost":
+        assert entry.attempts.get(outcome="reconciled").transfer_id == entry.stripe_transfer_id
 
 
 def test_an_expired_lease_is_reclaimed_and_the_retry_gets_the_same_transfer(fake, staff):
@@ -329,9 +353,10 @@ def test_the_watchdog_restarts_a_stripe_job_whose_batches_died(
 
 
 def test_replaying_a_failed_entrys_dead_letter_pays_that_entry(fake, staff, settings):
-    # Given an entry that failed for good while Stripe dropped every connection
+    # Given an entry that failed for good while Stripe dropped every transfer request (its
+    # transfer list answered: no transfer)
     settings.STRIPE_MAX_ATTEMPTS = 1
-    fake.configure(faults={"reset": 1.0})
+    fake.configure(faults={"reset": 1.0}, faults_on_reads=False)
     job = stripe_job(fake, staff, stakers=2)
     payout_batch_stripe(job_id=job.pk)
     entry = job.entries.get()
