@@ -106,7 +106,7 @@ WITH e AS (
            s.entries, s.amount AS entries_amount, s.paid AS entries_paid,
            s.paid_amount AS entries_paid_amount, s.failed AS entries_failed,
            s.cancelled AS entries_cancelled, s.open AS entries_open,
-           s.unpaid_amount AS entries_unpaid_amount,
+           s.unpaid_amount AS entries_unpaid_amount, s.reversed_amount AS entries_reversed,
            coalesce(fee.amount, 0) AS fee_posted, rev.amount AS reversed_back,
            odd.count AS odd_debits, odd.amount AS odd_amount, odd.keys AS odd_keys
     FROM payouts_payoutjob AS j
@@ -121,15 +121,16 @@ WITH e AS (
                count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
                count(*) FILTER (WHERE status IN ('pending', 'processing', 'retryable')) AS open,
                coalesce(sum(amount) FILTER (WHERE status NOT IN ('completed', 'reversed')), 0)
-                   AS unpaid_amount
+                   AS unpaid_amount,
+               coalesce(sum(reversed_amount), 0) AS reversed_amount
         FROM payouts_payoutentry WHERE job_id = j.id
     ) AS s
     LEFT JOIN payouts_transfer AS fee ON fee.idempotency_key = 'fee:' || j.id
     CROSS JOIN LATERAL (
+        -- Reversals come back stripe_clearing -> escrow, one transfer per Stripe reversal.
         SELECT coalesce(sum(t.amount), 0) AS amount
-        FROM payouts_payoutentry AS e
-        JOIN payouts_transfer AS t ON t.idempotency_key = 'reversal:' || e.id
-        WHERE e.job_id = j.id AND e.status = 'reversed'
+        FROM payouts_transfer AS t
+        WHERE t.credit_account_id = c.escrow_id AND t.kind = 'reversal'
     ) AS rev
     CROSS JOIN LATERAL (
         -- Money out of the escrow under a key that is neither the fee nor an entry of this
@@ -175,6 +176,11 @@ def _job_violations(row: Mapping[str, Any]) -> list[str]:
         found.append(
             f"{job}: escrow holds {row['escrow']}, but stakes {row['staked']} - paid entries "
             f"{paid} - fee {row['fee_posted']} + reversals {row['reversed_back']} = {expected}"
+        )
+    if row["entries_reversed"] != row["reversed_back"]:
+        found.append(
+            f"{job}: its entries record {row['entries_reversed']} reversed, the ledger brought "
+            f"{row['reversed_back']} back"
         )
     if row["odd_debits"]:
         found.append(

@@ -326,11 +326,17 @@ def paid_stripe_job(staff, fake_stripe):
     return job
 
 
-def _reverse(entry: PayoutEntry, **transfer) -> bool:
+def _reverse(entry: PayoutEntry, *, amount: int, reversal_id: str = "trr_1", **transfer) -> int:
+    """Apply a ``transfer.reversed`` for ``entry`` listing one reversal; the amount taken back."""
+    reversal = {"id": reversal_id, "amount": amount, "created": 1}
     with transaction.atomic():
         return stripe_transfer_reversed(
             event_id="evt_test",
-            transfer={"id": entry.stripe_transfer_id, "metadata": {"entry_id": str(entry.pk)}}
+            transfer={
+                "id": entry.stripe_transfer_id,
+                "metadata": {"entry_id": str(entry.pk)},
+                "reversals": {"data": [reversal], "has_more": False},
+            }
             | transfer,
         )
 
@@ -347,27 +353,23 @@ def _reverse(entry: PayoutEntry, **transfer) -> bool:
 def test_a_reversal_that_does_not_match_the_entry_changes_nothing(paid_stripe_job, transfer):
     entry = paid_stripe_job.entries.order_by("id").first()
     before = snapshot()
-    assert _reverse(entry, amount_reversed=entry.amount, **transfer) is False
+    assert _reverse(entry, amount=entry.amount, **transfer) == 0
     assert snapshot() == before
 
 
 def test_a_reversal_of_a_reversed_entry_changes_nothing(paid_stripe_job):
     entry = paid_stripe_job.entries.order_by("id").first()
-    assert _reverse(entry, amount_reversed=entry.amount) is True
+    assert _reverse(entry, amount=entry.amount) == entry.amount
     before = snapshot()
-    assert _reverse(entry, amount_reversed=entry.amount) is False
+    assert _reverse(entry, amount=entry.amount) == 0
     assert snapshot() == before
 
 
-def test_a_reversal_above_the_entry_takes_back_only_the_entry(paid_stripe_job):
-    # Given a paid entry, When Stripe reports more reversed than the entry was paid
+def test_a_reversal_above_the_entry_changes_nothing(paid_stripe_job):
+    # Given a paid entry, When Stripe reports a reversal of more than the entry was paid
     entry = paid_stripe_job.entries.order_by("id").first()
-    escrow = Account.objects.get(pk=paid_stripe_job.challenge.escrow_id)
-    assert _reverse(entry, amount_reversed=entry.amount * 10) is True
-    # Then exactly the entry's amount went back to escrow, and the audit agrees with the books
-    assert Transfer.objects.get(idempotency_key=f"reversal:{entry.pk}").amount == entry.amount
-    escrow.refresh_from_db()
-    assert escrow.balance == entry.amount
-    paid_stripe_job.refresh_from_db()
-    assert paid_stripe_job.paid_amount == paid_stripe_job.total_amount - entry.amount
+    before = snapshot()
+    # Then it is acknowledged (never refused: Stripe would send it again) and moves nothing
+    assert _reverse(entry, amount=entry.amount * 10) == 0
+    assert snapshot() == before
     assert payout_jobs_audit(job_ids=[paid_stripe_job.pk]).ok
