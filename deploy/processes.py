@@ -167,7 +167,7 @@ ROLES = (
         kind="worker",
         summary="Stripe Connect transfers (network-bound, shared rate limit)",
         resources=Resources(cpu="250m", memory="640Mi", cpu_limit="1", memory_limit="1Gi"),
-        grace_seconds=300 + STOP_MARGIN_SECONDS,  # CELERY_TASK_TIME_LIMIT
+        grace_seconds=600 + STOP_MARGIN_SECONDS,  # payout_job_reconcile_task
         replicas=2,
         queues=("payouts_stripe",),
         concurrency=4,
