@@ -11,6 +11,9 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from core.logs import logging_config
+from core.sentry import release_default, sentry_init
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -54,6 +57,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_celery_beat",
+    "django_prometheus",
     # The project's apps, bottom layer first (see "Code layout" in the README): each may
     # import the ones above it in this list, never one below.
     "core",
@@ -66,6 +70,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id exists before anything logs, and the HTTP metrics time it all.
+    "core.requestid.RequestIdMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -74,6 +81,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -186,6 +194,9 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "payouts.tasks.payout_batch_stripe_task": {"queue": "payouts_stripe"},
     "payouts.tasks.payout_job_reconcile_task": {"queue": "payouts_stripe"},
+    # Operations tasks run beside the deadline sweep, never behind a long payout queue.
+    "payouts.tasks.ops_alerts_check_task": {"queue": "scheduler"},
+    "payouts.tasks.retention_run_task": {"queue": "scheduler"},
     # Creating a job's notifications (a million rows) must not hold up payout workers.
     "payouts.tasks.payout_job_notify_task": {"queue": "notifications"},
     # The hourly money check reads for seconds: never in the way of a payout batch.
@@ -247,28 +258,42 @@ PUSHER_SSL = env.bool("PUSHER_SSL", default=True)
 
 # Where staff find Flower (the console's queue figures link to it); empty hides the link.
 FLOWER_URL = env.str("FLOWER_URL", default="")
-SENTRY_DSN = env.str("SENTRY_DSN", default="")
-SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")
-SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
-if SENTRY_DSN:
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
 
-    sentry_sdk.init(
+# --- Errors, logs and metrics (README, "Operations") ----------------------------------------
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production")
+SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="") or release_default()
+# Every transaction while developing, a tenth in production (enough for latency figures).
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=1.0 if DEBUG else 0.1)
+if SENTRY_DSN:
+    sentry_init(
         dsn=SENTRY_DSN,
         environment=SENTRY_ENVIRONMENT,
+        release=SENTRY_RELEASE,
         traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
-        integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
-        send_default_pii=False,
     )
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # The stripe library logs two INFO lines per request; the rail logs outcomes itself.
-    "loggers": {"stripe": {"level": "WARNING"}},
-}
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# JSON lines for log pipelines in production; text for people at a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+# Workers log through LOGGING too (same format and context fields), not Celery's own setup.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# /metrics answers only with "Authorization: Bearer <METRICS_TOKEN>"; without a token set it
+# does not exist (404).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# /readyz asks the database at most once per this many seconds per process.
+READYZ_CACHE_SECONDS = env.float("READYZ_CACHE_SECONDS", default=3.0)
+
+# Alerts (payouts.services.alerts), evaluated every minute by beat.
+ALERT_JOB_MAX_SECONDS = env.int("ALERT_JOB_MAX_SECONDS", default=3600)
+ALERT_MIN_PAYOUTS_PER_S = env.float("ALERT_MIN_PAYOUTS_PER_S", default=10.0)
+ALERT_QUEUE_UNSERVED_SECONDS = env.int("ALERT_QUEUE_UNSERVED_SECONDS", default=120)
+ALERT_DEAD_LETTERS_OPEN = env.int("ALERT_DEAD_LETTERS_OPEN", default=10)
+ALERT_REPEAT_SECONDS = env.int("ALERT_REPEAT_SECONDS", default=3600)
+
+# Retention (payouts.services.retention), nightly.
+RETENTION_NOTIFICATIONS_DAYS = env.int("RETENTION_NOTIFICATIONS_DAYS", default=90)
+RETENTION_EVENTS_DAYS = env.int("RETENTION_EVENTS_DAYS", default=30)
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=5_000)

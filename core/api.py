@@ -1,8 +1,10 @@
 """REST conventions shared by every app: error shape, strict amounts, staff permission, health."""
 
 import logging
+import threading
+import time
 
-from celery import current_app as celery_app
+from django.conf import settings
 from django.db import connection
 from django.http import Http404, JsonResponse
 from drf_spectacular.types import OpenApiTypes
@@ -14,6 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from core.errors import DomainError
 from core.money import MAX_AMOUNT
 from core.permissions import staff_action_allowed
+from core.requestid import request_id_get
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +60,21 @@ def _first_specific_code(codes: object) -> str | None:
 
 
 def exception_handler(exc, context):
-    """Turn every error into ``{"code", "detail"}`` JSON with a 4xx status.
+    """Turn every error into ``{"code", "detail", "request_id"}`` JSON with a 4xx status.
 
     Domain errors carry their own code and status; DRF validation errors become
     ``invalid_input`` (or the specific code a field raised, such as ``invalid_amount``) with the
-    per-field messages under ``errors``.
+    per-field messages under ``errors``. ``request_id`` is the one in the response's
+    ``X-Request-ID`` header and on the request's log lines, for support to look up.
     """
+    response = _error_response(exc, context)
+    request_id = request_id_get()
+    if response is not None and isinstance(response.data, dict) and request_id:
+        response.data["request_id"] = request_id
+    return response
+
+
+def _error_response(exc, context):
     if isinstance(exc, DomainError):
         return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
     if isinstance(exc, Http404):
@@ -134,32 +146,33 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request):
-    """Readiness: the database and the broker answer; workers are reported, not required.
+_readiness_lock = threading.Lock()
+_readiness: tuple[float, dict] | None = None
 
-    Web pods stay in rotation while workers restart: payout work waits in the broker.
-    """
-    checks: dict[str, str] = {}
+
+def _database_check() -> dict:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", named below
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        checks["broker"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        checks["broker"] = f"error: {type(exc).__name__}"
-    failing = [name for name, state in checks.items() if state != "ok"]
-    workers = 0
-    if "broker" not in failing:
-        try:
-            workers = len(celery_app.control.ping(timeout=0.5) or [])
-        except Exception:
-            logger.warning("worker ping failed", exc_info=True)
-    body = {"status": "ok" if not failing else "unavailable", "checks": checks, "workers": workers}
-    if failing:
-        body["failing"] = failing
-    return JsonResponse(body, status=503 if failing else 200)
+        logger.warning("readiness: database check failed: %r", exc)
+        return {"status": "unavailable", "checks": {"database": f"error: {type(exc).__name__}"}}
+    return {"status": "ok", "checks": {"database": "ok"}}
+
+
+def readyz(request):
+    """Readiness: the database answers. Cached ``READYZ_CACHE_SECONDS`` per process.
+
+    Nothing slow and nothing another service decides: the broker and the workers are not
+    checked here (a web pod taken out of rotation because Redis blinked, or because workers
+    are restarting, helps nobody; payout work waits in the broker). Their state is in the
+    metrics and the staff dashboard (``core.queues.broker_state``). However often this is
+    called, it costs at most one ``SELECT 1`` per cache period per process.
+    """
+    global _readiness
+    with _readiness_lock:
+        now = time.monotonic()
+        if _readiness is None or now - _readiness[0] >= settings.READYZ_CACHE_SECONDS:
+            _readiness = (now, _database_check())
+        body = _readiness[1]
+    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)

@@ -1,5 +1,6 @@
 """Operations services: the dead-letter queue and the audit trail."""
 
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -8,7 +9,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import Conflict, NotFound
+from core.metrics import DEAD_LETTERS
 from core.models import AuditEntry, DeadLetter
+from core.retention import rows_delete_batched
 
 
 def audit_record(
@@ -36,8 +39,11 @@ def dead_letter_record(
     attempts: int,
     subject: str = "",
 ) -> None:
-    """Store a task's final failure. Idempotent per task id: a second report updates the row."""
-    DeadLetter.objects.update_or_create(
+    """Store a task's final failure. Idempotent per task id: a second report updates the row.
+
+    Counted in ``stakehold_dead_letters_recorded_total`` once the row commits.
+    """
+    _, created = DeadLetter.objects.update_or_create(
         task_id=task_id,
         defaults={
             "task_name": task_name,
@@ -50,6 +56,8 @@ def dead_letter_record(
             "subject": subject,
         },
     )
+    if created:
+        transaction.on_commit(partial(DEAD_LETTERS.inc, task=task_name))
 
 
 def dead_letter_replay(*, dead_letter_id: int, actor: Any) -> DeadLetter:
@@ -86,3 +94,14 @@ def dead_letter_replay(*, dead_letter_id: int, actor: Any) -> DeadLetter:
             )
         )
     return letter
+
+
+def dead_letters_prune(*, replayed_before: datetime, batch_size: int) -> int:
+    """Delete dead letters replayed before ``replayed_before``; open ones are never deleted
+    (they wait for staff). Batched and safe to run twice at once (``rows_delete_batched``)."""
+    return rows_delete_batched(
+        table=DeadLetter._meta.db_table,
+        condition="status = 'replayed' AND replayed_at < %(before)s",
+        params={"before": replayed_before},
+        batch_size=batch_size,
+    )

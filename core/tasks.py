@@ -14,7 +14,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from core.errors import TransientError
+from core.logs import log_context_bind
+from core.requestid import TASK_HEADER, request_id_reset, request_id_set
 from core.retry import backoff_delay
+from core.sentry import sentry_tags_set
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,24 @@ class BaseTask(Task):
     reject_on_worker_lost = True
 
     def __call__(self, *args, **kwargs):
+        # Every log line and Sentry event of this run names the task, its queue, what it works
+        # on (``context_tags``) and the request that started it.
+        delivery = self.request.delivery_info or {}
+        tags = {
+            "task_name": self.name,
+            "task_id": self.request.id,
+            "queue": delivery.get("routing_key") or None,
+            **self.context_tags(args, kwargs),
+        }
+        token = request_id_set(self.request.get(TASK_HEADER))
+        try:
+            with log_context_bind(**tags):
+                sentry_tags_set(tags)
+                return self._run_with_retries(*args, **kwargs)
+        finally:
+            request_id_reset(token)
+
+    def _run_with_retries(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
         except TRANSIENT_ERRORS as exc:
@@ -54,6 +75,11 @@ class BaseTask(Task):
             raise self.retry(
                 exc=exc, countdown=countdown, max_retries=settings.TASK_MAX_RETRIES
             ) from exc
+
+    def context_tags(self, args: tuple, kwargs: dict) -> dict[str, object]:
+        """What a run works on (for example ``{"job_id": 7}``), for its logs and Sentry
+        events; tasks may override."""
+        return {}
 
     def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
         """What a failure is about, for staff searching dead letters; tasks may override."""

@@ -22,7 +22,8 @@ class Notification(models.Model):
         CHALLENGE_LOST = "challenge_lost"
         PAYOUT_ACCOUNT_NEEDED = "payout_account_needed"
         PAYOUT_FAILED = "payout_failed"
-        # To staff: a money check found a violation (payouts.services.audit).
+        # To staff: a money check found a violation (payouts.services.audit), or an
+        # operational alert (payouts.services.alerts).
         PLATFORM_ALERT = "platform_alert"
 
     class Priority(models.TextChoices):

@@ -1,5 +1,6 @@
 """Notifications: created set-based and idempotently, delivered after commit in chunked tasks."""
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -10,6 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.errors import DomainError, Forbidden, NotFound
+from core.retention import rows_delete_batched
 from notifications.backends import (
     PUSHER_BATCH_LIMIT,
     STAFF_CHANNEL,
@@ -181,6 +183,32 @@ def pusher_channel_authorize(*, user: Any, channel_name: str, socket_id: str) ->
     return pusher_client().authenticate(channel=channel_name, socket_id=socket_id)
 
 
+_STAFF_SELECT = """
+SELECT u.id, %(kind)s, NULL, left(%(title)s, 200), %(body)s, %(priority)s, %(data)s::jsonb,
+       %(dedup_key)s || ':' || u.id
+FROM auth_user AS u
+WHERE u.is_staff AND u.is_active
+"""
+
+
+def staff_notify(
+    *, kind: str, title: str, body: str, data: dict, dedup_key: str, priority: str = "high"
+) -> list[int]:
+    """Store one notification per active staff user (one statement) and deliver them after
+    commit; ``dedup_key`` (suffixed with each user id) makes a repeat insert nothing."""
+    return notifications_insert_select(
+        select_sql=_STAFF_SELECT,
+        params={
+            "kind": kind,
+            "title": title,
+            "body": body,
+            "priority": priority,
+            "data": json.dumps(data),
+            "dedup_key": dedup_key,
+        },
+    )
+
+
 def staff_event_publish_on_commit(*, event: str, data: dict) -> None:
     """Publish a staff event from a task once the surrounding transaction commits, so a Pusher
     outage is retried by the task and never fails or delays the caller."""
@@ -190,3 +218,14 @@ def staff_event_publish_on_commit(*, event: str, data: dict) -> None:
 def staff_event_publish(*, event: str, data: dict) -> None:
     """Push a live event (job progress, alerts) to the staff channel; best effort, not stored."""
     backend().send([(STAFF_CHANNEL, event, data)])
+
+
+def notifications_prune(*, created_before: datetime, batch_size: int) -> int:
+    """Delete read notifications created before ``created_before``; unread ones stay however
+    old (a user has not seen them yet). Batched and safe to run twice at once."""
+    return rows_delete_batched(
+        table=Notification._meta.db_table,
+        condition="read_at IS NOT NULL AND created_at < %(before)s",
+        params={"before": created_before},
+        batch_size=batch_size,
+    )

@@ -17,3 +17,9 @@ class PayoutsConfig(AppConfig):
         from payouts.selectors import payout_job_summary
 
         payout_summary_register(lambda challenge_id: payout_job_summary(challenge_id=challenge_id))
+
+        # Every process declares the payout counters; the scrape also reads the active jobs.
+        from core.metrics import scrape_collector_register
+        from payouts.metrics import JobsCollector
+
+        scrape_collector_register(JobsCollector())

@@ -2,6 +2,7 @@
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import QuerySet
@@ -32,6 +33,15 @@ def payout_job_list(
     return jobs
 
 
+def payout_job_rate(*, job: PayoutJob, now: datetime | None = None) -> float | None:
+    """Entries paid per second since the job started (until it finished); None before it
+    started. What staff see, what the metrics export, and what the slow-job alert checks."""
+    if not job.started_at:
+        return None
+    elapsed = ((job.finished_at or now or timezone.now()) - job.started_at).total_seconds()
+    return job.completed_count / elapsed if elapsed > 0 else None
+
+
 def payout_job_progress(*, job: PayoutJob) -> dict:
     """What staff see of a job: totals, counters, percent done, rate (entries/s) and ETA.
 
@@ -52,13 +62,11 @@ def payout_job_progress(*, job: PayoutJob) -> dict:
         percent = round(100 * done / job.total_entries, 1)
     else:
         percent = 100.0 if finished else 0.0
-    rate = None
+    rate = payout_job_rate(job=job)
+    rate = round(rate, 1) if rate is not None else None
     eta = None
-    if job.started_at:
-        elapsed = ((job.finished_at or timezone.now()) - job.started_at).total_seconds()
-        rate = round(job.completed_count / elapsed, 1) if elapsed > 0 else None
-        if rate and job.status == PayoutJob.Status.RUNNING:
-            eta = round((job.total_entries - done) / rate, 1)
+    if rate and job.status == PayoutJob.Status.RUNNING:
+        eta = round((job.total_entries - done) / rate, 1)
     return {
         "id": job.pk,
         "challenge": job.challenge_id,

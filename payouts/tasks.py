@@ -4,11 +4,14 @@ Each is idempotent and crash-safe because its service is (see ``payouts.services
 retries and dead letters come from ``core.tasks.BaseTask``.
 """
 
+from dataclasses import asdict
+
 from celery import shared_task
 
 from core.errors import DomainError
 from core.tasks import BaseTask
 from payouts.services.audit import platform_audit_run
+from payouts.services.alerts import ops_alerts_check
 from payouts.services.engine import (
     payout_batch_ledger,
     payout_job_expand,
@@ -16,15 +19,21 @@ from payouts.services.engine import (
     payout_job_notify,
 )
 from payouts.services.jobs import payout_job_retry_failed
+from payouts.services.retention import retention_run
 from payouts.services.stripe_rail import payout_batch_stripe, stripe_entries_reconcile
 from payouts.services.watchdog import WATCHDOG_STALE_SECONDS, payout_watchdog
 
 
 class PayoutJobTask(BaseTask):
-    """Dead letters of job tasks name their job, so staff find them by ``payout_job:<id>``."""
+    """Job tasks name their job: in logs and Sentry (``job_id``) and in dead letters, so staff
+    find them by ``payout_job:<id>``."""
+
+    def context_tags(self, args: tuple, kwargs: dict) -> dict[str, object]:
+        job_id = args[0] if args else kwargs.get("job_id")
+        return {"job_id": job_id} if job_id is not None else {}
 
     def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
-        job_id = args[0] if args else kwargs.get("job_id")
+        job_id = self.context_tags(args, kwargs).get("job_id")
         return f"payout_job:{job_id}" if job_id is not None else ""
 
 
@@ -107,3 +116,15 @@ def platform_audit_task(full: bool = False) -> dict:
         "entries": audit.payouts.entries,
         "violations": audit.violations[:100],
     }
+
+
+# Routed to the scheduler queue (config.settings); beat sends it every minute.
+@shared_task(time_limit=60, soft_time_limit=50)
+def ops_alerts_check_task() -> list[str]:
+    return [f"{alert.rule} {alert.subject}" for alert in ops_alerts_check()]
+
+
+# Nightly; deleting a large backlog the first time may take a while, in short transactions.
+@shared_task(time_limit=1800, soft_time_limit=1740)
+def retention_run_task() -> dict:
+    return asdict(retention_run())

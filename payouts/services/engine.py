@@ -80,6 +80,7 @@ from django.utils import timezone
 from core.errors import InsufficientFunds, NotFound
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
+from payouts.metrics import JOBS_FINISHED, payouts_paid_count
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.settlement import (
     SettlementTerms,
@@ -382,6 +383,9 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
             with connection.cursor() as cursor:
                 cursor.execute(_ESCROW_DEBIT_SQL, [paid, params["escrow_id"]])
             transaction.on_commit(
+                partial(payouts_paid_count, rail=job["rail"], entries=claimed, amount=paid)
+            )
+            transaction.on_commit(
                 partial(
                     current_app.send_task,
                     BATCH_TASKS[job["rail"]],
@@ -552,6 +556,7 @@ def payout_job_fail(*, job_id: int, error: str) -> bool:
         )
         if moved:
             transaction.on_commit(partial(payout_progress_publish, job_id=job_id, force=True))
+            transaction.on_commit(partial(JOBS_FINISHED.inc, status=PayoutJob.Status.FAILED))
     return bool(moved)
 
 
@@ -607,6 +612,7 @@ def _job_finalize(*, job_id: int) -> bool:
             challenge.save(update_fields=["status", "completed_at", "updated_at"])
         transaction.on_commit(partial(current_app.send_task, NOTIFY_TASK, args=[job.pk]))
         transaction.on_commit(partial(payout_progress_publish, job_id=job.pk, force=True))
+        transaction.on_commit(partial(JOBS_FINISHED.inc, status=job.status))
     return True
 
 

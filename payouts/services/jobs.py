@@ -16,6 +16,7 @@ from django.utils import timezone
 from challenges.models import Challenge, Stake
 from core.errors import Conflict, InvalidInput, NotFound
 from core.services import audit_record
+from payouts.metrics import JOBS_FINISHED
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import (
     expand_enqueue,
@@ -326,6 +327,7 @@ def payout_job_cancel(*, job_id: int, actor: Any) -> PayoutJob:
             allowed=PayoutJob.ACTIVE_STATUSES,
             status=PayoutJob.Status.CANCELLED,
         )
+        transaction.on_commit(partial(JOBS_FINISHED.inc, status=PayoutJob.Status.CANCELLED))
     payout_job_cancel_entries(job_id=job.pk)
     job.refresh_from_db()
     return job

@@ -12,6 +12,8 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from payouts.metrics import STRIPE_RATELIMIT_WAIT
+
 # Refill, then take one token if there is one; otherwise report in milliseconds how long until
 # one is due. One script, so concurrent callers never both see the same token. The clock is
 # Redis's own (TIME), so workers on machines with skewed clocks share one timeline.
@@ -59,10 +61,13 @@ def token_take(*, bucket: str, rate: float, burst: int) -> float:
 
 
 def stripe_token_take() -> float:
-    """Take a token for one Stripe request (``STRIPE_RATE_LIMIT`` / ``STRIPE_RATE_BURST``)."""
-    return token_take(
+    """Take a token for one Stripe request (``STRIPE_RATE_LIMIT`` / ``STRIPE_RATE_BURST``);
+    the wait goes to ``stakehold_stripe_ratelimit_wait_seconds``."""
+    waited = token_take(
         bucket="stripe", rate=settings.STRIPE_RATE_LIMIT, burst=settings.STRIPE_RATE_BURST
     )
+    STRIPE_RATELIMIT_WAIT.observe(waited)
+    return waited
 
 
 def token_bucket_reset(*, bucket: str) -> None:

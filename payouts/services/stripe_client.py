@@ -8,6 +8,7 @@ Its own network retries are off: every request goes through the shared rate limi
 retry through the entry's attempt count and backoff.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from django.utils import timezone
 
 from core.errors import DomainError
 from core.retry import backoff_delay
+from payouts.metrics import STRIPE_REQUESTS
 from payouts.services.ratelimit import stripe_token_take
+
+logger = logging.getLogger(__name__)
 
 # Stripe error codes that mean "the destination cannot receive this transfer".
 _ACCOUNT_ERROR_CODES = frozenset(
@@ -162,7 +166,7 @@ def transfer_create(
     of the shared rate limit first. Never raises for Stripe errors; they come back classified.
     """
     _configure()
-    stripe_token_take()
+    waited = stripe_token_take()
     timer = CallTimer()
     try:
         transfer = stripe.Transfer.create(
@@ -175,13 +179,55 @@ def transfer_create(
             metadata={"job_id": str(job_id), "entry_id": str(entry_id)},
         )
     except stripe.StripeError as exc:
-        return error_classify(exc, timer)
-    response = transfer.last_response
-    call = timer.call(
-        http_status=response.code if response else 200,
-        request_id=response.request_id if response else "",
+        result = error_classify(exc, timer)
+    else:
+        response = transfer.last_response
+        call = timer.call(
+            http_status=response.code if response else 200,
+            request_id=response.request_id if response else "",
+        )
+        result = TransferResult(Outcome.PAID, transfer_id=transfer.id, call=call)
+    _outcome_record(
+        "transfer_create",
+        result,
+        waited=waited,
+        job_id=job_id,
+        entry_id=entry_id,
+        amount=amount,
+        currency=currency,
     )
-    return TransferResult(Outcome.PAID, transfer_id=transfer.id, call=call)
+    return result
+
+
+# Metric label of each outcome: "paid" is how a creation succeeds; any call that answers is "ok".
+_OUTCOME_CLASS = {
+    Outcome.PAID: "ok",
+    Outcome.TRANSIENT: "transient",
+    Outcome.PERMANENT: "permanent",
+}
+_OK = TransferResult(Outcome.PAID)
+
+
+def _outcome_record(operation: str, result: TransferResult, *, waited: float, **fields) -> None:
+    """One INFO line and one count per Stripe request. Only ids, amounts, Stripe's request id
+    and its error class and code: never the API key, request headers or account details."""
+    outcome = _OUTCOME_CLASS[result.outcome]
+    STRIPE_REQUESTS.inc(operation=operation, outcome=outcome)
+    logger.info(
+        "stripe %s %s%s",
+        operation,
+        outcome,
+        f" ({result.reason})" if result.reason else "",
+        extra={
+            "stripe_operation": operation,
+            "stripe_outcome": outcome,
+            "stripe_reason": result.reason or None,
+            "stripe_transfer_id": result.transfer_id or None,
+            "stripe_request_id": (result.call.request_id or None) if result.call else None,
+            "ratelimit_wait_seconds": round(waited, 4),
+            **fields,
+        },
+    )
 
 
 # A lookup walks many pages; each page is retried a few times on transient errors (reads are
@@ -195,16 +241,23 @@ def _list_page(
     params["limit"] = 100
     if starting_after:
         params["starting_after"] = starting_after
+    # "transfer_list", "account_list": the metric and log label of these calls.
+    operation = f"{lister.__self__.OBJECT_NAME}_list"  # type: ignore[attr-defined]
     failures = 0
     while True:
-        stripe_token_take()
+        waited = stripe_token_take()
         try:
-            return lister(api_key=settings.STRIPE_API_KEY, **params)
+            page = lister(api_key=settings.STRIPE_API_KEY, **params)
         except stripe.StripeError as exc:
+            result = error_classify(exc)
+            _outcome_record(operation, result, waited=waited)
             failures += 1
-            if failures == LOOKUP_PAGE_TRIES or error_classify(exc).outcome != Outcome.TRANSIENT:
+            if failures == LOOKUP_PAGE_TRIES or result.outcome != Outcome.TRANSIENT:
                 raise
             time.sleep(backoff_delay(failures - 1, base=0.2, cap=2.0))
+        else:
+            _outcome_record(operation, _OK, waited=waited)
+            return page
 
 
 def transfers_find(*, job_id: int, entry_ids: set[int]) -> dict[int, str]:
@@ -270,7 +323,7 @@ def account_create(*, user_id: int) -> AccountState:
     requests are looked up with ``account_find`` first). Raises ``StripeUnavailable``.
     """
     _configure()
-    stripe_token_take()
+    waited = stripe_token_take()
     try:
         account = stripe.Account.create(
             api_key=settings.STRIPE_API_KEY,
@@ -280,7 +333,9 @@ def account_create(*, user_id: int) -> AccountState:
             metadata={"user_id": str(user_id)},
         )
     except stripe.StripeError as exc:
+        _outcome_record("account_create", error_classify(exc), waited=waited, user_id=user_id)
         raise _unavailable(exc) from exc
+    _outcome_record("account_create", _OK, waited=waited, user_id=user_id)
     return account_state_parse(account)
 
 
@@ -312,7 +367,7 @@ def account_onboarding_link(*, account_id: str) -> str:
     onboarding (``account_onboarding``), back to ``STRIPE_CONNECT_RETURN_URL`` when done or to
     ``STRIPE_CONNECT_REFRESH_URL`` when the link expired. Raises ``StripeUnavailable``."""
     _configure()
-    stripe_token_take()
+    waited = stripe_token_take()
     try:
         link = stripe.AccountLink.create(
             api_key=settings.STRIPE_API_KEY,
@@ -322,5 +377,8 @@ def account_onboarding_link(*, account_id: str) -> str:
             refresh_url=settings.STRIPE_CONNECT_REFRESH_URL,
         )
     except stripe.StripeError as exc:
+        _outcome_record("account_link_create", error_classify(exc), waited=waited)
         raise _unavailable(exc) from exc
+    # The link itself is a bearer credential for the user's onboarding: never logged.
+    _outcome_record("account_link_create", _OK, waited=waited)
     return str(link.url)

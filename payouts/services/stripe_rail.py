@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import stripe
 from celery import current_app
@@ -55,6 +56,7 @@ from core.retry import backoff_delay
 from core.services import dead_letter_record
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
+from payouts.metrics import payouts_paid_count
 from payouts.models import PayoutAttempt, PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import payout_destinations
 from payouts.services.engine import (
@@ -237,6 +239,9 @@ def stripe_entry_record_paid(
         )
         if not marked:
             return False
+        transaction.on_commit(
+            partial(payouts_paid_count, rail=PayoutJob.Rail.STRIPE, entries=1, amount=entry.amount)
+        )
         # Job row before accounts: the engine's lock order (finalize holds the job, then
         # posts from the escrow).
         payout_job_counters_bump(job_id=job_id, completed=1, paid_amount=entry.amount)
@@ -411,7 +416,6 @@ def _stripe_entries_pay(*, job_id: int, entries: list[ClaimedEntry], lease_end: 
             stripe_entry_record_failure(
                 job_id=job_id, entry=entry, result=result, calls=calls, unverified=unverified
             )
-        logger.debug("entry %s attempt %s: %s", entry.id, entry.attempt, result.outcome)
 
 
 def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:

@@ -7,6 +7,7 @@ escrow in the ledger, once.
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -14,10 +15,11 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from core.errors import DomainError, InvalidInput
+from core.retention import rows_delete_batched
 from core.services import audit_record
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
-from payouts.models import PayoutEntry
+from payouts.models import PayoutEntry, StripeEvent
 from payouts.services.connected_accounts import connected_account_sync
 from payouts.services.engine import payout_job_counters_bump
 from payouts.services.jobs import payout_entries_requeue_connected
@@ -180,3 +182,20 @@ def stripe_transfer_reversed(*, event_id: str, transfer: dict[str, Any]) -> int:
             },
         )
     return taken
+
+
+def stripe_events_prune(*, received_before: datetime, batch_size: int) -> int:
+    """Delete stored webhook events received before ``received_before``. Batched and safe to
+    run twice at once.
+
+    Each stored event was applied in the transaction that stored it, so the row only guards
+    against a second delivery. Stripe retries an event for up to three days and the signature
+    tolerance refuses a captured request after five minutes, so an event older than the
+    retention (30 days by default) can no longer arrive again.
+    """
+    return rows_delete_batched(
+        table=StripeEvent._meta.db_table,
+        condition="received_at < %(before)s",
+        params={"before": received_before},
+        batch_size=batch_size,
+    )

@@ -1,0 +1,61 @@
+"""Reads of operational state shared by the metrics, the alerts and the staff dashboard."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from core.models import DeadLetter
+
+
+def dead_letters_open_by_task() -> dict[str, int]:
+    """Open dead letters per task name (an index scan of the open ones only)."""
+    rows = (
+        DeadLetter.objects.filter(status=DeadLetter.Status.OPEN)
+        .values("task_name")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return {row["task_name"]: row["n"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicTaskState:
+    id: int
+    name: str
+    task: str
+    # Seconds since beat last sent it (since it was last changed, if it never ran).
+    seconds_since_last_run: float
+    # Seconds between two runs, as its schedule says (the gap after the last run).
+    interval_seconds: float
+
+
+def periodic_task_states(*, now: datetime | None = None) -> list[PeriodicTaskState]:
+    """Every enabled recurring periodic task with how long ago it last ran and how often it
+    should; one query over django-celery-beat's (small) schedule table."""
+    now = now or timezone.now()
+    states = []
+    tasks = PeriodicTask.objects.filter(enabled=True, one_off=False).select_related(
+        "interval", "crontab", "solar", "clocked"
+    )
+    for task in tasks.order_by("id"):
+        if task.clocked_id:
+            continue  # a one-time schedule has no interval to be late by
+        last = task.last_run_at or task.date_changed
+        schedule = task.schedule
+        # The schedule's own arithmetic (interval, crontab or solar) on its own clock: when
+        # the run after the last one is due; that minus the last run is the interval.
+        due_at = schedule.now() + schedule.remaining_estimate(last)
+        interval = (due_at - last).total_seconds()
+        states.append(
+            PeriodicTaskState(
+                id=task.pk,
+                name=task.name,
+                task=task.task,
+                seconds_since_last_run=max(0.0, (now - last).total_seconds()),
+                interval_seconds=max(interval, 1.0),
+            )
+        )
+    return states
