@@ -32,7 +32,8 @@ import redis
 from celery.signals import task_postrun
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -93,7 +94,8 @@ class SharedCounter:
 
     def inc(self, amount: float = 1, **labels: object) -> None:
         if amount:
-            self._add({self._field(labels): amount})
+            # float(): SQL sums arrive as Decimal, which Redis clients do not encode.
+            self._add({self._field(labels): float(amount)})
 
     def _stored(self, raw: dict[bytes, bytes]) -> Iterator[tuple[list[str], float]]:
         for field, value in raw.items():
@@ -124,7 +126,7 @@ class SharedHistogram(SharedCounter):
         # One field per bucket that the value falls into (its own, not cumulative: the scrape
         # adds them up), plus the sum; the count is the +Inf bucket.
         bucket = next((b for b in self.buckets if value <= b), float("inf"))
-        self._add({self._field(labels, repr(bucket)): 1, self._field(labels, "sum"): value})
+        self._add({self._field(labels, repr(bucket)): 1, self._field(labels, "sum"): float(value)})
 
     def collect(self, raw: dict[bytes, bytes]) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -207,7 +209,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return _error(401, "not_authenticated", "A bearer token is required.")
     if not hmac.compare_digest(given.encode(), token.encode()):
         return _error(403, "permission_denied", "This token may not read metrics.")
-    return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
+    # The text format, or OpenMetrics when the scraper asks for it (Prometheus does).
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(metrics_registry()), content_type=content_type)
 
 
 # --- Tasks ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Reads of operational state shared by the metrics, the alerts and the staff dashboard."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import Count
 from django.utils import timezone
@@ -28,7 +28,7 @@ class PeriodicTaskState:
     task: str
     # Seconds since beat last sent it (since it was last changed, if it never ran).
     seconds_since_last_run: float
-    # Seconds between two runs, as its schedule says (the gap after the last run).
+    # Seconds between two runs, as its schedule says.
     interval_seconds: float
 
 
@@ -45,17 +45,23 @@ def periodic_task_states(*, now: datetime | None = None) -> list[PeriodicTaskSta
             continue  # a one-time schedule has no interval to be late by
         last = task.last_run_at or task.date_changed
         schedule = task.schedule
-        # The schedule's own arithmetic (interval, crontab or solar) on its own clock: when
-        # the run after the last one is due; that minus the last run is the interval.
-        due_at = schedule.now() + schedule.remaining_estimate(last)
-        interval = (due_at - last).total_seconds()
+        # The schedule's own arithmetic (interval, crontab or solar) on its own clock: the
+        # next two runs due after the last one; the gap between them is the interval (for a
+        # crontab the gap after an off-schedule last run would be shorter).
+        first = schedule.now() + schedule.remaining_estimate(last)
+        # On the whole second: a crontab run read as 03:29:59.99999 would be followed by
+        # 03:30 the same day.
+        first = (first + timedelta(microseconds=500_000)).replace(microsecond=0)
+        second = schedule.now() + schedule.remaining_estimate(first)
+        # Whole seconds: two readings of the clock differ by microseconds.
+        interval = round((second - first).total_seconds())
         states.append(
             PeriodicTaskState(
                 id=task.pk,
                 name=task.name,
                 task=task.task,
                 seconds_since_last_run=max(0.0, (now - last).total_seconds()),
-                interval_seconds=max(interval, 1.0),
+                interval_seconds=float(max(interval, 1)),
             )
         )
     return states

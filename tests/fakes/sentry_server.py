@@ -51,7 +51,9 @@ class FakeSentry:
     @property
     def dsn(self) -> str:
         assert self._server is not None
-        return f"http://{self.public_key}@127.0.0.1:{self._server.server_address[1]}/{self.project_id}"
+        return (
+            f"http://{self.public_key}@127.0.0.1:{self._server.server_address[1]}/{self.project_id}"
+        )
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:
