@@ -6,6 +6,7 @@ that fails for good -- retries exhausted or a permanent error -- leaves a durabl
 that staff can replay.
 """
 
+import inspect
 import logging
 
 import redis.exceptions
@@ -30,6 +31,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+# Arguments that say what a run works on.
+CONTEXT_ARGUMENTS = ("job_id",)
 
 
 class BaseTask(Task):
@@ -77,9 +82,13 @@ class BaseTask(Task):
             ) from exc
 
     def context_tags(self, args: tuple, kwargs: dict) -> dict[str, object]:
-        """What a run works on (for example ``{"job_id": 7}``), for its logs and Sentry
-        events; tasks may override."""
-        return {}
+        """What a run works on, for its logs and Sentry events: the arguments named in
+        ``CONTEXT_ARGUMENTS`` (``{"job_id": 7}`` for every payout job task)."""
+        try:
+            bound = inspect.signature(self.run).bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return {}  # arguments that do not fit: the run itself will say so
+        return {name: bound[name] for name in CONTEXT_ARGUMENTS if name in bound}
 
     def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
         """What a failure is about, for staff searching dead letters; tasks may override."""

@@ -25,12 +25,7 @@ from payouts.services.watchdog import WATCHDOG_STALE_SECONDS, payout_watchdog
 
 
 class PayoutJobTask(BaseTask):
-    """Job tasks name their job: in logs and Sentry (``job_id``) and in dead letters, so staff
-    find them by ``payout_job:<id>``."""
-
-    def context_tags(self, args: tuple, kwargs: dict) -> dict[str, object]:
-        job_id = args[0] if args else kwargs.get("job_id")
-        return {"job_id": job_id} if job_id is not None else {}
+    """Dead letters of job tasks name their job, so staff find them by ``payout_job:<id>``."""
 
     def dead_letter_subject(self, args: tuple, kwargs: dict) -> str:
         job_id = self.context_tags(args, kwargs).get("job_id")

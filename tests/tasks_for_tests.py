@@ -3,6 +3,7 @@
 They record what happened in Redis so the test process can watch from outside.
 """
 
+import logging
 import time
 
 import redis
@@ -10,6 +11,8 @@ from django.conf import settings
 
 from config.celery import app
 from core.errors import TransientError
+
+logger = logging.getLogger(__name__)
 
 
 def _redis() -> redis.Redis:
@@ -39,3 +42,22 @@ def slow_task(key: str, seconds: float) -> None:
     client.rpush(f"started:{key}", time.time())
     time.sleep(seconds)
     client.incr(f"done:{key}")
+
+
+@app.task(name="tests.fails_with_secrets")
+def fails_with_secrets_task(job_id: int, api_key: str, card_number: str) -> None:
+    """Fails for good with secrets in its arguments, a log breadcrumb and its message: what
+    reaches Sentry must carry its tags and none of them."""
+    logger.warning("charging a card", extra={"card_number": card_number})
+    raise ValueError(f"Stripe refused key {api_key} for job {job_id}")
+
+
+@app.task(name="tests.logs_its_context")
+def logs_its_context_task(job_id: int, key: str) -> None:
+    logger.info("working on job %s", job_id)
+    _redis().set(f"done:{key}", 1)
+
+
+@app.task(name="tests.cron_probe")
+def cron_probe_task(key: str) -> None:
+    _redis().incr(f"cron:{key}")
