@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
 HEADER = "X-Request-ID"
@@ -51,7 +53,11 @@ def request_id_reset(token) -> None:
 
 
 class RequestIdMiddleware:
-    """First middleware: binds the id before anything can log or fail, echoes it after."""
+    """First middleware: binds the id before anything can log or fail, echoes it after.
+
+    The id stays bound until the response is finished (``request_finished``), not just until
+    the middleware returns: Django logs 4xx and 5xx responses after the middleware chain.
+    """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -59,10 +65,12 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_accept(request.headers.get(HEADER))
         request.request_id = request_id  # type: ignore[attr-defined]
-        token = request_id_set(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id_reset(token)
+        request_id_set(request_id)
+        response = self.get_response(request)
         response[HEADER] = request_id
         return response
+
+
+@receiver(request_finished, dispatch_uid="core.requestid.unbind")
+def _unbind(**kwargs) -> None:
+    request_id_set(None)
