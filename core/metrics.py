@@ -132,8 +132,8 @@ class SharedHistogram(SharedCounter):
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         series: dict[tuple[str, ...], dict[str, float]] = {}
         for stored, value in self._stored(raw):
-            *labels, part = stored
-            series.setdefault(tuple(labels), {})[part] = value
+            *label_values, part = stored
+            series.setdefault(tuple(label_values), {})[part] = value
         for labels, parts in sorted(series.items()):
             running = 0.0
             buckets = []
@@ -279,8 +279,8 @@ class OperationsCollector(Collector):
             "Dead letters waiting for staff (not replayed), by task name.",
             labels=["task"],
         )
-        for task, count in sorted(dead_letters_open_by_task().items()):
-            open_letters.add_metric([task], count)
+        for task_name, count in sorted(dead_letters_open_by_task().items()):
+            open_letters.add_metric([task_name], count)
         yield open_letters
 
         since = GaugeMetricFamily(
@@ -293,7 +293,8 @@ class OperationsCollector(Collector):
             "Seconds between two runs of each enabled periodic task, as scheduled.",
             labels=["name", "task"],
         )
-        for state in periodic_task_states():
-            since.add_metric([state.name, state.task], state.seconds_since_last_run)
-            interval.add_metric([state.name, state.task], state.interval_seconds)
+        for periodic in periodic_task_states():
+            labels = [periodic.name, periodic.task]
+            since.add_metric(labels, periodic.seconds_since_last_run)
+            interval.add_metric(labels, periodic.interval_seconds)
         yield from (since, interval)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery.beat import Scheduler
 from django.db.models import Count
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -21,6 +22,13 @@ def dead_letters_open_by_task() -> dict[str, int]:
     return {row["task_name"]: row["n"] for row in rows}
 
 
+# Beat writes ``last_run_at`` back to the database only every ``sync_every`` seconds (three
+# minutes), so the stored time lags the real last run by up to that much.
+BEAT_WRITE_LAG_SECONDS = Scheduler.sync_every
+# A periodic task is late once it missed this many of its runs (beyond the write lag).
+LATE_AFTER_INTERVALS = 3
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodicTaskState:
     id: int
@@ -30,6 +38,12 @@ class PeriodicTaskState:
     seconds_since_last_run: float
     # Seconds between two runs, as its schedule says.
     interval_seconds: float
+
+    @property
+    def late(self) -> bool:
+        """Not sent for ``LATE_AFTER_INTERVALS`` intervals, beyond beat's write lag."""
+        limit = LATE_AFTER_INTERVALS * self.interval_seconds + BEAT_WRITE_LAG_SECONDS
+        return self.seconds_since_last_run > limit
 
 
 def periodic_task_states(*, now: datetime | None = None) -> list[PeriodicTaskState]:

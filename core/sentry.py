@@ -17,9 +17,10 @@ gunicorn, each worker, beat -- reports). What it sets up:
 
 import re
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import sentry_sdk
+from sentry_sdk.types import Event, Hint
 
 FILTERED = "[Filtered]"
 
@@ -57,10 +58,10 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def event_scrub(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
+def event_scrub(event: Event, hint: Hint) -> Event:
     """Sentry's ``before_send``: the event with every sensitive key's value and every
     secret-looking string replaced by ``[Filtered]``, at any depth."""
-    return _scrub(event)
+    return cast(Event, _scrub(event))
 
 
 def release_default() -> str:
@@ -95,13 +96,14 @@ def sentry_tags_set(tags: dict[str, object]) -> None:
 
 
 def sentry_message_capture(
-    *, message: str, fingerprint: list[str], tags: dict[str, object], level: str = "warning"
+    *, message: str, fingerprint: list[str], tags: dict[str, object]
 ) -> None:
-    """Report an operational alert; grouped by ``fingerprint``. Nothing without a DSN."""
+    """Report an operational alert as a warning, grouped by ``fingerprint``. Nothing without a
+    DSN."""
     if not sentry_sdk.get_client().is_active():
         return
     with sentry_sdk.new_scope() as scope:
         scope.fingerprint = fingerprint
         for name, value in tags.items():
             scope.set_tag(name, str(value))
-        sentry_sdk.capture_message(message, level=level)
+        sentry_sdk.capture_message(message, level="warning")

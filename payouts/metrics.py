@@ -64,7 +64,7 @@ class JobsCollector(Collector):
             "Entries paid per second since each running job started.",
             labels=["job_id", "rail"],
         )
-        counts = dict.fromkeys(PayoutJob.ACTIVE_STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(PayoutJob.ACTIVE_STATUSES, 0)
         now = timezone.now()
         for job in PayoutJob.objects.filter(status__in=PayoutJob.ACTIVE_STATUSES).only(
             "status", "rail", "completed_count", "started_at", "finished_at"

@@ -10,7 +10,8 @@ Rules (thresholds from settings), each with the subject it is about:
   ``ALERT_MIN_PAYOUTS_PER_S`` payouts/s;
 - ``queue_unserved`` (the queue): its oldest message is ``ALERT_QUEUE_UNSERVED_SECONDS`` old
   and no worker consuming it was seen for as long;
-- ``periodic_task_late`` (the periodic task): enabled and not sent for three of its intervals;
+- ``periodic_task_late`` (the periodic task): enabled and not sent for three of its
+  intervals, plus the three minutes beat may take to write a run down;
 - ``dead_letters_piling`` (all dead letters): ``ALERT_DEAD_LETTERS_OPEN`` or more wait for
   staff.
 
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 # A job's first minute says little about its speed (expansion, the first batches).
 ALERT_SLOW_GRACE_SECONDS = 60
-PERIODIC_LATE_INTERVALS = 3
 STAFF_EVENT = "ops.alert"
 
 
@@ -151,7 +151,7 @@ def _queues_unserved(now: datetime) -> Iterator[Alert]:
 
 def _periodic_tasks_late(now: datetime) -> Iterator[Alert]:
     for task in periodic_task_states(now=now):
-        if task.seconds_since_last_run > PERIODIC_LATE_INTERVALS * task.interval_seconds:
+        if task.late:
             yield Alert(
                 "periodic_task_late",
                 f"periodic_task:{task.id}",
