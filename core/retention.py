@@ -6,6 +6,7 @@ entries, the audit trail -- simply has no caller here.
 """
 
 import itertools
+import time
 
 from celery import current_app
 from celery.backends.redis import RedisBackend
@@ -24,9 +25,12 @@ RETURNING t.id
 """
 
 
-def rows_delete_batched(*, table: str, condition: str, params: dict, batch_size: int) -> int:
+def rows_delete_batched(
+    *, table: str, condition: str, params: dict, batch_size: int, until: float | None = None
+) -> int:
     """Delete the rows of ``table`` that match ``condition``, ``batch_size`` at a time, each
-    batch in its own short transaction; return how many were deleted.
+    batch in its own short transaction; return how many were deleted. With ``until`` (a
+    ``time.monotonic()`` value) no batch starts after it: what is left waits for the next run.
 
     Walks the primary key upwards (keyset), so the whole run reads the table's index once.
     ``FOR UPDATE SKIP LOCKED`` lets two runs at once split the work instead of waiting on each
@@ -41,7 +45,7 @@ def rows_delete_batched(*, table: str, condition: str, params: dict, batch_size:
             cursor.execute(sql, {**params, "after": after, "limit": batch_size})
             ids = [row[0] for row in cursor.fetchall()]
         deleted += len(ids)
-        if len(ids) < batch_size:
+        if len(ids) < batch_size or (until is not None and time.monotonic() > until):
             return deleted
         after = max(ids)
 

@@ -7,7 +7,8 @@ gunicorn, each worker, beat -- reports). What it sets up:
   ``development`` with ``DEBUG``), both overridable;
 - traces sampled at ``SENTRY_TRACES_SAMPLE_RATE`` (10% in production, everything with
   ``DEBUG``, unless set);
-- no local variables and no personal data in events, and a recursive scrubber
+- no local variables and no personal data in events (``send_default_pii`` keeps its default,
+  off), and a recursive scrubber
   (``event_scrub``) over the whole event, breadcrumbs and transactions included;
 - the Django and Celery integrations, with a check-in for every periodic task beat sends
   (Sentry Crons, ``monitor_beat_tasks``);
@@ -80,7 +81,6 @@ def sentry_init(*, dsn: str, environment: str, release: str, traces_sample_rate:
         environment=environment,
         release=release,
         traces_sample_rate=traces_sample_rate,
-        send_default_pii=False,
         include_local_variables=False,
         before_send=event_scrub,
         before_send_transaction=event_scrub,

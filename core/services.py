@@ -96,7 +96,9 @@ def dead_letter_replay(*, dead_letter_id: int, actor: Any) -> DeadLetter:
     return letter
 
 
-def dead_letters_prune(*, replayed_before: datetime, batch_size: int) -> int:
+def dead_letters_prune(
+    *, replayed_before: datetime, batch_size: int, until: float | None = None
+) -> int:
     """Delete dead letters replayed before ``replayed_before``; open ones are never deleted
     (they wait for staff). Batched and safe to run twice at once (``rows_delete_batched``)."""
     return rows_delete_batched(
@@ -104,4 +106,5 @@ def dead_letters_prune(*, replayed_before: datetime, batch_size: int) -> int:
         condition="status = 'replayed' AND replayed_at < %(before)s",
         params={"before": replayed_before},
         batch_size=batch_size,
+        until=until,
     )

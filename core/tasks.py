@@ -3,7 +3,8 @@
 It owns the retry policy so that tasks stay thin: transient errors (dropped connections,
 timeouts, lock timeouts, deadlocks) are retried with exponential backoff and jitter, and a task
 that fails for good -- retries exhausted or a permanent error -- leaves a durable DeadLetter row
-that staff can replay.
+that staff can replay. It also binds what each run is about (task, queue, job, the request that
+sent it) for its log lines and Sentry events.
 """
 
 import inspect
@@ -16,7 +17,7 @@ from django.db import InterfaceError, OperationalError
 
 from core.errors import TransientError
 from core.logs import log_context_bind
-from core.requestid import TASK_HEADER, request_id_reset, request_id_set
+from core.requestid import TASK_HEADER, request_id_get, request_id_reset, request_id_set
 from core.retry import backoff_delay
 from core.sentry import sentry_tags_set
 
@@ -51,7 +52,8 @@ class BaseTask(Task):
             "queue": delivery.get("routing_key") or None,
             **self.context_tags(args, kwargs),
         }
-        token = request_id_set(self.request.get(TASK_HEADER))
+        # The id of the request that sent it; a task run in-process (eagerly) keeps its caller's.
+        token = request_id_set(self.request.get(TASK_HEADER) or request_id_get())
         try:
             with log_context_bind(**tags):
                 sentry_tags_set(tags)

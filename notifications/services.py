@@ -220,7 +220,9 @@ def staff_event_publish(*, event: str, data: dict) -> None:
     backend().send([(STAFF_CHANNEL, event, data)])
 
 
-def notifications_prune(*, created_before: datetime, batch_size: int) -> int:
+def notifications_prune(
+    *, created_before: datetime, batch_size: int, until: float | None = None
+) -> int:
     """Delete read notifications created before ``created_before``; unread ones stay however
     old (a user has not seen them yet). Batched and safe to run twice at once."""
     return rows_delete_batched(
@@ -228,4 +230,5 @@ def notifications_prune(*, created_before: datetime, batch_size: int) -> int:
         condition="read_at IS NOT NULL AND created_at < %(before)s",
         params={"before": created_before},
         batch_size=batch_size,
+        until=until,
     )

@@ -184,7 +184,9 @@ def stripe_transfer_reversed(*, event_id: str, transfer: dict[str, Any]) -> int:
     return taken
 
 
-def stripe_events_prune(*, received_before: datetime, batch_size: int) -> int:
+def stripe_events_prune(
+    *, received_before: datetime, batch_size: int, until: float | None = None
+) -> int:
     """Delete stored webhook events received before ``received_before``. Batched and safe to
     run twice at once.
 
@@ -198,4 +200,5 @@ def stripe_events_prune(*, received_before: datetime, batch_size: int) -> int:
         condition="received_at < %(before)s",
         params={"before": received_before},
         batch_size=batch_size,
+        until=until,
     )
