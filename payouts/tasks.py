@@ -10,8 +10,8 @@ from celery import shared_task
 
 from core.errors import DomainError
 from core.tasks import BaseTask
-from payouts.services.audit import platform_audit_run
 from payouts.services.alerts import ops_alerts_check
+from payouts.services.audit import platform_audit_run
 from payouts.services.engine import (
     payout_batch_ledger,
     payout_job_expand,

@@ -16,10 +16,11 @@ Rules (thresholds from settings), each with the subject it is about:
   staff.
 
 Each alert goes out at most once per (rule, subject) per ``ALERT_REPEAT_SECONDS`` (an hour):
-a Redis key set with ``NX`` and that expiry claims the sending, so two evaluations at once
-send it once. Sending means: an ``ops_alert`` notification to every active staff user, an
-``ops.alert`` event on ``private-staff``, a warning to Sentry when it is configured (grouped
-per rule and subject), a log line, and ``stakehold_alerts_sent_total{rule}``.
+a Redis script compares the last sending time with now and claims the sending atomically, so
+two evaluations at once send it once. Sending means: a ``platform_alert`` notification
+(``data.rule`` names the rule) to every active staff user, an ``ops.alert`` event on
+``private-staff``, a warning to Sentry when it is configured (grouped per rule and subject), a
+log line, and ``stakehold_alerts_sent_total{rule}``.
 
 The queue rule cannot fire when the ``scheduler`` queue itself has no worker (this task runs
 there): ``stakehold_queue_workers == 0`` in Prometheus covers that case (README).

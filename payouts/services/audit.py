@@ -27,7 +27,6 @@ show an entry paid a moment after its counters were read, so the in-flight check
 figures read in one statement (one snapshot).
 """
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +41,8 @@ from django.utils import timezone
 from ledger.models import Account
 from ledger.selectors import LedgerReport, ledger_check
 from ledger.services import system_account_id
-from notifications.services import notifications_insert_select
+from notifications.models import Notification
+from notifications.services import staff_notify
 from payouts.models import ConnectedAccount, PayoutEntry, PayoutJob
 
 logger = logging.getLogger(__name__)
@@ -348,14 +348,6 @@ def jobs_to_audit(*, full: bool = False) -> list[int]:
     return list(jobs.order_by("id").values_list("id", flat=True))
 
 
-_ALERT_SELECT = """
-SELECT u.id, 'platform_alert', NULL::bigint, 'Money check failed', %s, 'high',
-       jsonb_build_object('violations', %s::jsonb), %s || ':' || u.id
-FROM auth_user AS u
-WHERE u.is_staff AND u.is_active
-"""
-
-
 def platform_audit_run(*, full: bool = False) -> PlatformAudit:
     """The periodic money check (beat, hourly; or ``full`` for an audit): ``ledger_check``
     (incremental unless ``full``: see ``ledger.selectors``) and ``payout_jobs_audit`` of the
@@ -375,8 +367,11 @@ def platform_audit_run(*, full: bool = False) -> PlatformAudit:
     shown = audit.violations[:20]
     body = "\n".join(shown)[:1000]
     with transaction.atomic(durable=True):
-        notifications_insert_select(
-            select_sql=_ALERT_SELECT,
-            params=[body, json.dumps(shown), f"platform_alert:{timezone.now().isoformat()}"],
+        staff_notify(
+            kind=Notification.Kind.PLATFORM_ALERT,
+            title="Money check failed",
+            body=body,
+            data={"violations": shown},
+            dedup_key=f"platform_alert:{timezone.now().isoformat()}",
         )
     return audit

@@ -73,7 +73,9 @@ def test_a_job_running_too_long_alerts_every_staff_member_once_an_hour(
 
     # Then each staff member gets one high-priority notification about that job
     assert rules(sent, "job_too_long") == {("job_too_long", f"payout_job:{job.pk}")}
-    notes = Notification.objects.filter(kind=Notification.Kind.OPS_ALERT, data__rule="job_too_long")
+    notes = Notification.objects.filter(
+        kind=Notification.Kind.PLATFORM_ALERT, data__rule="job_too_long"
+    )
     assert sorted(notes.values_list("user_id", flat=True)) == sorted([staff.pk, other_staff.pk])
     note = notes.first()
     assert note.priority == "high"
@@ -121,7 +123,7 @@ def test_a_job_that_finished_with_failures(fake_stripe, staff, settings):
 
     # Then staff hear about it once
     assert rules(sent) == {("job_failures", f"payout_job:{job.pk}")}
-    note = Notification.objects.get(kind=Notification.Kind.OPS_ALERT)
+    note = Notification.objects.get(kind=Notification.Kind.PLATFORM_ALERT)
     assert note.title == f"Payout job #{job.pk} finished with 1 failed entries"
     # And an hour later it is old news, not a reminder
     with time_machine.travel(timezone.now() + timedelta(seconds=3601), tick=False):
@@ -145,7 +147,8 @@ def test_a_running_job_slower_than_the_minimum_rate(staff, settings):
         sent = ops_alerts_check()
     assert rules(sent) == {("job_slow", f"payout_job:{job.pk}")}
     assert (
-        Notification.objects.filter(kind=Notification.Kind.OPS_ALERT).first().data["rate"] == 0.03
+        Notification.objects.filter(kind=Notification.Kind.PLATFORM_ALERT).first().data["rate"]
+        == 0.03
     )
 
 
@@ -162,7 +165,7 @@ def test_a_queue_with_messages_and_no_worker_for_two_minutes():
     with time_machine.travel(start + timedelta(seconds=121), tick=False):
         sent = ops_alerts_check()
     assert rules(sent) == {("queue_unserved", "queue:payouts")}
-    note = Notification.objects.get(kind=Notification.Kind.OPS_ALERT)
+    note = Notification.objects.get(kind=Notification.Kind.PLATFORM_ALERT)
     assert note.title == "Queue payouts has 1 messages and no worker"
 
 
@@ -215,7 +218,7 @@ def test_dead_letters_piling_up(settings):
     letters(1, 9)
     sent = ops_alerts_check()
     assert rules(sent) == {("dead_letters_piling", "dead_letters")}
-    note = Notification.objects.get(kind=Notification.Kind.OPS_ALERT)
+    note = Notification.objects.get(kind=Notification.Kind.PLATFORM_ALERT)
     assert note.body.endswith("tests.always_transient (10).")
 
 
