@@ -35,7 +35,10 @@ def days_ago(days: int):
 
 def notification(user, *, age_days: int, read: bool) -> Notification:
     note = Notification.objects.create(
-        user=user, kind=Notification.Kind.PAYOUT, title="t", dedup_key=f"test:{next(_ids)}"
+        user=user,
+        kind=Notification.Kind.PAYOUT_COMPLETED,
+        title="t",
+        dedup_key=f"test:{next(_ids)}",
     )
     Notification.objects.filter(pk=note.pk).update(
         created_at=days_ago(age_days), read_at=days_ago(age_days) if read else None
