@@ -85,6 +85,8 @@ class Role:
             return [
                 "gunicorn",
                 f"{APP}.wsgi",
+                "--config",
+                "python:deploy.gunicorn",
                 "--bind",
                 f"{dialect.web_address}:{dialect.web_port}",
                 "--workers",

@@ -127,6 +127,8 @@ def prepare_env() -> dict[str, str]:
     env.setdefault("SESSION_COOKIE_SECURE", "false")
     env.setdefault("CSRF_COOKIE_SECURE", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The logs under .devstack/logs are read by a person: lines of text, not JSON.
+    env.setdefault("LOG_FORMAT", "console")
     return env
 
 

@@ -23,6 +23,7 @@ import yaml
 from celery.utils.nodenames import host_format
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.celery import app
 from deploy import render
@@ -32,6 +33,8 @@ from tests.deploy import platforms
 from tests.deploy.platforms import HttpCheck, Launch
 
 READY_SECONDS = 60
+METRICS_TOKEN = "deploy-files-test-metrics"
+HEALTHZ_COUNTER = "django_http_requests_total_by_view_transport_method"
 # A queue nobody consumes: beat sends the test's periodic task there, which shows it ticking.
 TICK_QUEUE = "deploy-test-tick"
 PATH = f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
@@ -44,6 +47,7 @@ def secrets_env(worker_env) -> dict[str, str]:
         "DATABASE_URL": worker_env["DATABASE_URL"],
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SECRET_KEY": "deploy-files-test-" + "k" * 50,
+        "METRICS_TOKEN": METRICS_TOKEN,
     }
 
 
@@ -101,6 +105,36 @@ def _http_ok(launch: Launch, check: HttpCheck) -> bool:
         return False
 
 
+def _healthz_count(launch: Launch, check: HttpCheck) -> float:
+    """Requests to /healthz the web role's metrics count, over every one of its processes."""
+    port = launch.ports.get(check.port, check.port)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics",
+        headers={"Host": check.host, "Authorization": f"Bearer {METRICS_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == HEALTHZ_COUNTER
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("view") == "healthz"
+    )
+
+
+def _metrics_add_up(launch: Launch) -> None:
+    """A scrape reaches one gunicorn process; what it reports must be what all of them
+    served (deploy/gunicorn.py): twenty requests, twenty counted, whichever process answered."""
+    # Files whose probe is a command (compose) serve on the role's container port.
+    http = [c for c in launch.checks if isinstance(c, HttpCheck)]
+    check = http[0] if http else HttpCheck("/healthz", WEB_PORT, PROBE_HOST)
+    before = _healthz_count(launch, check)
+    for _ in range(20):
+        assert _http_ok(launch, check)
+    assert _healthz_count(launch, check) - before == 20
+
+
 def _log_tail(supervisor: Supervisor, name: str) -> str:
     return (supervisor.logs / f"{name}.log").read_text(errors="replace")[-3000:]
 
@@ -155,6 +189,9 @@ def _start_and_check(launches: list[Launch], logs: Path, broker: redis.Redis) ->
                     ready = ready and ticked
                 if ready:
                     del pending[name]
+        for launch in launches:
+            if launch.role.kind == "web":
+                _metrics_add_up(launch)
 
         _run_all(
             [
