@@ -165,7 +165,12 @@ def kill(root: Path, name: str) -> None:
     if pid is None:
         return
     try:
-        victims = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        server = psutil.Process(pid)
+        # Frozen first, so it forks no new child (PostgreSQL starts a backend per connection)
+        # between listing its children and killing them: a backend that escaped would keep
+        # the shared memory busy and the restarted server would refuse to start.
+        server.suspend()
+        victims = [server, *server.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
     for proc in victims:
@@ -183,9 +188,25 @@ def restart(root: Path, name: str, *, hard: bool = False) -> None:
     else:
         stop(root, (name,), wait=60)
     if name == "postgres":
-        postgres_url(root)
+        _retrying(lambda: postgres_url(root))
     else:
-        redis_port(root)
+        _retrying(lambda: redis_port(root))
+
+
+def _retrying(start, seconds: float = 30) -> None:
+    """Start a server, trying again for a while: after a crash its lock file or port can stay
+    taken for a moment (a dying child still holding it)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            start()
+        # Whatever the server's starter raised; the last one is raised when time runs out.
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        else:
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,13 +253,16 @@ class ChaosRun:
     def _server(self, event: Event) -> None:
         mode, server = event.action.split("_")
         started = time.monotonic()
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "deploy.devstack", "restart", server, "--root", self.stack]
             + (["--kill"] if mode == "kill" else []),
             cwd=ROOT,
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if done.returncode:
+            raise RuntimeError(f"{event.action} failed:\n{done.stderr[-3000:]}")
         connections.close_all()
         counter = f"{server}_{'kills' if mode == 'kill' else 'restarts'}"
         setattr(self.injected, counter, getattr(self.injected, counter) + 1)
