@@ -188,14 +188,18 @@ def restart(root: Path, name: str, *, hard: bool = False) -> None:
     else:
         stop(root, (name,), wait=60)
     if name == "postgres":
-        _retrying(lambda: postgres_url(root))
+        # Each try in a fresh process: pgserver keeps a failed start's server object for the
+        # life of the process and would never look again.
+        env_command = [sys.executable, "-m", "deploy.devstack", "env", "--root", str(root)]
+        _retrying(lambda: subprocess.run(env_command, check=True, capture_output=True))
     else:
         _retrying(lambda: redis_port(root))
 
 
-def _retrying(start, seconds: float = 30) -> None:
-    """Start a server, trying again for a while: after a crash its lock file or port can stay
-    taken for a moment (a dying child still holding it)."""
+def _retrying(start, seconds: float = 180) -> None:
+    """Start a server, trying again for a while: after a crash a dying child can hold its lock
+    file or port for a moment, and PostgreSQL replays its WAL before it accepts connections
+    (long after a busy minute)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
