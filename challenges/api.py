@@ -1,6 +1,11 @@
 """Challenges REST API: explicit input and output serializers, business rules in services."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -9,8 +14,19 @@ from rest_framework.views import APIView
 from challenges.models import Challenge, Stake
 from challenges.providers import challenge_payout_summary
 from challenges.selectors import challenge_get, challenge_list
-from challenges.services import challenge_create, challenge_notes_update, stake_place
-from core.api import AmountField, StrictCharField
+from challenges.services import (
+    challenge_create,
+    challenge_decline,
+    challenge_notes_update,
+    stake_place,
+)
+from core.api import (
+    AmountField,
+    CreateThrottle,
+    ErrorSerializer,
+    MoneyThrottle,
+    StrictCharField,
+)
 from core.errors import InvalidInput
 
 
@@ -74,6 +90,9 @@ class ChallengePagination(PageNumberPagination):
 
 
 class ChallengeListCreateApi(APIView):
+    pagination_class = ChallengePagination
+    throttle_classes = [CreateThrottle]
+
     @extend_schema(
         parameters=[OpenApiParameter("status", enum=Challenge.Status.values, required=False)],
         responses={200: ChallengeOutputSerializer(many=True)},
@@ -85,12 +104,16 @@ class ChallengeListCreateApi(APIView):
                 f"status must be one of {', '.join(Challenge.Status.values)}.",
                 code="invalid_status",
             )
-        paginator = ChallengePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(challenge_list(status=wanted), request, view=self)
         return paginator.get_paginated_response(ChallengeOutputSerializer(page, many=True).data)
 
     @extend_schema(
-        request=ChallengeCreateInputSerializer, responses={201: ChallengeOutputSerializer}
+        request=ChallengeCreateInputSerializer,
+        responses={
+            201: ChallengeOutputSerializer,
+            409: OpenApiResponse(ErrorSerializer, "too_many_open_challenges"),
+        },
     )
     def post(self, request):
         data = ChallengeCreateInputSerializer(data=request.data)
@@ -151,7 +174,17 @@ class StakeCreateOutputSerializer(serializers.Serializer):
 
 
 class StakeCreateApi(APIView):
-    @extend_schema(request=StakeInputSerializer, responses={201: StakeCreateOutputSerializer})
+    throttle_classes = [MoneyThrottle]
+
+    @extend_schema(
+        request=StakeInputSerializer,
+        responses={
+            201: StakeCreateOutputSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, "challenge_not_open, already_staked, amount_out_of_range"
+            ),
+        },
+    )
     def post(self, request, challenge_id: int):
         data = StakeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -166,3 +199,19 @@ class StakeCreateApi(APIView):
             },
             status=status.HTTP_201_CREATED,
         )
+
+
+class ChallengeDeclineApi(APIView):
+    """The challenged user declines: the challenge is cancelled and every stake refunded."""
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: ChallengeOutputSerializer,
+            403: OpenApiResponse(ErrorSerializer, "not_challenged_user"),
+            409: OpenApiResponse(ErrorSerializer, "challenge_not_open"),
+        },
+    )
+    def post(self, request, challenge_id: int):
+        challenge_decline(user=request.user, challenge_id=challenge_id)
+        return Response(ChallengeOutputSerializer(challenge_get(challenge_id=challenge_id)).data)

@@ -71,6 +71,11 @@ class Challenge(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Staff roles (users/roles.py): resolving and cancelling move escrowed money.
+        permissions = [
+            ("resolve_challenge", "Can resolve a challenge (start its payout)"),
+            ("cancel_challenge", "Can cancel a challenge and refund its stakes"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(yes_total__gte=0, no_total__gte=0, yes_count__gte=0, no_count__gte=0),

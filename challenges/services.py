@@ -14,16 +14,20 @@ re-checks each row after the row lock, and every notification has a unique ``ded
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
+from challenges.signals import challenges_cancelled
+from core.db import advisory_xact_lock
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from core.money import MAX_AMOUNT
+from core.money import MAX_AMOUNT, amounts_in_range
 from core.permissions import staff_action_allowed
 from core.services import audit_record
 from ledger.models import Account, Transfer
@@ -69,8 +73,10 @@ def challenge_create(
     challenger (side ``yes``).
 
     Refuses a ``due_date`` that is not in the future (``due_date_in_past``), an unknown
-    challenged user (``user_not_found``) and challenging oneself (``cannot_challenge_self``).
-    Not idempotent: each call makes a new challenge.
+    challenged user (``user_not_found``), challenging oneself (``cannot_challenge_self``) and
+    a creator who has ``CHALLENGE_OPEN_LIMIT`` open (pending or active) challenges already
+    (``409 too_many_open_challenges``; concurrent creates of one user queue on an advisory
+    lock, so the cap holds). Not idempotent: each call makes a new challenge.
     """
     if timezone.is_naive(due_date):
         raise InvalidInput("due_date needs a time zone.", code="invalid_due_date")
@@ -86,6 +92,16 @@ def challenge_create(
         if challenged.pk == creator.pk:
             raise InvalidInput("You cannot challenge yourself.", code="cannot_challenge_self")
     with transaction.atomic():
+        advisory_xact_lock(namespace="challenge-open-limit", key=creator.pk)
+        open_count = Challenge.objects.filter(
+            challenger=creator, status__in=Challenge.OPEN_STATUSES
+        ).count()
+        if open_count >= settings.CHALLENGE_OPEN_LIMIT:
+            raise Conflict(
+                f"You have {open_count} open challenges; the limit is "
+                f"{settings.CHALLENGE_OPEN_LIMIT}.",
+                code="too_many_open_challenges",
+            )
         escrow = account_create(kind=Account.Kind.CHALLENGE_ESCROW)
         return Challenge.objects.create(
             title=title.strip(),
@@ -194,13 +210,55 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
             changes |= {"no_total": F("no_total") + amount, "no_count": F("no_count") + 1}
         if challenge.status == Challenge.Status.PENDING and both_sides:
             changes["status"] = Challenge.Status.ACTIVE
-        Challenge.objects.filter(pk=challenge.pk).update(**changes)
+        with amounts_in_range():
+            Challenge.objects.filter(pk=challenge.pk).update(**changes)
     return stake
+
+
+def challenge_decline(*, user: Any, challenge_id: int) -> Challenge:
+    """The challenged user declines: the challenge is cancelled and every stake refunded.
+
+    Only the user named as challenged may decline (``403 not_challenged_user``), and only while
+    the challenge is open (``409 challenge_not_open``). Locks the challenge row (staking takes
+    the same lock, so no stake lands after it). The other participants are told; the
+    ``challenges_cancelled`` signal goes out after commit, and the payout engine opens the
+    refund job (the watchdog does it within a minute if that signal is lost). Audited as
+    ``challenge.decline``.
+    """
+    with transaction.atomic(durable=True):
+        challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
+        if challenge is None:
+            raise NotFound("No such challenge.", code="challenge_not_found")
+        if challenge.challenged_id is None or challenge.challenged_id != user.pk:
+            raise Forbidden(
+                "Only the user this challenge names can decline it.", code="not_challenged_user"
+            )
+        if challenge.status not in Challenge.OPEN_STATUSES:
+            raise Conflict("This challenge is no longer open.", code="challenge_not_open")
+        challenge.status = Challenge.Status.CANCELLED
+        challenge.updated_at = timezone.now()
+        challenge.save(update_fields=["status", "updated_at"])
+        notifications_insert_select(
+            select_sql=_CANCELLED_SELECT,
+            params={
+                "ids": [challenge.pk],
+                "why": "was declined by the challenged user; every stake is refunded.",
+                "reason": "declined",
+                "skip": user.pk,
+            },
+        )
+        audit_record(
+            actor=user, action="challenge.decline", target_type="challenge", target_id=challenge.pk
+        )
+        transaction.on_commit(
+            partial(challenges_cancelled.send, sender=Challenge, challenge_ids=[challenge.pk])
+        )
+    return challenge
 
 
 # Every participant of the challenges in ``targets`` (columns id, challenger_id,
 # challenged_id): the challenger, the challenged user and every staker, each once per challenge.
-# ``{select}`` reads ``participants AS p JOIN targets AS t``.
+# ``{select}`` reads ``participants AS p JOIN targets AS t``, filtered by ``{where}``.
 _WITH_PARTICIPANTS = """
 WITH targets AS ({targets}),
 participants AS (
@@ -213,6 +271,7 @@ participants AS (
 )
 {select}
 FROM participants AS p JOIN targets AS t ON t.id = p.challenge_id
+{where}
 """
 
 # The status list matches the partial index ``challenge_open_due_idx``, so both scans below
@@ -234,17 +293,20 @@ FROM challenges_challenge AS c CROSS JOIN auth_user AS u
 WHERE c.id = ANY(%s) AND u.is_staff AND u.is_active
 """
 
+# Parameters: ids (the challenges), why (the body after the title), reason (a code for
+# clients), skip (a user not to tell: the one who cancelled, or NULL).
 _CANCELLED_SELECT = _WITH_PARTICIPANTS.format(
     targets="""
-    SELECT id, title, challenger_id, challenged_id FROM challenges_challenge WHERE id = ANY(%s)
+    SELECT id, title, challenger_id, challenged_id FROM challenges_challenge
+    WHERE id = ANY(%(ids)s)
     """,
     select="""
     SELECT p.user_id, 'challenge_cancelled', t.id, 'Challenge cancelled',
-           left('"' || t.title || '" reached its deadline without stakes on both sides; '
-                || 'every stake is refunded.', 1000),
-           'normal', jsonb_build_object('challenge_id', t.id, 'reason', 'no_opponent'),
+           left('"' || t.title || '" ' || %(why)s, 1000),
+           'normal', jsonb_build_object('challenge_id', t.id, 'reason', %(reason)s::text),
            'challenge_cancelled:' || t.id || ':' || p.user_id
     """,
+    where="WHERE p.user_id IS DISTINCT FROM %(skip)s",
 )
 
 
@@ -291,7 +353,16 @@ def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
             )
         if cancelled:
             notified += len(
-                notifications_insert_select(select_sql=_CANCELLED_SELECT, params=[cancelled])
+                notifications_insert_select(
+                    select_sql=_CANCELLED_SELECT,
+                    params={
+                        "ids": cancelled,
+                        "why": "reached its deadline without stakes on both sides; "
+                        "every stake is refunded.",
+                        "reason": "no_opponent",
+                        "skip": None,
+                    },
+                )
             )
     return SweepResult(pending_admin=pending_admin, cancelled=cancelled, notifications=notified)
 
@@ -316,6 +387,7 @@ _WARNINGS_SELECT = _WITH_PARTICIPANTS.format(
                               'minutes_left', t.minutes_left),
            t.kind || ':' || t.id || ':' || p.user_id
     """,
+    where="",
 )
 
 

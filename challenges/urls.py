@@ -1,6 +1,7 @@
 from django.urls import path
 
 from challenges.api import (
+    ChallengeDeclineApi,
     ChallengeDetailApi,
     ChallengeEvidenceApi,
     ChallengeListCreateApi,
@@ -17,5 +18,10 @@ urlpatterns = [
         "challenges/<int:challenge_id>/evidence/",
         ChallengeEvidenceApi.as_view(),
         name="challenge-evidence",
+    ),
+    path(
+        "challenges/<int:challenge_id>/decline/",
+        ChallengeDeclineApi.as_view(),
+        name="challenge-decline",
     ),
 ]

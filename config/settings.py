@@ -6,6 +6,7 @@ things that are not secrets; with ``DEBUG`` off the process refuses to start wit
 ``deploy/devstack.py`` exports URLs of embedded servers for development and tests.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -45,6 +46,34 @@ SILENCED_SYSTEM_CHECKS = [
     "security.W008",
 ]
 
+# --- HTTPS ----------------------------------------------------------------------------------
+# With DEBUG off, cookies travel only over HTTPS and browsers are told (HSTS) to use nothing
+# else. `make up` serves plain HTTP on loopback and turns the cookie flags off for its children.
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Behind a TLS-terminating proxy, Django sees plain HTTP; the proxy says what the client used in
+# X-Forwarded-Proto. Trust it only when a proxy that overwrites the header is really in front
+# (opt-in: a client could otherwise claim HTTPS itself).
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Off by default: TLS ends at the proxy, which redirects plain HTTP itself; a redirect here would
+# also send health checks (plain HTTP from inside the cluster) away.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = [
+    # HSTS for every subdomain and the browsers' preload list bind the operator's whole domain
+    # for months: opt-in with the two settings above.
+    "security.W005",
+    "security.W021",
+    # SECURE_SSL_REDIRECT: see above, the proxy redirects.
+    "security.W008",
+]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -54,8 +83,10 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "django_prometheus",
     # The project's apps, bottom layer first (see "Code layout" in the README): each may
@@ -73,6 +104,8 @@ MIDDLEWARE = [
     # First: the request id exists before anything logs, and the HTTP metrics time it all.
     "core.requestid.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Before anything reads a body: an oversized one is refused with 413 (its own JSON).
+    "core.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -82,6 +115,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last: it answers a locked-out admin login (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -108,7 +143,21 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default="postgres://localhost/stakehold")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# No statement may run longer than this (seconds; 0 = no limit): a slow query fails and frees
+# its connection instead of piling up requests behind it. The proof runs (`make bench`,
+# `make chaos`) seed millions of rows and lift it.
+DATABASE_STATEMENT_TIMEOUT = env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0)
+if DATABASE_STATEMENT_TIMEOUT:
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT * 1000)}"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-axes first: it refuses a locked-out admin login before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "users.auth.AdminLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -132,22 +181,83 @@ STORAGES = {
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "users.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
+    # Client addresses for throttling: X-Forwarded-For is believed only as far as this many
+    # proxies of ours wrote it (0: the socket's address), so a client cannot pick its own.
+    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
+# The API schema and Swagger UI: staff only unless API_DOCS_PUBLIC is set. The UI's scripts
+# come from the project's own static files (drf-spectacular-sidecar), never from a CDN.
+API_DOCS_PUBLIC = env.bool("API_DOCS_PUBLIC", default=False)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Stakehold API",
-    "DESCRIPTION": "Challenges, escrowed stakes, notifications and batched payouts.",
+    "DESCRIPTION": (
+        "Challenges, escrowed stakes, notifications and batched payouts. Every error is "
+        "`{code, detail}` JSON (the `Error` schema); amounts are integers of minor units."
+    ),
     "VERSION": "0.1.0",
     "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": [
+        "rest_framework.permissions.AllowAny" if API_DOCS_PUBLIC else "core.api.IsStaff"
+    ],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+
+# Request bodies larger than these are refused with 413 before anything reads them: small for
+# the API (its largest input is a challenge's description), larger for Stripe's events.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+WEBHOOK_MAX_BODY_BYTES = env.int("WEBHOOK_MAX_BODY_BYTES", default=1024 * 1024)
+# JSON nested deeper than this is a 400 malformed_request (no API input nests beyond 3).
+API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, WEBHOOK_MAX_BODY_BYTES)
+
+# --- Throttling -----------------------------------------------------------------------------
+# DRF's rate format ("10/min", "1000/hour"); an empty value turns a scope off. Counted in the
+# shared cache (Redis), so every web process counts together. The load tools (`make bench`,
+# `make chaos`) and the test suite set their own rates; these defaults are for production.
+THROTTLE_RATES = {
+    # token, register, password change: per client address and per username
+    "auth": env.str("THROTTLE_AUTH", default="10/min") or None,
+    # stakes and deposits, per user
+    "money": env.str("THROTTLE_MONEY", default="60/min") or None,
+    # challenge creation, per user
+    "create": env.str("THROTTLE_CREATE", default="30/hour") or None,
+    # every staff endpoint, per staff user
+    "staff": env.str("THROTTLE_STAFF", default="600/min") or None,
+}
+
+# --- Tokens ---------------------------------------------------------------------------------
+# django-rest-knox: only a hash of each token is stored, every token expires after TOKEN_TTL
+# seconds, and clients send `Authorization: Token <token>` as before.
+TOKEN_TTL = env.int("TOKEN_TTL", default=12 * 3600)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(seconds=TOKEN_TTL),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+
+# --- Admin login lockout (django-axes) -------------------------------------------------------
+# After AXES_FAILURE_LIMIT failed admin logins from one address or for one username, that
+# address or username is locked out for AXES_COOLOFF_MINUTES. The API's token endpoint is
+# throttled instead (THROTTLE_AUTH), so a locked admin page never locks the API.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_ONLY_ADMIN_SITE = True
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CLIENT_IP_CALLABLE = "core.api.client_ip"
+AXES_RESET_ON_SUCCESS = True
 
 # --- Money ----------------------------------------------------------------------------------
 CURRENCY = env.str("CURRENCY", default="coin")
@@ -156,6 +266,20 @@ CURRENCY = env.str("CURRENCY", default="coin")
 PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)
 if not 0 <= PLATFORM_FEE_BPS <= 10_000:
     raise ImproperlyConfigured("PLATFORM_FEE_BPS must be between 0 and 10000")
+
+
+def _optional_amount(name: str, default: int) -> int | None:
+    """A cap in minor units; set to an empty value, it is unset (no cap)."""
+    raw = env.str(name, default=str(default))
+    return int(raw) if raw else None
+
+
+# Caps on staff deposits, in minor units: per deposit, and per staff member per UTC day.
+# Superusers are bound too; an empty value removes a cap.
+DEPOSIT_MAX_AMOUNT = _optional_amount("DEPOSIT_MAX_AMOUNT", 1_000_000)
+DEPOSIT_DAILY_LIMIT = _optional_amount("DEPOSIT_DAILY_LIMIT", 10_000_000)
+# Open (pending or active) challenges one user may have created at once.
+CHALLENGE_OPEN_LIMIT = env.int("CHALLENGE_OPEN_LIMIT", default=20)
 PAYOUT_DEFAULT_RAIL = env.str("PAYOUT_DEFAULT_RAIL", default="ledger")
 PAYOUT_BATCH_SIZE = env.int("PAYOUT_BATCH_SIZE", default=10_000)
 PAYOUT_PARALLELISM = env.int("PAYOUT_PARALLELISM", default=2)
@@ -165,6 +289,22 @@ PAYOUT_EXPAND_CHUNK = env.int("PAYOUT_EXPAND_CHUNK", default=100_000)
 
 # --- Redis and Celery -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Seconds a Redis call may wait: a hung Redis fails requests and tasks fast instead of
+# holding every web thread.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
+REDIS_SOCKET_CONNECT_TIMEOUT = env.float("REDIS_SOCKET_CONNECT_TIMEOUT", default=3.0)
+# The shared cache: throttle counters and admin lockouts, counted across every process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "KEY_PREFIX": "stakehold",
+        "OPTIONS": {
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
+        },
+    }
+}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
 CELERY_RESULT_EXPIRES = 3600
@@ -189,7 +329,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
     "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
     "unacked_restore_throttle": env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
 }
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "payouts.tasks.payout_batch_stripe_task": {"queue": "payouts_stripe"},

@@ -5,11 +5,17 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from core.api import healthz, readyz
 from core.metrics import metrics_view
 from ledger.models import Account, Transfer
-from users.api import RegisterApi, TokenApi
+from users.api import LogoutAllApi, LogoutApi, PasswordChangeApi, RegisterApi, TokenApi
+
+# JSON for API callers, Django's page for the admin (core.api.server_error).
+handler500 = "core.api.server_error"
 
 api = [
     path("auth/register/", RegisterApi.as_view(), name="register"),
     path("auth/token/", TokenApi.as_view(), name="token"),
+    path("auth/logout/", LogoutApi.as_view(), name="logout"),
+    path("auth/logout-all/", LogoutAllApi.as_view(), name="logout-all"),
+    path("auth/password/", PasswordChangeApi.as_view(), name="password-change"),
     path("", include("ledger.urls")),
     path("", include("payouts.urls")),
     path("", include("challenges.urls")),

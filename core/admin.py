@@ -11,6 +11,7 @@ from django.contrib import admin, messages
 
 from core.errors import DomainError
 from core.models import AuditEntry, DeadLetter
+from core.permissions import staff_action_allowed
 from core.services import dead_letter_replay
 
 
@@ -28,17 +29,29 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    # Rows that only services write are the ones that grow to millions: no full count on
-    # every page.
-    show_full_result_count = False
-
-
-def service_action(name: str, service: Callable, description: str, *, id_arg: str, **kwargs):
+def service_action(
+    name: str,
+    service: Callable,
+    description: str,
+    *,
+    id_arg: str,
+    staff_action: str,
+    **kwargs,
+):
     """An admin action calling ``service`` for each selected row, in id order, reporting
-    successes and each refusal (a domain error) to the user."""
+    successes and each refusal (a domain error) to the user.
+
+    It is the staff action ``staff_action`` (``core.permissions``, the same name the API view
+    uses): admins deriving from ``ServiceActionsAdminMixin`` offer it only to users allowed to
+    take it, and the action itself refuses anyone else.
+    """
 
     def action(modeladmin, request, queryset):
+        if not staff_action_allowed(user=request.user, action=staff_action):
+            modeladmin.message_user(
+                request, f"You may not take the action {staff_action}.", messages.ERROR
+            )
+            return
         done = 0
         for pk in queryset.order_by("pk").values_list("pk", flat=True):
             try:
@@ -51,7 +64,28 @@ def service_action(name: str, service: Callable, description: str, *, id_arg: st
             modeladmin.message_user(request, f"{description}: {done} done.", messages.SUCCESS)
 
     action.__name__ = name
+    action.staff_action = staff_action
     return admin.action(description=description)(action)
+
+
+class ServiceActionsAdminMixin:
+    """Offer each action only to users allowed to take its ``staff_action`` (Django validates
+    a posted action against this list, so an action left out cannot be run)."""
+
+    def get_actions(self, request):
+        def allowed(func) -> bool:
+            action = getattr(func, "staff_action", None)
+            return action is None or staff_action_allowed(user=request.user, action=action)
+
+        return {
+            name: entry for name, entry in super().get_actions(request).items() if allowed(entry[0])
+        }
+
+
+class ReadOnlyAdmin(ReadOnlyAdminMixin, ServiceActionsAdminMixin, admin.ModelAdmin):
+    # Rows that only services write are the ones that grow to millions: no full count on
+    # every page.
+    show_full_result_count = False
 
 
 @admin.register(DeadLetter)
@@ -66,6 +100,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             dead_letter_replay,
             "Replay the selected dead letters",
             id_arg="dead_letter_id",
+            staff_action="dead_letter.replay",
         )
     ]
 

@@ -1,16 +1,22 @@
-"""REST conventions shared by every app: error shape, strict amounts, staff permission, health."""
+"""REST conventions shared by every app: error shape, strict amounts, the staff permission,
+throttles, health. (The JSON parser is ``core.parsers``, the schema's conventions
+``core.schema``.)"""
 
+import hashlib
 import logging
+import math
 import threading
 import time
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.http import Http404, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import exceptions, permissions, serializers
+from rest_framework import exceptions, permissions, serializers, throttling
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import DomainError
@@ -93,7 +99,52 @@ def _error_response(exc, context):
         if isinstance(exc, exceptions.ParseError):
             code = "malformed_request"
         response.data = {"code": code, "detail": str(exc.detail)}
+        if isinstance(exc, exceptions.Throttled):
+            # DRF has set the Retry-After header from the same figure.
+            response.data["retry_after"] = math.ceil(exc.wait or 0)
     return response
+
+
+def error_response(*, status: int, code: str, detail: str) -> JsonResponse:
+    """The API's error shape for answers given outside DRF (middleware, the 500 handler), with
+    the request id as DRF's errors carry it."""
+    body = {"code": code, "detail": detail}
+    if request_id := request_id_get():
+        body["request_id"] = request_id
+    return JsonResponse(body, status=status)
+
+
+def server_error(request, *args, **kwargs):
+    """``handler500``: an API caller gets JSON naming the request id to quote; the admin keeps
+    Django's page. Django has logged the exception already."""
+    if not request.path.startswith("/api/"):
+        from django.views.defaults import server_error as html_server_error
+
+        return html_server_error(request, *args, **kwargs)
+    return error_response(
+        status=500,
+        code="internal_error",
+        detail="Something went wrong on our side; quote the request id when reporting it.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """What every error answer carries (documented once as the ``Error`` schema)."""
+
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. insufficient_funds.")
+    detail = serializers.CharField(help_text="A sentence for people.")
+    errors = serializers.DictField(
+        required=False, help_text="Per-field messages, with code invalid_input (and others)."
+    )
+    retry_after = serializers.IntegerField(
+        required=False, help_text="With 429: seconds to wait (also the Retry-After header)."
+    )
+    request_id = serializers.CharField(
+        required=False, help_text="This request's id (also the X-Request-ID header), to quote."
+    )
+
+    class Meta:
+        ref_name = "Error"
 
 
 @extend_schema_field(OpenApiTypes.INT)
@@ -132,13 +183,139 @@ class StrictCharField(serializers.CharField):
 
 class IsStaff(permissions.BasePermission):
     """Staff API views: asks ``core.permissions`` with the view's ``staff_action`` (default
-    ``staff``), the same check the admin pages make."""
+    ``staff``), the same check the admin pages make, so each view needs the Django permission
+    its action maps to. Anonymous callers get 401, others 403 ``permission_denied``."""
 
     message = "Staff only."
 
     def has_permission(self, request, view) -> bool:
         action = getattr(view, "staff_action", "staff")
         return staff_action_allowed(user=request.user, action=action)
+
+
+def client_ip(request) -> str:
+    """The caller's address: the socket's, or the one our own proxies (``TRUSTED_PROXY_COUNT``
+    of them) wrote into X-Forwarded-For. Never a value the client chose. Throttles and the
+    admin lockout (django-axes) both count by it."""
+    meta = request.META
+    proxies = api_settings.NUM_PROXIES or 0
+    forwarded = meta.get("HTTP_X_FORWARDED_FOR")
+    if proxies and forwarded:
+        addresses = [part.strip() for part in forwarded.split(",")]
+        return addresses[-min(proxies, len(addresses))]
+    return meta.get("REMOTE_ADDR") or ""
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_rate(rate: str) -> tuple[int, int]:
+    """DRF's rate format: "10/min" is (10, 60); the period's first letter counts."""
+    count, period = rate.split("/")
+    return int(count), _PERIODS[period[0]]
+
+
+class RateThrottle(throttling.BaseThrottle):
+    """A fixed-window counter in the shared cache, so every web process counts together.
+
+    ``scope`` names the rate in ``settings.THROTTLE_RATES`` (DRF's "10/min" format; empty turns
+    it off); ``ident`` says whom to count (None: nobody, let the request through); only the
+    ``methods`` listed count. The counter is atomic (Redis INCR), so concurrent requests cannot
+    slip past it together. If the cache is down the request goes through: throttling protects
+    capacity, and the money rules do not depend on it.
+    """
+
+    scope = ""
+    kind = ""
+    methods: tuple[str, ...] = ("POST",)
+
+    def ident(self, request) -> str | None:
+        raise NotImplementedError
+
+    def allow_request(self, request, view) -> bool:
+        rate = settings.THROTTLE_RATES.get(self.scope)
+        if request.method not in self.methods or not rate:
+            return True
+        ident = self.ident(request)
+        if ident is None:
+            return True
+        limit, period = _parse_rate(rate)
+        now = time.time()
+        window = int(now // period)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        key = f"throttle:{self.scope}:{self.kind}:{digest}:{period}:{window}"
+        try:
+            cache.add(key, 0, timeout=period + 1)
+            try:
+                count = cache.incr(key)
+            except ValueError:  # the window's key expired between add and incr
+                cache.add(key, 1, timeout=period + 1)
+                count = 1
+        except Exception:  # a cache outage must not take the API down
+            logger.warning("throttle cache unavailable; %s not counted", key, exc_info=True)
+            return True
+        if count <= limit:
+            return True
+        self._wait = (window + 1) * period - now
+        return False
+
+    def wait(self) -> float:
+        return self._wait
+
+
+class AuthAddressThrottle(RateThrottle):
+    """``THROTTLE_AUTH`` per client address: token, register, password change."""
+
+    scope = "auth"
+    kind = "ip"
+
+    def ident(self, request) -> str | None:
+        return client_ip(request)
+
+
+class AuthUsernameThrottle(RateThrottle):
+    """``THROTTLE_AUTH`` per username tried (or the signed-in user's), whatever the address:
+    guessing one account's password from many addresses is throttled too."""
+
+    scope = "auth"
+    kind = "username"
+
+    def ident(self, request) -> str | None:
+        if request.user and request.user.is_authenticated:
+            return request.user.get_username().lower()
+        data = request.data
+        username = data.get("username") if isinstance(data, dict) else None
+        return username.lower()[:150] if isinstance(username, str) else None
+
+
+class UserRateThrottle(RateThrottle):
+    kind = "user"
+
+    def ident(self, request) -> str | None:
+        user = request.user
+        return str(user.pk) if user and user.is_authenticated else None
+
+
+class MoneyThrottle(UserRateThrottle):
+    """``THROTTLE_MONEY`` per user: stakes and deposits."""
+
+    scope = "money"
+
+
+class CreateThrottle(UserRateThrottle):
+    """``THROTTLE_CREATE`` per user: creating challenges."""
+
+    scope = "create"
+
+
+class StaffThrottle(UserRateThrottle):
+    """``THROTTLE_STAFF`` per staff user, every method of every staff endpoint."""
+
+    scope = "staff"
+    methods = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+AUTH_THROTTLES = [AuthAddressThrottle, AuthUsernameThrottle]
 
 
 def healthz(request):

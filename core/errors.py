@@ -49,3 +49,10 @@ class InsufficientFunds(DomainError):
 
 class TransientError(Exception):
     """A failure worth retrying (a timeout, a dropped connection); the base task retries it."""
+
+
+class AmountOutOfRange(Conflict):
+    """A sum (a balance, a challenge's total) would leave the range the database stores."""
+
+    code = "amount_out_of_range"
+    default_detail = "This amount would take a total out of the range the platform can hold."

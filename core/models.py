@@ -35,6 +35,7 @@ class DeadLetter(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "-id"], name="deadletter_status_idx")]
+        permissions = [("replay_deadletter", "Can replay a dead-lettered task")]
 
     def __str__(self) -> str:
         return f"{self.task_name} [{self.task_id}] {self.status}"

@@ -132,6 +132,13 @@ def prepare_env() -> dict[str, str]:
     return env
 
 
+def flower_env(env: dict[str, str], username: str, password: str) -> dict[str, str]:
+    """Flower's environment: basic auth from ``FLOWER_BASIC_AUTH`` (``user:password``), else
+    the staff login. Flower reads it from its environment, never from a command line others
+    can list."""
+    return {**env, "FLOWER_BASIC_AUTH": env.get("FLOWER_BASIC_AUTH") or f"{username}:{password}"}
+
+
 def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(_python("manage.py", *args), cwd=ROOT, env=env, check=True)
 
@@ -205,14 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         # The password travels in the environment, never on a command line others can read.
         manage({**env, "ADMIN_PASSWORD": password}, "ensure_staff", "--username", username)
         for name, argv_ in process_table(port, flower_port).items():
-            supervisor.start(name, argv_)
+            child_env = flower_env(env, username, password) if name == "flower" else None
+            supervisor.start(name, argv_, env=child_env)
         wait_ready(base_url, supervisor)
         print(
             f"\nStakehold is running.\n"
             f"  API        {base_url}/api/  (docs: {base_url}/api/docs/)\n"
             f"  Admin      {base_url}/admin/  user {username!r} password {password!r}"
             f"{'  (generated, kept in .devstack/admin.json)' if generated else ''}\n"
-            f"  Flower     http://127.0.0.1:{flower_port}/\n"
+            f"  Flower     http://127.0.0.1:{flower_port}/  (basic auth: the admin login, or "
+            f"FLOWER_BASIC_AUTH)\n"
             f"  Health     {base_url}/readyz\n"
             f"  Logs       {LOGS}/\n",
             flush=True,

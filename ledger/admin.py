@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from core.admin import ReadOnlyAdmin
-from ledger.models import Account, Transfer
+from ledger.models import Account, Deposit, Transfer
 
 
 @admin.register(Account)
@@ -28,3 +28,11 @@ class TransferAdmin(ReadOnlyAdmin):
     list_filter = ["kind"]
     search_fields = ["=idempotency_key", "=debit_account__id", "=credit_account__id"]
     list_select_related = ["debit_account", "credit_account"]
+
+
+@admin.register(Deposit)
+class DepositAdmin(ReadOnlyAdmin):
+    list_display = ["id", "user", "amount", "actor", "idempotency_key", "created_at"]
+    search_fields = ["=idempotency_key", "user__username", "actor__username"]
+    list_select_related = ["user", "actor"]
+    raw_id_fields = ["user", "actor", "transfer"]

@@ -1,11 +1,18 @@
 """The wallet API: a user's own balance and recent transfers; staff deposits."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import AmountField, IsStaff
+from core.api import (
+    AmountField,
+    ErrorSerializer,
+    IsStaff,
+    MoneyThrottle,
+    StaffThrottle,
+    StrictCharField,
+)
 from ledger.selectors import account_transfers, wallet_get
 from ledger.services import wallet_deposit
 
@@ -45,22 +52,55 @@ class WalletApi(APIView):
 
 class DepositInputSerializer(serializers.Serializer):
     amount = AmountField()
-    idempotency_key = serializers.CharField(max_length=100, required=False)
+    idempotency_key = StrictCharField(
+        max_length=100,
+        help_text="Names this deposit: a retry with the same key (same user and amount) "
+        "returns the first deposit and moves nothing. Use a fresh UUID per deposit.",
+    )
 
 
 class DepositOutputSerializer(serializers.Serializer):
+    deposit_id = serializers.IntegerField()
     user_id = serializers.IntegerField()
-    balance = serializers.IntegerField()
-    posted = serializers.BooleanField()
+    amount = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    posted = serializers.BooleanField(
+        help_text="False when this answer repeats an earlier deposit with the same key."
+    )
+    balance = serializers.IntegerField(help_text="The wallet's balance now.")
 
 
 class DepositApi(APIView):
     permission_classes = [IsStaff]
+    staff_action = "wallet.deposit"
+    throttle_classes = [StaffThrottle, MoneyThrottle]
 
-    @extend_schema(request=DepositInputSerializer, responses={200: DepositOutputSerializer})
+    @extend_schema(
+        request=DepositInputSerializer,
+        responses={
+            200: DepositOutputSerializer,
+            403: OpenApiResponse(ErrorSerializer, "permission_denied, self_deposit"),
+            404: OpenApiResponse(ErrorSerializer, "user_not_found"),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                "idempotency_key_reused, deposit_daily_limit, amount_out_of_range",
+            ),
+        },
+    )
     def post(self, request, user_id: int):
         data = DepositInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        posted = wallet_deposit(user_id=user_id, actor=request.user, **data.validated_data)
-        wallet = wallet_get(user_id=user_id)
-        return Response({"user_id": user_id, "balance": wallet.balance, "posted": posted})
+        result = wallet_deposit(user_id=user_id, actor=request.user, **data.validated_data)
+        deposit = result.deposit
+        return Response(
+            {
+                "deposit_id": deposit.pk,
+                "user_id": deposit.user_id,
+                "amount": deposit.amount,
+                "idempotency_key": deposit.idempotency_key,
+                "created_at": deposit.created_at,
+                "posted": not result.replayed,
+                "balance": wallet_get(user_id=user_id).balance,
+            }
+        )

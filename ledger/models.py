@@ -135,3 +135,40 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"ledger checked up to transfer {self.watermark}"
+
+
+class Deposit(models.Model):
+    """Money put into a user's wallet from the ``world`` account, named by the caller's
+    idempotency key: the key is unique, so one key is one deposit, whoever retries it.
+
+    Its ledger transfer carries the key ``wallet-deposit:<id>``. Creating one needs the
+    ``ledger.add_deposit`` permission (the treasury group); the admin shows them read-only.
+    """
+
+    idempotency_key = models.CharField(max_length=100, db_collation="C")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    amount = models.BigIntegerField()
+    # Who deposited: the daily cap is counted per actor. Null for deposits made by code
+    # (seeding, fixtures), which no person asked for.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    transfer = models.OneToOneField(
+        Transfer, null=True, on_delete=models.PROTECT, related_name="deposit"
+    )
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="deposit_idempotency_key"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="deposit_amount_positive"),
+        ]
+        indexes = [models.Index(fields=["actor", "created_at"], name="deposit_actor_day_idx")]
+
+    def __str__(self) -> str:
+        return f"deposit {self.amount} to user {self.user_id} ({self.idempotency_key})"

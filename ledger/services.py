@@ -8,18 +8,20 @@ Invariants (DESIGN.md section 3), true after every committed transaction:
 in one SQL statement, and ``ledger.selectors.ledger_check`` verifies them from the rows.
 """
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
 
-from core.errors import InsufficientFunds, InvalidInput, NotFound
-from core.money import MAX_AMOUNT
+from core.db import advisory_xact_lock
+from core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput, NotFound
+from core.money import MAX_AMOUNT, amounts_in_range
 from core.services import audit_record
-from ledger.models import Account, Transfer
+from ledger.models import Account, Deposit, Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,8 @@ def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
 
     Idempotent: a transfer whose ``idempotency_key`` exists already is skipped and moves no
     money. Atomic: either every new transfer and its balance changes commit, or none do; a
-    balance that would go negative raises ``InsufficientFunds`` and posts nothing.
+    balance that would go negative raises ``InsufficientFunds`` and one that would overflow
+    ``AmountOutOfRange`` (409), and neither posts anything.
     """
     if not transfers:
         return 0
@@ -85,7 +88,7 @@ def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
         [t.idempotency_key for t in transfers],
     )
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with amounts_in_range(), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_LOCK_SQL, [account_ids])
             cursor.execute(_POST_SQL, list(columns))
             inserted, _ = cursor.fetchone()
@@ -124,32 +127,95 @@ def wallet_create(*, user_id: int) -> Account:
     return account_create(kind=Account.Kind.USER_WALLET, user_id=user_id)
 
 
-def wallet_deposit(
-    *, user_id: int, amount: int, actor: Any, idempotency_key: str | None = None
-) -> bool:
-    """Credit ``amount`` to the user's wallet from the ``world`` account.
+@dataclass(frozen=True, slots=True)
+class DepositResult:
+    deposit: Deposit
+    # True when the key had been used for this same deposit before: nothing moved this time.
+    replayed: bool
 
-    Idempotent when the caller passes a key: the same key deposits once. Returns False when the
-    key had been used already. Recorded in the audit trail.
+
+def _deposit_replay(*, key: str, user_id: int, amount: int) -> DepositResult:
+    first = Deposit.objects.get(idempotency_key=key)
+    if first.user_id != user_id or first.amount != amount:
+        raise Conflict(
+            "This idempotency key was used for another deposit (another user or amount).",
+            code="idempotency_key_reused",
+        )
+    return DepositResult(deposit=first, replayed=True)
+
+
+def _deposit_caps_check(*, actor_id: int, amount: int) -> None:
+    """Under the actor's advisory lock (call it in the deposit's transaction): the per-deposit
+    and per-day caps, which bind every person, superusers included."""
+    cap = settings.DEPOSIT_MAX_AMOUNT
+    if cap is not None and amount > cap:
+        raise InvalidInput(
+            f"One deposit may be at most {cap} minor units.", code="deposit_too_large"
+        )
+    daily = settings.DEPOSIT_DAILY_LIMIT
+    if daily is None:
+        return
+    advisory_xact_lock(namespace="deposit-daily-limit", key=actor_id)
+    midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    today = Deposit.objects.filter(actor_id=actor_id, created_at__gte=midnight).aggregate(
+        total=Sum("amount")
+    )["total"]
+    if (today or 0) + amount > daily:
+        raise Conflict(
+            f"Deposits by one staff member are limited to {daily} minor units a day "
+            f"({today or 0} so far today).",
+            code="deposit_daily_limit",
+        )
+
+
+def wallet_deposit(*, user_id: int, amount: int, actor: Any, idempotency_key: str) -> DepositResult:
+    """Credit ``amount`` to the user's wallet from the ``world`` account, exactly once per key.
+
+    The key names one deposit to one user: the same key again with the same user and amount
+    returns the first deposit (``replayed``) and moves nothing, whenever and however often it
+    is retried, concurrently included (the unique key decides); with another user or amount it
+    is ``409 idempotency_key_reused``. A person (``actor``) may not deposit into their own
+    wallet (``403 self_deposit``) and is bound by ``DEPOSIT_MAX_AMOUNT`` (``400
+    deposit_too_large``) and, per UTC day, ``DEPOSIT_DAILY_LIMIT`` (``409
+    deposit_daily_limit``); concurrent deposits of one actor queue on an advisory lock so the
+    daily cap holds. Recorded in the audit trail.
     """
+    actor_id = getattr(actor, "pk", None)
+    if actor_id is not None and actor_id == user_id:
+        raise Forbidden("Staff may not deposit into their own wallet.", code="self_deposit")
+    if not idempotency_key:
+        raise InvalidInput("An idempotency_key is required.", code="idempotency_key_required")
+    if Deposit.objects.filter(idempotency_key=idempotency_key).exists():
+        return _deposit_replay(key=idempotency_key, user_id=user_id, amount=amount)
     wallet = Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).first()
     if wallet is None:
         raise NotFound("No such user.", code="user_not_found")
-    key = f"deposit:{idempotency_key or uuid.uuid4().hex}"
     with transaction.atomic(durable=True):
-        posted = transfer_post(
+        if actor_id is not None:
+            _deposit_caps_check(actor_id=actor_id, amount=amount)
+        try:
+            with transaction.atomic():
+                deposit = Deposit.objects.create(
+                    idempotency_key=idempotency_key, user_id=user_id, amount=amount, actor=actor
+                )
+        except IntegrityError:
+            # A concurrent call with the same key committed first (the insert waited for it).
+            return _deposit_replay(key=idempotency_key, user_id=user_id, amount=amount)
+        key = f"wallet-deposit:{deposit.pk}"
+        transfer_post(
             debit_account_id=system_account_id(Account.Kind.WORLD),
             credit_account_id=wallet.pk,
             amount=amount,
             kind=Transfer.Kind.DEPOSIT,
             idempotency_key=key,
         )
-        if posted:
-            audit_record(
-                actor=actor,
-                action="wallet.deposit",
-                target_type="user",
-                target_id=user_id,
-                details={"amount": amount, "idempotency_key": key},
-            )
-    return posted
+        deposit.transfer = Transfer.objects.get(idempotency_key=key)
+        deposit.save(update_fields=["transfer"])
+        audit_record(
+            actor=actor,
+            action="wallet.deposit",
+            target_type="user",
+            target_id=user_id,
+            details={"amount": amount, "idempotency_key": idempotency_key, "deposit": deposit.pk},
+        )
+    return DepositResult(deposit=deposit, replayed=False)

@@ -1,12 +1,13 @@
 """Notifications REST API: the caller's own notifications and Pusher channel authorization."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import ErrorSerializer
 from notifications.selectors import notification_list
 from notifications.services import notification_mark_read, pusher_channel_authorize
 
@@ -30,13 +31,15 @@ class NotificationPagination(PageNumberPagination):
 
 
 class NotificationListApi(APIView):
+    pagination_class = NotificationPagination
+
     @extend_schema(
         parameters=[OpenApiParameter("unread", bool, required=False)],
         responses={200: NotificationOutputSerializer(many=True)},
     )
     def get(self, request):
         unread = request.query_params.get("unread", "").lower() in {"1", "true", "yes"}
-        paginator = NotificationPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             notification_list(user=request.user, unread=unread), request, view=self
         )
@@ -64,7 +67,13 @@ class PusherAuthApi(APIView):
     # pusher-js posts a form; other clients may send JSON.
     parser_classes = [FormParser, JSONParser]
 
-    @extend_schema(request=PusherAuthInputSerializer, responses={200: PusherAuthOutputSerializer})
+    @extend_schema(
+        request=PusherAuthInputSerializer,
+        responses={
+            200: PusherAuthOutputSerializer,
+            503: OpenApiResponse(ErrorSerializer, "pusher_not_configured"),
+        },
+    )
     def post(self, request):
         data = PusherAuthInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -1,14 +1,14 @@
 from functools import partial
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from core.api import IsStaff, StrictCharField
+from core.api import CreateThrottle, ErrorSerializer, IsStaff, StaffThrottle, StrictCharField
 from core.services import dead_letter_replay
 from payouts.dashboard import console_dashboard, dashboard_json
 from payouts.models import PayoutEntry
@@ -50,11 +50,33 @@ class ResolveInputSerializer(serializers.Serializer):
     )
 
 
-class ChallengeResolveApi(APIView):
+class StaffApi(APIView):
+    """A staff endpoint: allowed to staff who may take its ``staff_action`` (each maps to a
+    Django permission in ``core.permissions``), throttled per staff user (``THROTTLE_STAFF``)."""
+
     permission_classes = [IsStaff]
+    throttle_classes = [StaffThrottle]
+    staff_action = "staff"
+
+
+CONFLICT_OF_INTEREST = OpenApiResponse(
+    ErrorSerializer,
+    "permission_denied, conflict_of_interest (you created it, were challenged in it or staked "
+    "on it)",
+)
+
+
+class ChallengeResolveApi(StaffApi):
     staff_action = "challenge.resolve"
 
-    @extend_schema(request=ResolveInputSerializer, responses={202: JobStartedOutputSerializer})
+    @extend_schema(
+        request=ResolveInputSerializer,
+        responses={
+            202: JobStartedOutputSerializer,
+            403: CONFLICT_OF_INTEREST,
+            409: OpenApiResponse(ErrorSerializer, "already_resolved, challenge_not_resolvable"),
+        },
+    )
     def post(self, request, challenge_id: int):
         data = ResolveInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -70,11 +92,17 @@ class CancelInputSerializer(serializers.Serializer):
     )
 
 
-class ChallengeCancelApi(APIView):
-    permission_classes = [IsStaff]
+class ChallengeCancelApi(StaffApi):
     staff_action = "challenge.cancel"
 
-    @extend_schema(request=CancelInputSerializer, responses={202: JobStartedOutputSerializer})
+    @extend_schema(
+        request=CancelInputSerializer,
+        responses={
+            202: JobStartedOutputSerializer,
+            403: CONFLICT_OF_INTEREST,
+            409: OpenApiResponse(ErrorSerializer, "already_resolved, challenge_not_cancellable"),
+        },
+    )
     def post(self, request, challenge_id: int):
         # A body is optional here: an empty POST cancels without a note.
         data = CancelInputSerializer(data=request.data or {})
@@ -121,7 +149,7 @@ def _status_filtered_page(view, request, select, output):
     """One page of ``select(status=...)`` (``?status=`` optional), each row through ``output``."""
     filters = StatusFilterSerializer(data=request.query_params)
     filters.is_valid(raise_exception=True)
-    paginator = PageNumberPagination()
+    paginator = view.pagination_class()
     page = paginator.paginate_queryset(select(**filters.validated_data), request, view)
     return paginator.get_paginated_response([output(row) for row in page])
 
@@ -130,8 +158,9 @@ class JobFilterSerializer(StatusFilterSerializer):
     challenge = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
 
-class PayoutJobListApi(APIView):
-    permission_classes = [IsStaff]
+class PayoutJobListApi(StaffApi):
+    staff_action = "payout_job.view"
+    pagination_class = PageNumberPagination
 
     @extend_schema(
         parameters=[JobFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
@@ -195,11 +224,12 @@ class EntryCursorPagination(CursorPagination):
     max_page_size = 1000
 
 
-class PayoutEntryListApi(APIView):
+class PayoutEntryListApi(StaffApi):
     """A job's entries, filtered by ``status`` and ``failure_reason`` (cursor pagination),
     each with its Stripe attempts."""
 
-    permission_classes = [IsStaff]
+    staff_action = "payout_job.view"
+    pagination_class = EntryCursorPagination
 
     @extend_schema(
         parameters=[EntryFilterSerializer], responses={200: EntryOutputSerializer(many=True)}
@@ -208,7 +238,7 @@ class PayoutEntryListApi(APIView):
         filters = EntryFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         job = payout_job_get(job_id=job_id)
-        paginator = EntryCursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             payout_entry_list(job_id=job.pk, **filters.validated_data), request, self
         )
@@ -218,10 +248,9 @@ class PayoutEntryListApi(APIView):
         return paginator.get_paginated_response(EntryOutputSerializer(page, many=True).data)
 
 
-class DashboardApi(APIView):
+class DashboardApi(StaffApi):
     """The staff console's figures (the admin index shows the same)."""
 
-    permission_classes = [IsStaff]
     staff_action = "console.view"
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
@@ -229,8 +258,8 @@ class DashboardApi(APIView):
         return Response(dashboard_json(console_dashboard()))
 
 
-class PayoutJobDetailApi(APIView):
-    permission_classes = [IsStaff]
+class PayoutJobDetailApi(StaffApi):
+    staff_action = "payout_job.view"
 
     @extend_schema(responses={200: PayoutJobOutputSerializer})
     def get(self, request, job_id: int):
@@ -245,17 +274,23 @@ JOB_CONTROLS = {
 }
 
 
-class PayoutJobControlApi(APIView):
-    """``pause``, ``resume``, ``cancel`` or ``retry-failed``: one service each, audited."""
+class PayoutJobControlApi(StaffApi):
+    """``pause``, ``resume``, ``cancel`` or ``retry-failed``: one service and one permission
+    each, audited."""
 
-    permission_classes = [IsStaff]
     control: str = ""
 
     @property
     def staff_action(self) -> str:
         return f"payout_job.{self.control}"
 
-    @extend_schema(request=None, responses={200: PayoutJobOutputSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: PayoutJobOutputSerializer,
+            409: OpenApiResponse(ErrorSerializer, "invalid_job_state, no_failed_entries"),
+        },
+    )
     def post(self, request, job_id: int):
         job = JOB_CONTROLS[self.control](job_id=job_id, actor=request.user)
         return Response(_job_output(job))
@@ -277,8 +312,9 @@ class DeadLetterOutputSerializer(serializers.Serializer):
     replay_task_id = serializers.CharField()
 
 
-class DeadLetterListApi(APIView):
-    permission_classes = [IsStaff]
+class DeadLetterListApi(StaffApi):
+    staff_action = "dead_letter.view"
+    pagination_class = PageNumberPagination
 
     @extend_schema(
         parameters=[StatusFilterSerializer], responses={200: DeadLetterOutputSerializer(many=True)}
@@ -289,11 +325,16 @@ class DeadLetterListApi(APIView):
         )
 
 
-class DeadLetterReplayApi(APIView):
-    permission_classes = [IsStaff]
+class DeadLetterReplayApi(StaffApi):
     staff_action = "dead_letter.replay"
 
-    @extend_schema(request=None, responses={200: DeadLetterOutputSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: DeadLetterOutputSerializer,
+            409: OpenApiResponse(ErrorSerializer, "already_replayed"),
+        },
+    )
     def post(self, request, dead_letter_id: int):
         letter = dead_letter_replay(dead_letter_id=dead_letter_id, actor=request.user)
         return Response(DeadLetterOutputSerializer(letter).data)
@@ -317,6 +358,9 @@ class PayoutAccountOpenedOutputSerializer(serializers.Serializer):
 
 class PayoutAccountApi(APIView):
     """The caller's Stripe Connect Express account, where Stripe-rail winnings are sent."""
+
+    # Opening one calls Stripe: counted like creating a challenge.
+    throttle_classes = [CreateThrottle]
 
     @extend_schema(responses={200: PayoutAccountOutputSerializer})
     def get(self, request):

@@ -66,6 +66,13 @@ class PayoutJob(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Staff roles (users/roles.py): one permission per control.
+        permissions = [
+            ("pause_payoutjob", "Can pause a payout job"),
+            ("resume_payoutjob", "Can resume a payout job"),
+            ("cancel_payoutjob", "Can cancel a payout job"),
+            ("retry_payoutjob", "Can retry a payout job's failed entries"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(fee_bps__gte=0, fee_bps__lte=10_000), name="payoutjob_fee_bps_range"

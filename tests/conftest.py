@@ -1,6 +1,7 @@
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -21,6 +22,28 @@ def _fast_passwords(settings) -> None:
     # Scenarios create up to thousands of users through user_create; the production hasher is
     # deliberately slow.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_throttles(settings) -> None:
+    """Scenarios call the API far faster than people do: no throttle unless a test sets its
+    rates (tests/core/test_throttling.py, with the ``throttle_rates`` fixture)."""
+    settings.THROTTLE_RATES = dict.fromkeys(settings.THROTTLE_RATES)
+
+
+@pytest.fixture
+def throttle_rates(settings) -> Callable[..., None]:
+    """Set throttle rates (``auth="3/min"``) counted in a cache namespace of this test's own,
+    so no earlier test or run has spent any of them."""
+
+    def set_rates(**rates: str) -> None:
+        settings.CACHES = {
+            **settings.CACHES,
+            "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"},
+        }
+        settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, **rates}
+
+    return set_rates
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +78,9 @@ def make_user(db) -> Callable:
             validate=False,
         )
         if balance:
-            wallet_deposit(user_id=user.pk, amount=balance, actor=None)
+            wallet_deposit(
+                user_id=user.pk, amount=balance, actor=None, idempotency_key=f"test:{user.pk}"
+            )
         return user
 
     return make
@@ -63,7 +88,13 @@ def make_user(db) -> Callable:
 
 @pytest.fixture
 def staff(make_user):
-    return make_user("staffer", staff=True)
+    """A staff member holding every staff role (resolvers, treasury, operators)."""
+    from users.roles import STAFF_ROLES, staff_role_grant
+
+    user = make_user("staffer", staff=True)
+    for role in STAFF_ROLES:
+        staff_role_grant(user=user, role=role)
+    return user
 
 
 @pytest.fixture
@@ -104,6 +135,11 @@ def worker_env(django_db_setup) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": database_url,
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # As in this process: no throttle (tests/core/test_schema_fuzz.py runs a web server).
+        "THROTTLE_AUTH": "",
+        "THROTTLE_MONEY": "",
+        "THROTTLE_CREATE": "",
+        "THROTTLE_STAFF": "",
         "TASK_RETRY_BACKOFF_BASE": "0.3",
         "TASK_RETRY_BACKOFF_MAX": "5",
         "TASK_MAX_RETRIES": "4",

@@ -78,6 +78,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from core.errors import InsufficientFunds, NotFound
+from core.redis_client import redis_from_url
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
 from payouts.metrics import JOBS_FINISHED, payouts_paid_count
@@ -112,7 +113,7 @@ RESUMABLE = (PayoutJob.Status.RUNNING, PayoutJob.Status.PAUSED, PayoutJob.Status
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return redis_from_url(settings.REDIS_URL)
 
 
 def expand_enqueue(*, job_id: int) -> None:

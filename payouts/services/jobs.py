@@ -10,11 +10,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.services import audit_record
 from payouts.metrics import JOBS_FINISHED
 from payouts.models import PayoutEntry, PayoutJob
@@ -46,10 +46,33 @@ def _rail_check(rail: str | None) -> str:
     return rail
 
 
-def _challenge_locked(challenge_id: int) -> Challenge:
-    challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
+def _challenge_locked(challenge_id: int, *, actor: Any) -> Challenge:
+    """Lock the challenge row and refuse an actor with a stake in the outcome.
+
+    Whoever created the challenge, was challenged in it or staked on it may not decide it:
+    ``403 conflict_of_interest``, superusers included, whatever the caller (API, admin, console).
+    Under the row lock no stake can land between this check and the decision.
+    """
+    actor_id = getattr(actor, "pk", None)
+    # The stake check rides on the locking query (resolve stays a constant 6 queries).
+    challenge = (
+        Challenge.objects.select_for_update(of=("self",))
+        .annotate(
+            actor_staked=Exists(Stake.objects.filter(challenge=OuterRef("pk"), user_id=actor_id))
+        )
+        .filter(pk=challenge_id)
+        .first()
+    )
     if challenge is None:
         raise NotFound("No such challenge.", code="challenge_not_found")
+    if actor_id is not None and (
+        actor_id in (challenge.challenger_id, challenge.challenged_id) or challenge.actor_staked
+    ):
+        raise Forbidden(
+            "You created this challenge, were challenged in it or staked on it: someone else "
+            "must decide it.",
+            code="conflict_of_interest",
+        )
     if challenge.status in (Challenge.Status.RESOLVING, Challenge.Status.COMPLETED):
         raise Conflict("This challenge was resolved already.", code="already_resolved")
     return challenge
@@ -97,8 +120,9 @@ def challenge_resolve(
     challenge row, so of two concurrent resolves one wins and the other gets
     ``already_resolved``; the job's unique challenge is the database's guard. The fee rate,
     batch size and parallelism are copied onto the job. Expansion is sent after commit.
-    ``note`` (why this outcome) is stored on the challenge as ``resolution_note``. Audited as
-    ``challenge.resolve`` with the note.
+    ``note`` (why this outcome) is stored on the challenge as ``resolution_note``. An actor
+    who created the challenge, was challenged in it or staked on it is refused
+    (``conflict_of_interest``). Audited as ``challenge.resolve`` with the note.
     """
     if result not in Challenge.Result.values:
         raise InvalidInput(
@@ -107,7 +131,7 @@ def challenge_resolve(
     rail = _rail_check(rail)
     note = _note_check(note)
     with transaction.atomic(durable=True):
-        challenge = _challenge_locked(challenge_id)
+        challenge = _challenge_locked(challenge_id, actor=actor)
         if challenge.status != Challenge.Status.PENDING_ADMIN:
             raise Conflict(
                 f"Only challenges awaiting resolution can be resolved (this one is "
@@ -162,12 +186,12 @@ def challenge_cancel(*, challenge_id: int, actor: Any, note: str = "") -> Payout
 
     Allowed from ``pending``, ``active`` and ``pending_admin``; locks the challenge row (the
     staking service takes the same lock, so no stake lands after the cancel). ``note`` is
-    stored as the challenge's ``resolution_note``. Audited as ``challenge.cancel`` with the
-    note.
+    stored as the challenge's ``resolution_note``. An actor with a stake in the outcome is
+    refused (``conflict_of_interest``). Audited as ``challenge.cancel`` with the note.
     """
     note = _note_check(note)
     with transaction.atomic(durable=True):
-        challenge = _challenge_locked(challenge_id)
+        challenge = _challenge_locked(challenge_id, actor=actor)
         if challenge.status not in CANCELLABLE:
             raise Conflict(
                 f"A {challenge.status} challenge cannot be cancelled.",

@@ -12,6 +12,7 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from core.redis_client import redis_from_url
 from payouts.metrics import STRIPE_RATELIMIT_WAIT
 
 # Refill, then take one token if there is one; otherwise report in milliseconds how long until
@@ -41,7 +42,7 @@ return wait_ms
 @cache
 def _take_script(redis_url: str) -> redis.commands.core.Script:
     """One client and one loaded script per process (and per URL, for tests that switch)."""
-    return redis.Redis.from_url(redis_url).register_script(_TAKE_LUA)
+    return redis_from_url(redis_url).register_script(_TAKE_LUA)
 
 
 def token_take(*, bucket: str, rate: float, burst: int) -> float:
