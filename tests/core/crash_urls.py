@@ -4,7 +4,8 @@ from django.urls import path
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 
-from config.urls import handler500, urlpatterns as project_urls
+from config.urls import handler500
+from config.urls import urlpatterns as project_urls
 
 __all__ = ["handler500", "urlpatterns"]
 

@@ -38,7 +38,8 @@ def test_tokens_are_stored_hashed_and_expire_after_the_ttl(client_for, make_user
     # Only a digest is stored: the token itself appears in no column.
     stored = AuthToken.objects.get()
     assert token not in (stored.digest, stored.token_key)
-    assert stored.token_key == token[: len(stored.token_key)] and len(token) > 30
+    assert stored.token_key == token[: len(stored.token_key)]
+    assert len(token) > 30
     # The answer says when it stops working: TOKEN_TTL from now.
     ttl = timedelta(seconds=settings.TOKEN_TTL)
     assert abs(stored.expiry - (timezone.now() + ttl)) < timedelta(minutes=1)
