@@ -208,6 +208,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": [
         "rest_framework.permissions.AllowAny" if API_DOCS_PUBLIC else "core.api.IsStaff"
     ],
+    # The schema endpoint itself is not an operation of the API.
+    "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
