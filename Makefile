@@ -57,13 +57,6 @@ TEST_STACK ?= .devstack/test
 # With DATABASE_URL set, everything runs against the servers it names (no embedded stack).
 on_stack = $(if $(DATABASE_URL),,python -m deploy.devstack run --root $(1) --)
 test chaos bench: export DJANGO_SECRET_KEY ?= test-only-secret-key
-# The load tools drive the API far faster than any person: their own throttle rates, and no
-# statement timeout while they seed millions of rows. Production keeps the safe defaults.
-chaos bench: export THROTTLE_MONEY ?= 1000000/s
-chaos bench: export THROTTLE_CREATE ?= 1000000/s
-chaos bench: export THROTTLE_STAFF ?= 1000000/s
-chaos bench: export THROTTLE_AUTH ?= 1000000/s
-chaos bench: export DATABASE_STATEMENT_TIMEOUT ?= 0
 
 # The browser tests drive Debian's Chromium through Playwright from PyPI; Playwright's own
 # browser download cannot work offline, so it is never used. CI runs as root with apt.

@@ -6,6 +6,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from proof.bench import bench_run
+from proof.limits import proof_limits_lift
 
 
 class Command(BaseCommand):
@@ -28,6 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, winners: int, workers: int, baseline_sample: int, **options):
+        proof_limits_lift()
         call_command("migrate", "--noinput", verbosity=0)
         quiet = options["json"]
         # With --json, standard output carries the JSON object alone; progress goes to stderr.

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from proof.lifecycle_bench import bench_sweep, bench_warnings
+from proof.limits import proof_limits_lift
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--participants", type=int, default=100_000)
 
     def handle(self, *args, challenges: int, due: int, participants: int, **options):
+        proof_limits_lift()
         for name, figures in (
             ("sweep", bench_sweep(challenges=challenges, due=min(due, challenges))),
             ("warnings", bench_warnings(participants=max(participants, 1))),

@@ -4,6 +4,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from proof.chaos import ChaosConfig, ChaosRefused, ChaosRun
+from proof.limits import proof_limits_lift
 
 
 class Command(BaseCommand):
@@ -25,6 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options):
+        proof_limits_lift()
         config = ChaosConfig(
             winners=options["winners"],
             stripe_winners=options["stripe_winners"],
