@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from core.admin import ReadOnlyAdminMixin
+from core.permissions import staff_action_allowed
 from notifications.models import Notification
 from notifications.services import notifications_deliver_enqueue
 
@@ -27,7 +28,13 @@ class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     actions = ["deliver_again"]
 
-    @admin.action(description="Deliver the selected undelivered notifications now")
+    # Resending is an operator's job: a staff action of its own, as every admin action.
+    def has_deliver_permission(self, request) -> bool:
+        return staff_action_allowed(user=request.user, action="notification.deliver")
+
+    @admin.action(
+        description="Deliver the selected undelivered notifications now", permissions=["deliver"]
+    )
     def deliver_again(self, request, queryset):
         ids = list(queryset.filter(delivered_at__isnull=True).values_list("id", flat=True))
         tasks = notifications_deliver_enqueue(notification_ids=ids)

@@ -41,6 +41,8 @@ STAFF_ROLES: dict[str, tuple[str, ...]] = {
         "core.replay_deadletter",
         "core.view_auditentry",
         "challenges.view_challenge",
+        "notifications.view_notification",
+        "notifications.change_notification",
     ),
 }
 

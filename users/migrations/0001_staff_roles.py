@@ -36,6 +36,8 @@ STAFF_ROLES = {
         "core.replay_deadletter",
         "core.view_auditentry",
         "challenges.view_challenge",
+        "notifications.view_notification",
+        "notifications.change_notification",
     ),
 }
 
@@ -68,6 +70,7 @@ class Migration(migrations.Migration):
         ("core", "0002_replay_permission"),
         ("ledger", "0003_deposit"),
         ("payouts", "0009_job_control_permissions"),
+        ("notifications", "0003_outcome_kinds"),
     ]
 
     operations = [
