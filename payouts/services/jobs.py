@@ -53,13 +53,13 @@ def _challenge_locked(challenge_id: int, *, actor: Any) -> Challenge:
     ``403 conflict_of_interest``, superusers included, whatever the caller (API, admin, console).
     Under the row lock no stake can land between this check and the decision.
     """
-    actor_id = getattr(actor, "pk", None)
+    actor_id: int | None = getattr(actor, "pk", None)
     # The stake check rides on the locking query (resolve stays a constant 6 queries).
+    stakes = Stake.objects.filter(challenge=OuterRef("pk"))
+    own_stake = stakes.filter(user_id=actor_id) if actor_id is not None else stakes.none()
     challenge = (
         Challenge.objects.select_for_update(of=("self",))
-        .annotate(
-            actor_staked=Exists(Stake.objects.filter(challenge=OuterRef("pk"), user_id=actor_id))
-        )
+        .annotate(actor_staked=Exists(own_stake))
         .filter(pk=challenge_id)
         .first()
     )
