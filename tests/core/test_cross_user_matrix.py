@@ -53,14 +53,17 @@ def world(make_user, staff):
     }
 
 
-# (method, url, the object it names, the permission it needs, or None: owner only)
+# (method, url naming the object, the permission staff need, or None: the owner only). The
+# evidence of a challenge is its parties' (``owner`` is the challenged user) or deciding staff's.
 ENDPOINTS = [
     ("post", "/api/challenges/{challenged}/decline/", None),
+    ("post", "/api/challenges/{challenged}/evidence/", "challenges.resolve_challenge"),
     ("post", "/api/notifications/{notification}/read/", None),
     ("post", "/api/admin/wallets/{owner}/deposit/", "ledger.add_deposit"),
     ("post", "/api/admin/challenges/{due}/resolve/", "challenges.resolve_challenge"),
     ("post", "/api/admin/challenges/{challenged}/cancel/", "challenges.cancel_challenge"),
     ("get", "/api/admin/payout-jobs/{job}/", "payouts.view_payoutjob"),
+    ("get", "/api/admin/payout-jobs/{job}/entries/", "payouts.view_payoutjob"),
     ("post", "/api/admin/payout-jobs/{job}/pause/", "payouts.pause_payoutjob"),
     ("post", "/api/admin/payout-jobs/{job}/resume/", "payouts.resume_payoutjob"),
     ("post", "/api/admin/payout-jobs/{job}/cancel/", "payouts.cancel_payoutjob"),
@@ -70,12 +73,17 @@ ENDPOINTS = [
 BODIES = {
     "deposit": {"amount": 10, "idempotency_key": "matrix"},
     "resolve": {"result": "draw"},
+    "evidence": {"evidence": "I was there."},
 }
 
 
 def _snapshot() -> tuple:
     return (
-        list(Challenge.objects.order_by("id").values_list("id", "status", "result")),
+        list(
+            Challenge.objects.order_by("id").values_list(
+                "id", "status", "result", "evidence", "admin_notes"
+            )
+        ),
         list(PayoutJob.objects.order_by("id").values_list("id", "status")),
         list(Notification.objects.order_by("id").values_list("id", "read_at")),
         list(DeadLetter.objects.order_by("id").values_list("id", "status")),
@@ -114,5 +122,6 @@ def test_refused_and_nothing_changed(client_for, make_user, world, method, url, 
         "not_found",
         "notification_not_found",
         "not_challenged_user",
+        "not_a_party",
     }
     assert _snapshot() == before

@@ -236,7 +236,9 @@ REFUSALS: dict[str, tuple[str, Callable[[dict], object]]] = {
     ),
     "deposit to an unknown user": (
         "user_not_found",
-        lambda w: wallet_deposit(user_id=10**9, amount=5, actor=w["staff"]),
+        lambda w: wallet_deposit(
+            user_id=10**9, amount=5, actor=w["staff"], idempotency_key="to-nobody"
+        ),
     ),
     "link a malformed Stripe account": (
         "invalid_stripe_account",
