@@ -6,6 +6,10 @@ from rest_framework import permissions
 
 from core.api import ErrorSerializer
 
+# Answered by the web server in front of Django (gunicorn's request-line limit), as its own
+# page rather than an ``Error``: documented without a body.
+SERVER_ANSWERS = {"414": "The address is too long (the web server's limit on the request line)."}
+
 
 class AutoSchema(SpectacularAutoSchema):
     """drf-spectacular's schema, plus the error answers each operation can give, all in the one
@@ -27,8 +31,11 @@ class AutoSchema(SpectacularAutoSchema):
             statuses["415"] = "The body is not in a supported media type."
         if "{" in self.path or self._is_list_view():
             statuses["404"] = "No such object (or no such page)."
-        if self.method == "GET" and self._get_parameters():
+        parameters = self._get_parameters()
+        if self.method == "GET" and parameters:
             statuses["400"] = "An invalid query parameter."
+        if parameters:
+            statuses.update(SERVER_ANSWERS)
         if any(
             self.method in getattr(throttle, "methods", ()) for throttle in view.get_throttles()
         ):
@@ -38,7 +45,9 @@ class AutoSchema(SpectacularAutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         for status, description in self._error_statuses().items():
-            if status not in responses:
+            if status in SERVER_ANSWERS:
+                responses.setdefault(status, {"description": description})
+            elif status not in responses:
                 responses[status] = {
                     **self._get_response_for_code(ErrorSerializer, status, direction=direction),
                     "description": description,
