@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
         ("challenges", "0005_staff_permissions"),
         ("core", "0002_replay_permission"),
         ("ledger", "0003_deposit"),
-        ("payouts", "0009_job_control_permissions"),
+        ("payouts", "0010_job_control_permissions"),
         ("notifications", "0003_outcome_kinds"),
     ]
 

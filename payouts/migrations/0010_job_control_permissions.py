@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('payouts', '0008_attempts_onboarding_reversals'),
+        ('payouts', '0009_ops_beat_schedule'),
     ]
 
     operations = [
