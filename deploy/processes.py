@@ -124,9 +124,11 @@ class Role:
                 "-l",
                 dialect.log_level,
             ]
+        # deploy/flower.py refuses to start Flower without basic-auth credentials.
         return [
-            *celery,
-            "flower",
+            "python",
+            "-m",
+            "deploy.flower",
             f"--address={dialect.flower_address}",
             f"--port={dialect.flower_port}",
         ]

@@ -48,6 +48,7 @@ def secrets_env(worker_env) -> dict[str, str]:
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SECRET_KEY": "deploy-files-test-" + "k" * 50,
         "METRICS_TOKEN": METRICS_TOKEN,
+        "FLOWER_BASIC_AUTH": "ops:deploy-files-test",
     }
 
 
@@ -320,3 +321,18 @@ def test_kubernetes_manifests_are_production_shaped():
         "stakehold-worker-payouts": ["payouts"],
         "stakehold-worker-stripe": ["payouts_stripe"],
     }
+
+
+def test_flower_never_starts_without_basic_auth():
+    env = {key: value for key, value in os.environ.items() if key != "FLOWER_BASIC_AUTH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.flower", "--port=1"],
+        cwd=render.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "FLOWER_BASIC_AUTH" in done.stderr
