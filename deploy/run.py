@@ -161,17 +161,29 @@ def staff_credentials(env: dict[str, str]) -> tuple[str, str, bool]:
     return username, password, True
 
 
+def _web_ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:  # noqa: S310
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _workers_answer(env: dict[str, str]) -> bool:
+    """Some worker answers a ping: the same check the deploy files' probes run."""
+    ping = local_argv(["celery", "-A", "config", "inspect", "ping", "-t", "1"])
+    return subprocess.run(ping, cwd=ROOT, env=env, capture_output=True, check=False).returncode == 0
+
+
 def wait_ready(base_url: str, supervisor: Supervisor, timeout: float = 60) -> None:
+    """The web server is ready (``/readyz``: the database answers) and workers answer: only
+    then can the demo resolve a challenge and watch it pay."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if dead := supervisor.dead():
             raise SystemExit(f"{', '.join(dead)} exited at start: see {LOGS}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:  # noqa: S310
-                if json.load(response).get("workers", 0) > 0:
-                    return
-        except OSError:
-            pass
+        if _web_ready(base_url) and _workers_answer(supervisor.env):
+            return
         time.sleep(0.5)
     raise SystemExit(f"the web server did not become ready within {timeout:.0f}s: see {LOGS}")
 
