@@ -26,6 +26,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from functools import cache
 
 import redis
@@ -82,20 +83,27 @@ class SharedCounter:
         values = [str(labels[name]) for name in self.labelnames]
         return json.dumps([*values, suffix] if suffix else values)
 
-    def _add(self, increments: dict[str, float]) -> None:
+    def _add(self, increments: dict[str, int | float]) -> None:
         try:
             pipe = metrics_redis().pipeline(transaction=False)
             key = _KEY.format(name=self.name)
             for field, amount in increments.items():
-                pipe.hincrbyfloat(key, field, amount)
+                # Whole numbers (counts, money in minor units) add up exactly, past the 2**53
+                # where a float stops counting every unit; durations add as floats.
+                if isinstance(amount, int):
+                    pipe.hincrby(key, field, amount)
+                else:
+                    pipe.hincrbyfloat(key, field, amount)
             pipe.execute()
         except redis.RedisError as exc:
             logger.warning("metric %s not counted: %r", self.name, exc)
 
     def inc(self, amount: float = 1, **labels: object) -> None:
         if amount:
-            # float(): SQL sums arrive as Decimal, which Redis clients do not encode.
-            self._add({self._field(labels): float(amount)})
+            # SQL sums arrive as Decimal, which Redis clients do not encode; a whole one (an
+            # amount of money) stays a whole number.
+            whole = isinstance(amount, int | Decimal) and amount == int(amount)
+            self._add({self._field(labels): int(amount) if whole else float(amount)})
 
     def _stored(self, raw: dict[bytes, bytes]) -> Iterator[tuple[list[str], float]]:
         for field, value in raw.items():
