@@ -64,13 +64,15 @@ CHROMIUM ?= /usr/bin/chromium
 browser:
 	test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
 
-# The whole suite, then a small chaos run: a regression in crash safety fails the build.
+# The whole suite, then a small chaos run: a regression in crash safety fails the build. Last,
+# a quick bench prints the trend figures of this build; it checks nothing noise could break.
 test: lint browser
 	$(call on_stack,$(TEST_STACK)) python -m pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 10000 --stripe-winners 300 --kills 5 --seed 7
+	$(call on_stack,.devstack/bench-ci) python manage.py bench --quick
 
-# The proof: `make chaos ARGS="--seed 2 --json"`, `make bench ARGS="--json"`.
+# The proof: `make chaos ARGS="--seed 2 --json"`, `make bench ARGS="--repeat 3 --json"`.
 # Not echoed: with --json, standard output carries the JSON object alone.
 chaos: install
 	@$(call on_stack,.devstack/proof) python manage.py chaos $(ARGS)

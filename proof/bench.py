@@ -13,11 +13,16 @@ against a number remembered from elsewhere:
 - the Stripe rail against the fake Stripe with latency and a rate limit
   (``payouts.stripe_benchmarks``);
 - the deadline sweep and the warning fan-out (``challenges.benchmarks``).
+
+Every phase runs in a fresh database of its own (``proof.bench_env.BenchDatabases``), so a run
+measures the same thing whatever ran before it; ``bench_repeat`` runs the whole set ``repeat``
+times and sums each figure up as median, min and max.
 """
 
 import os
 import threading
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psutil
@@ -26,6 +31,7 @@ from deploy.workers import WorkerPool, run_log_dir
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
 from proof.baselines import per_transaction_run, task_per_payout_run
+from proof.bench_env import BenchDatabases, load_now, machine_report, summarize
 from proof.lifecycle_bench import bench_sweep, bench_warnings
 from proof.payout_bench import database_settle, payout_benchmark, workers_ready
 from proof.resolve_latency import resolve_latency
@@ -76,106 +82,181 @@ def _resolved_sample(*, stakers: int, seed: int) -> int:
     return job.pk
 
 
-def bench_run(
-    *,
-    winners: int = 1_000_000,
-    workers: int = 2,
-    baseline_sample: int = 20_000,
-    resolve_sizes: tuple[int, ...] = (10, 10_000, 1_000_000),
-    resolve_samples: int = 100,
-    stripe_winners: int = 2_000,
-    stripe_limit: float = 100.0,
-    stripe_latency: float = 0.03,
-    stripe_workers: int = 8,
-    sweep_challenges: int = 1_000_000,
-    sweep_due: int = 10_000,
-    warning_participants: int = 100_000,
-    log=print,
-) -> dict[str, Any]:
-    env = dict(os.environ)
-    staff = proof_staff("bench-staff")
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
-    logs = run_log_dir("bench-logs")
-    log(f"worker logs: {logs}")
+@dataclass(frozen=True, slots=True)
+class BenchSizes:
+    """How big each phase is. The defaults are the proof's; ``QUICK`` fits in two minutes."""
 
-    # Every measured phase starts on the same footing: its data written, then the database
-    # settled (database_settle: vacuumed and checkpointed), and any workers it uses answering
-    # before its clock starts -- the engine's phase (payout_benchmark) does the same.
-    log(f"resolve latency through the API ({resolve_samples} samples per size)...")
-    report["resolve"] = {}
-    for seed, stakers in enumerate(resolve_sizes, start=100):
+    winners: int = 1_000_000  # the headline ledger run, the baselines' ratios refer to it
+    scale: tuple[int, ...] = (100_000, 1_000_000, 3_000_000)  # cost per payout against size
+    workers: int = 2
+    baseline_sample: int = 20_000
+    resolve_sizes: tuple[int, ...] = (10, 10_000, 1_000_000)
+    resolve_samples: int = 100
+    stripe_winners: int = 2_000
+    stripe_limit: float = 100.0
+    stripe_latency: float = 0.03
+    stripe_workers: int = 8
+    sweep_challenges: int = 1_000_000
+    sweep_due: int = 10_000
+    warning_participants: int = 100_000
+
+
+QUICK = BenchSizes(
+    winners=20_000,
+    scale=(5_000, 20_000),
+    baseline_sample=1_000,
+    resolve_sizes=(10, 10_000),
+    resolve_samples=30,
+    stripe_winners=150,
+    sweep_challenges=20_000,
+    sweep_due=1_000,
+    warning_participants=5_000,
+)
+
+
+def _resolve_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"resolve latency through the API ({sizes.resolve_samples} samples per size)...")
+    staff = proof_staff("bench-staff")
+    figures: dict[str, Any] = {}
+    for seed, stakers in enumerate(sizes.resolve_sizes, start=100):
         challenge = challenge_seed(stakers=stakers, seed=seed)
         database_settle()
-        figures = resolve_latency(challenge_id=challenge.pk, staff=staff, samples=resolve_samples)
-        report["resolve"][str(stakers)] = figures
-        log(f"  {stakers:>9,} stakers: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+        one = resolve_latency(challenge_id=challenge.pk, staff=staff, samples=sizes.resolve_samples)
+        figures[str(stakers)] = one
+        log(f"  {stakers:>9,} stakers: p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms")
+    return figures
 
-    log(f"baseline (a), one transaction per payout, {baseline_sample:,} payouts...")
-    job_id = _resolved_sample(stakers=baseline_sample, seed=11)
+
+def _baselines_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    sample = sizes.baseline_sample
+    log(f"baseline (a), one transaction per payout, {sample:,} payouts...")
+    job_id = _resolved_sample(stakers=sample, seed=11)
     database_settle()
     per_tx = per_transaction_run(job_id=job_id)
     log(f"  {per_tx:,.0f} payouts/s")
-    log(f"baseline (b), one Celery task per payout, {baseline_sample:,} payouts...")
-    pool = WorkerPool(env, app=BENCH_APP, log_dir=logs)
-    job_id = _resolved_sample(stakers=baseline_sample, seed=12)
+    log(f"baseline (b), one Celery task per payout, {sample:,} payouts...")
+    pool = WorkerPool(dict(os.environ), app=BENCH_APP, log_dir=run_log_dir("bench-logs"))
+    job_id = _resolved_sample(stakers=sample, seed=12)
     try:
-        for n in range(workers):
+        for n in range(sizes.workers):
             pool.start("payouts", name=f"baseline{n}")
-        workers_ready(workers)
+        workers_ready(sizes.workers)
         database_settle()
         per_task = task_per_payout_run(job_id=job_id)
     finally:
         pool.stop_all()
     log(f"  {per_task:,.0f} payouts/s")
+    return {
+        "sample": sample,
+        "per_transaction_payouts_per_s": round(per_tx),
+        "task_per_payout_payouts_per_s": round(per_task),
+    }
 
-    log(f"ledger rail, {winners:,} winners, {workers} worker processes...")
+
+def _ledger_phase(winners: int, sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"ledger rail, {winners:,} winners, {sizes.workers} worker processes...")
     ledger = payout_benchmark(
-        winners=winners, worker_processes=workers, rss_sampler=RssSampler, log_dir=logs
+        winners=winners,
+        worker_processes=sizes.workers,
+        rss_sampler=RssSampler,
+        log_dir=run_log_dir("bench-logs"),
     )
-    report["ledger"] = {
+    paid = max(ledger.winners, 1)
+    return {
         **asdict(ledger),
         "seconds": ledger.end_to_end_seconds,
         "payouts_per_s": ledger.payouts_per_second,
         "worker_peak_rss_mb": round(ledger.worker_peak_rss_bytes / 2**20, 1),
-    }
-    report["baselines"] = {
-        "sample": baseline_sample,
-        "per_transaction": {
-            "payouts_per_s": round(per_tx),
-            "ratio": round(ledger.payouts_per_second / per_tx, 1),
-        },
-        "task_per_payout": {
-            "payouts_per_s": round(per_task),
-            "ratio": round(ledger.payouts_per_second / per_task, 1),
-        },
+        # Per payout, so sizes compare: flat means the engine's cost does not grow with size.
+        "us_per_payout": round(ledger.end_to_end_seconds / paid * 1e6, 2),
+        "rows_per_payout": round(ledger.rows_written / paid, 2),
+        "wal_bytes_per_payout": round(ledger.wal_bytes_written / paid),
     }
 
-    log(f"stripe rail, {stripe_winners:,} winners, {stripe_limit:g}/s limit...")
+
+def _stripe_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"stripe rail, {sizes.stripe_winners:,} winners, {sizes.stripe_limit:g}/s limit...")
     # Stripe batches spend their time waiting on the network: a limit of 100/s at 30 ms per
     # call needs about ten calls in flight, hence more (mostly idle) worker processes. It
     # settles the database and waits for its workers itself, after seeding.
     stripe = stripe_rate_benchmark(
-        winners=stripe_winners,
-        workers=stripe_workers,
-        rate=stripe_limit,
-        latency=stripe_latency,
-        log_dir=logs,
+        winners=sizes.stripe_winners,
+        workers=sizes.stripe_workers,
+        rate=sizes.stripe_limit,
+        latency=sizes.stripe_latency,
+        log_dir=run_log_dir("bench-logs"),
     )
-    report["stripe"] = {
-        "limit": stripe_limit,
-        "latency_ms": stripe_latency * 1000,
+    return {
+        "limit": sizes.stripe_limit,
+        "latency_ms": sizes.stripe_latency * 1000,
         "achieved_per_s": stripe.throughput,
         "share_of_limit": round(stripe.throughput_share, 3),
         "busiest_window": stripe.busiest_window,
         "window_bound": stripe.window_bound,
         "transfers": stripe.requests,
-        "workers": stripe_workers,
+        "workers": sizes.stripe_workers,
     }
 
+
+def _lifecycle_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
     log("deadline sweep and warning fan-out...")
     database_settle()
-    report["lifecycle"] = {
-        "sweep": bench_sweep(challenges=sweep_challenges, due=sweep_due),
-        "warnings": bench_warnings(participants=warning_participants),
+    return {
+        "sweep": bench_sweep(challenges=sizes.sweep_challenges, due=sizes.sweep_due),
+        "warnings": bench_warnings(participants=sizes.warning_participants),
     }
+
+
+def bench_run(
+    *, sizes: BenchSizes, databases: BenchDatabases, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """One run of every phase, each in a fresh database; the figures of that run."""
+    # Every measured phase starts on the same footing: an empty database, its data written,
+    # then the database settled (database_settle: vacuumed and checkpointed), and any workers
+    # it uses answering before its clock starts.
+    report: dict[str, Any] = {"load_at_start": load_now()}
+    with databases.fresh("resolve"):
+        report["resolve"] = _resolve_phase(sizes, log)
+    with databases.fresh("baselines"):
+        baselines = _baselines_phase(sizes, log)
+    report["scale"] = {}
+    for winners in sorted({*sizes.scale, sizes.winners}):
+        with databases.fresh(f"ledger_{winners}"):
+            report["scale"][str(winners)] = _ledger_phase(winners, sizes, log)
+    report["ledger"] = report["scale"][str(sizes.winners)]
+    engine = report["ledger"]["payouts_per_s"]
+    report["baselines"] = {
+        **baselines,
+        "per_transaction_ratio": round(engine / baselines["per_transaction_payouts_per_s"], 1),
+        "task_per_payout_ratio": round(engine / baselines["task_per_payout_payouts_per_s"], 1),
+    }
+    with databases.fresh("stripe"):
+        report["stripe"] = _stripe_phase(sizes, log)
+    with databases.fresh("lifecycle"):
+        report["lifecycle"] = _lifecycle_phase(sizes, log)
     return report
+
+
+def bench_repeat(
+    *, sizes: BenchSizes, repeat: int = 1, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """``repeat`` runs of every phase; each figure's median, min and max over the runs, the
+    machine they ran on, and every run's own figures."""
+    log(f"worker logs: {run_log_dir('bench-logs')}")
+    runs = []
+    with BenchDatabases("bench") as databases:
+        for n in range(1, repeat + 1):
+            log(f"run {n} of {repeat}")
+            runs.append(bench_run(sizes=sizes, databases=databases, log=log))
+    return {
+        "machine": machine_report(),
+        "sizes": asdict(sizes),
+        "repeat": repeat,
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+
+
+def sizes_from(base: BenchSizes, **overrides: Any) -> BenchSizes:
+    """``base`` with every override that was given (None means: keep the base's)."""
+    return replace(base, **{key: value for key, value in overrides.items() if value is not None})

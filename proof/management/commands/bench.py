@@ -1,91 +1,135 @@
 import contextlib
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
-from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from proof.bench import bench_run
+from deploy.workers import run_log_dir
+from proof.bench import QUICK, BenchSizes, bench_repeat, sizes_from
+from proof.bench_plot import scale_plot
 from proof.limits import proof_limits_lift
+
+
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(n) for n in text.split(",")) if text else None
+
+
+def _figure(leaf: Any, fmt: str = ",") -> str:
+    """A summed-up figure: its median, and its range when the runs disagreed."""
+    if not isinstance(leaf, dict) or "median" not in leaf:
+        return str(leaf)
+    median, low, high = (format(leaf[key], fmt) for key in ("median", "min", "max"))
+    return median if low == high else f"{median} ({low}-{high})"
 
 
 class Command(BaseCommand):
     help = (
-        "Measure resolve latency, the ledger rail end to end through real workers, two "
-        "baselines, the Stripe rail under its rate limit, and the deadline sweep and warnings."
+        "Measure resolve latency, the ledger rail end to end through real workers at several "
+        "sizes, two baselines, the Stripe rail under its rate limit, and the deadline sweep and "
+        "warnings; every phase in a fresh database, --repeat times."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--winners", type=int, default=1_000_000)
-        parser.add_argument("--workers", type=int, default=2, help="worker processes")
-        parser.add_argument("--baseline-sample", type=int, default=20_000)
-        # Smaller sizes for a quick run on a shared machine; the defaults are the proof's.
+        parser.add_argument("--repeat", type=int, default=1, help="runs; figures get a range")
         parser.add_argument(
-            "--resolve-sizes", default="10,10000,1000000", help="stakers, comma-separated"
+            "--quick", action="store_true", help="small sizes (about two minutes): trend figures"
         )
-        parser.add_argument("--stripe-winners", type=int, default=2_000)
-        parser.add_argument("--sweep-challenges", type=int, default=1_000_000)
-        parser.add_argument("--warning-participants", type=int, default=100_000)
+        parser.add_argument("--winners", type=int, help="winners of the headline ledger run")
+        parser.add_argument("--scale", help="winners of each ledger run, comma-separated")
+        parser.add_argument("--workers", type=int, help="payout worker processes")
+        parser.add_argument("--baseline-sample", type=int)
+        parser.add_argument("--resolve-sizes", help="stakers, comma-separated")
+        parser.add_argument("--stripe-winners", type=int)
+        parser.add_argument("--sweep-challenges", type=int)
+        parser.add_argument("--warning-participants", type=int)
         parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--plot", type=Path, help="where to draw payouts/s and cost per payout against size"
+        )
 
-    def handle(self, *args, winners: int, workers: int, baseline_sample: int, **options):
+    def handle(self, *args, **options):
+        sizes = sizes_from(
+            QUICK if options["quick"] else BenchSizes(),
+            winners=options["winners"],
+            scale=_sizes(options["scale"]),
+            workers=options["workers"],
+            baseline_sample=options["baseline_sample"],
+            resolve_sizes=_sizes(options["resolve_sizes"]),
+            stripe_winners=options["stripe_winners"],
+            sweep_challenges=options["sweep_challenges"],
+            warning_participants=options["warning_participants"],
+        )
+        sizes = sizes_from(sizes, sweep_due=min(sizes.sweep_due, sizes.sweep_challenges))
         proof_limits_lift()
-        call_command("migrate", "--noinput", verbosity=0)
         quiet = options["json"]
         # With --json, standard output carries the JSON object alone; progress goes to stderr.
         with contextlib.redirect_stdout(sys.stderr if quiet else sys.stdout):
-            report = bench_run(
-                winners=winners,
-                workers=workers,
-                baseline_sample=baseline_sample,
-                resolve_sizes=tuple(int(n) for n in options["resolve_sizes"].split(",")),
-                stripe_winners=options["stripe_winners"],
-                sweep_challenges=options["sweep_challenges"],
-                sweep_due=min(10_000, options["sweep_challenges"]),
-                warning_participants=options["warning_participants"],
+            report = bench_repeat(
+                sizes=sizes,
+                repeat=max(1, options["repeat"]),
                 log=print if quiet else self.stdout.write,
             )
+        # Every run leaves its figures and its picture beside its worker logs.
+        record = run_log_dir("bench-logs") / "report.json"
+        record.write_text(json.dumps(report, indent=1, default=str))
+        plot = scale_plot(report, options["plot"] or record.with_name("scale.png"))
         if quiet:
             self.stdout.write(json.dumps(report, default=str))
             return
         self._table(report)
+        self.stdout.write(f"\nfigures: {record}\nplot: {plot}")
 
     def _table(self, report: dict) -> None:
-        ledger, base, stripe = report["ledger"], report["baselines"], report["stripe"]
+        summary, machine = report["summary"], report["machine"]
+        ledger, base, stripe = summary["ledger"], summary["baselines"], summary["stripe"]
         rows = [
             *(
-                (f"resolve, {int(size):,} stakers", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
-                for size, r in report["resolve"].items()
+                (
+                    f"resolve, {int(size):,} stakers",
+                    f"p50 {_figure(r['p50_ms'])} ms, p99 {_figure(r['p99_ms'])} ms, "
+                    f"{_figure(r['queries'])} queries",
+                )
+                for size, r in summary["resolve"].items()
             ),
-            (
-                f"ledger rail, {ledger['winners']:,} winners",
-                f"{ledger['seconds']} s end to end, {ledger['payouts_per_s']:,} payouts/s",
+            *(
+                (
+                    f"ledger rail, {int(size):,} winners",
+                    f"{_figure(r['payouts_per_s'])} payouts/s end to end, "
+                    f"{_figure(r['us_per_payout'])} us, {_figure(r['rows_per_payout'])} rows, "
+                    f"{_figure(r['wal_bytes_per_payout'])} B of WAL per payout",
+                )
+                for size, r in summary["scale"].items()
             ),
-            ("worker peak RSS", f"{ledger['worker_peak_rss_mb']} MB"),
-            (
-                "database writes",
-                f"{ledger['rows_written']:,} rows, "
-                f"{ledger['wal_bytes_written'] / 2**20:,.0f} MB of WAL (resolve to completed)",
-            ),
+            ("worker peak RSS", f"{_figure(ledger['worker_peak_rss_mb'])} MB"),
             (
                 "baseline (a) transaction/payout",
-                f"{base['per_transaction']['payouts_per_s']:,}/s "
-                f"(engine {base['per_transaction']['ratio']}x)",
+                f"{_figure(base['per_transaction_payouts_per_s'])}/s "
+                f"(engine {_figure(base['per_transaction_ratio'])}x)",
             ),
             (
                 "baseline (b) task/payout",
-                f"{base['task_per_payout']['payouts_per_s']:,}/s "
-                f"(engine {base['task_per_payout']['ratio']}x)",
+                f"{_figure(base['task_per_payout_payouts_per_s'])}/s "
+                f"(engine {_figure(base['task_per_payout_ratio'])}x)",
             ),
             (
-                f"stripe rail, limit {stripe['limit']:g}/s",
-                f"{stripe['achieved_per_s']}/s ({stripe['share_of_limit']:.0%} of the limit), "
-                f"busiest second {stripe['busiest_window']} (bound {stripe['window_bound']:g})",
+                f"stripe rail, limit {stripe['limit']['median']:g}/s",
+                f"{_figure(stripe['achieved_per_s'])}/s "
+                f"({_figure(stripe['share_of_limit'], '.0%')} of the limit), busiest second "
+                f"{_figure(stripe['busiest_window'])} (bound {_figure(stripe['window_bound'])})",
             ),
         ]
-        for name, figures in report["lifecycle"].items():
-            rows.append((f"lifecycle {name}", json.dumps(figures, default=str)))
+        for name, figures in summary["lifecycle"].items():
+            rows.append(
+                (f"lifecycle {name}", ", ".join(f"{k} {_figure(v)}" for k, v in figures.items()))
+            )
         width = max(len(name) for name, _ in rows)
         self.stdout.write("")
+        self.stdout.write(
+            f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB, PostgreSQL "
+            f"{machine['postgresql'].get('server_version')}; {report['repeat']} run(s): median "
+            "(min-max)"
+        )
         for name, value in rows:
             self.stdout.write(f"{name:<{width}}  {value}")
