@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import psutil
@@ -33,7 +34,12 @@ from payouts.services.jobs import challenge_resolve, payout_job_pause
 from proof.baselines import per_transaction_run, task_per_payout_run
 from proof.bench_env import BenchDatabases, load_now, machine_report, summarize
 from proof.lifecycle_bench import bench_sweep, bench_warnings
-from proof.payout_bench import database_settle, payout_benchmark, workers_ready
+from proof.payout_bench import (
+    database_settle,
+    payout_bench_seed,
+    payout_benchmark,
+    workers_ready,
+)
 from proof.resolve_latency import resolve_latency
 from proof.seeding import challenge_seed
 from proof.staff import proof_staff
@@ -114,14 +120,25 @@ QUICK = BenchSizes(
 )
 
 
-def _resolve_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+def _resolve_seed(sizes: BenchSizes) -> dict[int, int]:
+    """One challenge per size in ``sizes.resolve_sizes``: stakers -> challenge id; settled."""
+    proof_staff("bench-staff")
+    ids = {
+        stakers: challenge_seed(stakers=stakers, seed=seed).pk
+        for seed, stakers in enumerate(sizes.resolve_sizes, start=100)
+    }
+    database_settle()
+    return ids
+
+
+def _resolve_phase(
+    challenges: dict[int, int], sizes: BenchSizes, log: Callable[[str], None]
+) -> dict[str, Any]:
     log(f"resolve latency through the API ({sizes.resolve_samples} samples per size)...")
     staff = proof_staff("bench-staff")
     figures: dict[str, Any] = {}
-    for seed, stakers in enumerate(sizes.resolve_sizes, start=100):
-        challenge = challenge_seed(stakers=stakers, seed=seed)
-        database_settle()
-        one = resolve_latency(challenge_id=challenge.pk, staff=staff, samples=sizes.resolve_samples)
+    for stakers, challenge_id in challenges.items():
+        one = resolve_latency(challenge_id=challenge_id, staff=staff, samples=sizes.resolve_samples)
         figures[str(stakers)] = one
         log(f"  {stakers:>9,} stakers: p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms")
     return figures
@@ -153,10 +170,14 @@ def _baselines_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str,
     }
 
 
-def _ledger_phase(winners: int, sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+def _ledger_phase(
+    seeded: tuple[int, int], winners: int, sizes: BenchSizes, log: Callable[[str], None]
+) -> dict[str, Any]:
     log(f"ledger rail, {winners:,} winners, {sizes.workers} worker processes...")
+    challenge_id, warm_up_id = seeded
     ledger = payout_benchmark(
-        winners=winners,
+        challenge_id=challenge_id,
+        warm_up_id=warm_up_id,
         worker_processes=sizes.workers,
         rss_sampler=RssSampler,
         log_dir=run_log_dir("bench-logs"),
@@ -215,14 +236,16 @@ def bench_run(
     # then the database settled (database_settle: vacuumed and checkpointed), and any workers
     # it uses answering before its clock starts.
     report: dict[str, Any] = {"load_at_start": load_now()}
-    with databases.fresh("resolve"):
-        report["resolve"] = _resolve_phase(sizes, log)
+    # The big data sets are seeded once and copied for later runs (BenchDatabases.fresh).
+    with databases.fresh("resolve", seed=partial(_resolve_seed, sizes)) as challenges:
+        report["resolve"] = _resolve_phase(challenges, sizes, log)
     with databases.fresh("baselines"):
         baselines = _baselines_phase(sizes, log)
     report["scale"] = {}
     for winners in sorted({*sizes.scale, sizes.winners}):
-        with databases.fresh(f"ledger_{winners}"):
-            report["scale"][str(winners)] = _ledger_phase(winners, sizes, log)
+        seed = partial(payout_bench_seed, winners=winners)
+        with databases.fresh(f"ledger_{winners}", seed=seed) as seeded:
+            report["scale"][str(winners)] = _ledger_phase(seeded, winners, sizes, log)
     report["ledger"] = report["scale"][str(sizes.winners)]
     engine = report["ledger"]["payouts_per_s"]
     report["baselines"] = {

@@ -3,8 +3,9 @@ Celery worker processes, and time it. Not a test: ``manage.py bench`` calls it, 
 through the embedded stack, for example::
 
     DJANGO_SETTINGS_MODULE=config.settings python -m deploy.devstack run -- python -c \
-        "import django; django.setup(); from payouts.benchmarks import payout_benchmark as b; \
-        b(winners=1_000_000)"
+        "import django; django.setup(); from proof.payout_bench import payout_bench_seed, \
+        payout_benchmark; ids = payout_bench_seed(winners=100_000); \
+        payout_benchmark(challenge_id=ids[0], warm_up_id=ids[1])"
 
 Figures reported: resolve latency (the staff request's service call, commit and enqueue
 included, in a warm process), end-to-end seconds (resolve call to job completed: every wallet
@@ -44,7 +45,6 @@ class PayoutBenchReport:
     worker_processes: int
     batch_size: int
     parallelism: int
-    seed_seconds: float
     resolve_ms: float
     expand_seconds: float
     pay_seconds: float
@@ -61,9 +61,25 @@ class PayoutBenchReport:
     fee_collected: int
 
 
+def payout_bench_seed(*, winners: int) -> tuple[int, int]:
+    """The benchmark's data, settled: a challenge of ``winners`` winners (and a tenth as many
+    losers), and a two-staker challenge to warm up on. Returns both challenges' ids."""
+    from proof.seeding import challenge_seed
+
+    challenge = challenge_seed(
+        stakers=winners + winners // LOSER_RATIO,
+        yes_share=winners / (winners + winners // LOSER_RATIO),
+        seed=1,
+    )
+    warm_up = challenge_seed(stakers=2)
+    database_settle()
+    return challenge.pk, warm_up.pk
+
+
 def payout_benchmark(
     *,
-    winners: int = 1_000_000,
+    challenge_id: int,
+    warm_up_id: int,
     worker_processes: int = 2,
     batch_size: int = 10_000,
     parallelism: int = 2,
@@ -73,7 +89,8 @@ def payout_benchmark(
     log_dir: Path | None = None,
     timeout: float = 1_800,
 ) -> PayoutBenchReport:
-    """Seed ``winners`` winners, pay them with ``worker_processes`` workers, return the figures.
+    """Pay the winners of ``challenge_id`` (seeded by ``payout_bench_seed``) with
+    ``worker_processes`` workers, return the figures.
 
     The workers share this process's database and Redis (``worker_env``, this process's
     environment by default) and consume the ``payouts`` queue only. ``rss_sampler``, given the
@@ -83,17 +100,7 @@ def payout_benchmark(
     """
     from deploy.workers import WorkerPool
     from payouts.services.jobs import challenge_resolve
-    from proof.seeding import challenge_seed
 
-    started = time.perf_counter()
-    challenge = challenge_seed(
-        stakers=winners + winners // LOSER_RATIO,
-        yes_share=winners / (winners + winners // LOSER_RATIO),
-        seed=1,
-    )
-    seed_seconds = time.perf_counter() - started
-    warm_up = challenge_seed(stakers=2)
-    database_settle()
     pool = WorkerPool(worker_env or dict(os.environ), app=app, log_dir=log_dir)
     sampler = rss_sampler(pool) if rss_sampler else contextlib.nullcontext()
     try:
@@ -102,14 +109,14 @@ def payout_benchmark(
         workers_ready(worker_processes)
         # A web process has served requests before staff resolve (connections open, code
         # paths warm); one small resolve first makes this process comparable.
-        challenge_resolve(challenge_id=warm_up.pk, result="draw", actor=None)
+        challenge_resolve(challenge_id=warm_up_id, result="draw", actor=None)
         with (
             sampler,
             override_settings(PAYOUT_BATCH_SIZE=batch_size, PAYOUT_PARALLELISM=parallelism),
         ):
             rows_before, wal_before = database_writes()
             started = time.perf_counter()
-            job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
+            job = challenge_resolve(challenge_id=challenge_id, result="challenger_won", actor=None)
             resolve_ms = (time.perf_counter() - started) * 1000
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -135,7 +142,6 @@ def payout_benchmark(
         worker_processes=worker_processes,
         batch_size=batch_size,
         parallelism=parallelism,
-        seed_seconds=round(seed_seconds, 2),
         resolve_ms=round(resolve_ms, 2),
         expand_seconds=round((job.started_at - job.created_at).total_seconds(), 2),
         pay_seconds=round(pay_seconds, 2),
@@ -150,7 +156,7 @@ def payout_benchmark(
         notify_seconds=round(notify_seconds, 2),
         job_status=job.status,
         ledger_ok=ledger_check().ok,
-        escrow_balance=Account.objects.get(pk=challenge.escrow_id).balance,
+        escrow_balance=Account.objects.get(pk=job.challenge.escrow_id).balance,
         fee_collected=job.fee_amount,
     )
     print(
@@ -163,7 +169,7 @@ def payout_benchmark(
         f"written; job "
         f"{report.job_status}, ledger {'ok' if report.ledger_ok else 'BROKEN'}, escrow "
         f"{report.escrow_balance}, fee {report.fee_collected}; notifications created in "
-        f"{report.notify_seconds:.1f} s after completion; seeding took {report.seed_seconds:.1f} s"
+        f"{report.notify_seconds:.1f} s after completion"
     )
     return report
 

@@ -16,11 +16,17 @@ def _sizes(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(n) for n in text.split(",")) if text else None
 
 
+def _number(value: float, fmt: str) -> str:
+    if fmt == ",":  # whole numbers as such, the rest to two decimals
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+    return format(value, fmt)
+
+
 def _figure(leaf: Any, fmt: str = ",") -> str:
     """A summed-up figure: its median, and its range when the runs disagreed."""
     if not isinstance(leaf, dict) or "median" not in leaf:
         return str(leaf)
-    median, low, high = (format(leaf[key], fmt) for key in ("median", "min", "max"))
+    median, low, high = (_number(leaf[key], fmt) for key in ("median", "min", "max"))
     return median if low == high else f"{median} ({low}-{high})"
 
 
