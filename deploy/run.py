@@ -177,15 +177,21 @@ def _workers_answer(env: dict[str, str]) -> bool:
 
 def wait_ready(base_url: str, supervisor: Supervisor, timeout: float = 60) -> None:
     """The web server is ready (``/readyz``: the database answers) and workers answer: only
-    then can the demo resolve a challenge and watch it pay."""
+    then can the demo resolve a challenge and watch it pay. A child that exits, or a timeout,
+    stops the start with a message naming what was not ready."""
     deadline = time.monotonic() + timeout
+    waiting = "the web server"
     while time.monotonic() < deadline:
         if dead := supervisor.dead():
             raise SystemExit(f"{', '.join(dead)} exited at start: see {LOGS}")
-        if _web_ready(base_url) and _workers_answer(supervisor.env):
+        if not _web_ready(base_url):
+            waiting = "the web server"
+        elif not _workers_answer(supervisor.env):
+            waiting = "the workers (no answer to a ping)"
+        else:
             return
         time.sleep(0.5)
-    raise SystemExit(f"the web server did not become ready within {timeout:.0f}s: see {LOGS}")
+    raise SystemExit(f"{waiting} did not become ready within {timeout:.0f}s: see {LOGS}")
 
 
 def serve(supervisor: Supervisor) -> int:
