@@ -208,12 +208,28 @@ def payout_attempts_record(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PayoutAccounts:
+    """The two accounts of a Stripe payout's ledger transfer; neither ever changes for a job."""
+
+    escrow_id: int
+    clearing_id: int
+
+
+def payout_accounts(job_id: int) -> PayoutAccounts:
+    return PayoutAccounts(
+        escrow_id=job_escrow_id(job_id),
+        clearing_id=system_account_id(Account.Kind.STRIPE_CLEARING),
+    )
+
+
 def stripe_entry_record_paid(
     *,
     job_id: int,
     entry: ClaimedEntry,
     transfer_id: str,
     calls: Sequence[TransferResult] = (),
+    accounts: PayoutAccounts | None = None,
 ) -> bool:
     """Record a transfer Stripe made for an entry; False if it was recorded already.
 
@@ -221,8 +237,12 @@ def stripe_entry_record_paid(
     ``stripe_clearing`` (unique key ``payout:<entry_id>``, so at most one per entry), job
     counters, and the exchanges (``calls``) in the entry's history. Accepted from whichever
     attempt learns it while the entry is ``processing`` or ``retryable`` (a stale worker's
-    success is still a success).
+    success is still a success). ``accounts`` (``payout_accounts``) saves a batch looking
+    them up again for each entry.
     """
+    # Read before the transaction: every batch of the job queues on the job row's lock taken
+    # below, so it is held for as few round trips as possible.
+    accounts = accounts or payout_accounts(job_id)
     with transaction.atomic(durable=True):
         payout_attempts_record(entry=entry, results=calls)
         marked = PayoutEntry.objects.filter(
@@ -246,8 +266,8 @@ def stripe_entry_record_paid(
         # posts from the escrow).
         payout_job_counters_bump(job_id=job_id, completed=1, paid_amount=entry.amount)
         transfer_post(
-            debit_account_id=job_escrow_id(job_id),
-            credit_account_id=system_account_id(Account.Kind.STRIPE_CLEARING),
+            debit_account_id=accounts.escrow_id,
+            credit_account_id=accounts.clearing_id,
             amount=entry.amount,
             kind=Transfer.Kind.STRIPE_PAYOUT,
             idempotency_key=f"payout:{entry.id}",
@@ -382,6 +402,7 @@ def _stripe_entries_pay(*, job_id: int, entries: list[ClaimedEntry], lease_end: 
     unsent rather than sent late, so no other worker re-claims an entry this one still calls.
     """
     destinations = payout_destinations(user_ids=[e.user_id for e in entries])
+    accounts = payout_accounts(job_id)
     # Entries first tried more than RECONCILE_AFTER ago: Stripe may have forgotten their key,
     # so its own record decides before any create. first_attempt_at survives retry-failed
     # (which resets attempt_count), so an entry retried a day later is still looked up.
@@ -410,7 +431,11 @@ def _stripe_entries_pay(*, job_id: int, entries: list[ClaimedEntry], lease_end: 
                 unverified = looked is not None  # the list itself could not be read
         if result.outcome == Outcome.PAID:
             stripe_entry_record_paid(
-                job_id=job_id, entry=entry, transfer_id=result.transfer_id, calls=calls
+                job_id=job_id,
+                entry=entry,
+                transfer_id=result.transfer_id,
+                calls=calls,
+                accounts=accounts,
             )
         else:
             stripe_entry_record_failure(
@@ -517,11 +542,16 @@ def stripe_entries_reconcile(*, job_id: int) -> Reconciliation:
         logger.warning("job %s: Stripe could not be asked about %s entries", job_id, len(entries))
         return Reconciliation(0, 0, len(entries))
     paid = 0
+    accounts = payout_accounts(job_id)
     for entry in entries:
         if entry.id in known:
             found = known[entry.id]
             paid += stripe_entry_record_paid(
-                job_id=job_id, entry=entry, transfer_id=found.transfer_id, calls=[found]
+                job_id=job_id,
+                entry=entry,
+                transfer_id=found.transfer_id,
+                calls=[found],
+                accounts=accounts,
             )
     unseen = [e for e in entries if e.id not in known]
     with transaction.atomic(durable=True), connection.cursor() as cursor:
