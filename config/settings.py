@@ -383,6 +383,15 @@ STRIPE_LEASE_SECONDS = env.int("STRIPE_LEASE_SECONDS", default=120)
 # One Stripe batch task works this long, then hands over to a fresh message (fair to other
 # jobs); it must stay below CELERY_VISIBILITY_TIMEOUT or Redis delivers the message twice.
 STRIPE_BATCH_SECONDS = env.float("STRIPE_BATCH_SECONDS", default=30.0)
+# Threads of one Stripe worker process (the `payouts_stripe` queue runs Celery's threads pool:
+# its tasks wait on Stripe and on the rate limit, not on the CPU). Celery takes it as the
+# concurrency of a worker started without -c, and the Stripe worker is the only role that
+# does (deploy/processes.py); every other role passes its own -c.
+STRIPE_WORKER_CONCURRENCY = env.int("STRIPE_WORKER_CONCURRENCY", default=16)
+CELERY_WORKER_CONCURRENCY = STRIPE_WORKER_CONCURRENCY
+# Batches in flight per Stripe-rail job (a ledger job takes PAYOUT_PARALLELISM): each batch
+# makes one Stripe call at a time, so this many threads of the pool work on one job at once.
+STRIPE_PARALLELISM = env.int("STRIPE_PARALLELISM", default=STRIPE_WORKER_CONCURRENCY)
 # Where Stripe's hosted Connect onboarding sends the user back: when they finished (return) and
 # when their link expired and the app must make a fresh one (refresh, by calling
 # POST /api/payout-account/ again). Pages of the app's front end.

@@ -78,6 +78,18 @@ def _challenge_locked(challenge_id: int, *, actor: Any) -> Challenge:
     return challenge
 
 
+def rail_parallelism(rail: str) -> int:
+    """Batches in flight per job of ``rail``, copied onto the job when it is created.
+
+    A ledger batch keeps a CPU and a database connection busy, so ``PAYOUT_PARALLELISM`` is
+    small; a Stripe batch mostly waits on Stripe (one call at a time), so a Stripe job takes
+    ``STRIPE_PARALLELISM`` batches, one per thread of the Stripe worker's pool.
+    """
+    if rail == PayoutJob.Rail.STRIPE:
+        return settings.STRIPE_PARALLELISM
+    return settings.PAYOUT_PARALLELISM
+
+
 def _job_create(*, challenge: Challenge, kind: str, rail: str, winning_side: str, actor: Any):
     try:
         job = PayoutJob.objects.create(
@@ -87,7 +99,7 @@ def _job_create(*, challenge: Challenge, kind: str, rail: str, winning_side: str
             winning_side=winning_side,
             fee_bps=settings.PLATFORM_FEE_BPS,
             batch_size=settings.PAYOUT_BATCH_SIZE,
-            parallelism=settings.PAYOUT_PARALLELISM,
+            parallelism=rail_parallelism(rail),
             created_by=actor if getattr(actor, "pk", None) else None,
         )
     except IntegrityError as exc:
@@ -249,7 +261,7 @@ def refund_jobs_create_for_cancelled() -> list[int]:
                 REFUND_RAIL,
                 settings.PLATFORM_FEE_BPS,
                 settings.PAYOUT_BATCH_SIZE,
-                settings.PAYOUT_PARALLELISM,
+                rail_parallelism(REFUND_RAIL),
             ],
         )
         job_ids = [row[0] for row in cursor.fetchall()]

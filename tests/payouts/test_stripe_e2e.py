@@ -29,7 +29,7 @@ def test_winners_without_an_account_onboard_and_are_paid_once_without_staff(
     workers.start("payouts,payouts_stripe,notifications", name="all", **env)
     # And a Stripe-rail challenge of 10 winners, half of whom never connected an account
     challenge = stripe_challenge_seed(fake_stripe, stakers=20, seed=5, unconnected=5)
-    settings.PAYOUT_PARALLELISM = 2
+    settings.STRIPE_PARALLELISM = 2
     job = challenge_resolve(
         challenge_id=challenge.pk, result="challenger_won", actor=None, rail="stripe"
     )

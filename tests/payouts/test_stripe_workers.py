@@ -22,7 +22,7 @@ TERMINAL = (PayoutEntry.Status.COMPLETED, PayoutEntry.Status.FAILED)
 
 def resolve_stripe_job(fake, settings, *, stakers, unconnected=0, parallelism=4) -> PayoutJob:
     challenge = stripe_challenge_seed(fake, stakers=stakers, seed=11, unconnected=unconnected)
-    settings.PAYOUT_PARALLELISM = parallelism
+    settings.STRIPE_PARALLELISM = parallelism
     return challenge_resolve(
         challenge_id=challenge.pk, result="challenger_won", actor=None, rail="stripe"
     )
