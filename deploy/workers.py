@@ -29,6 +29,8 @@ class WorkerPool:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen] = []
         self._started = 0
+        # How each worker was started (by pid), so that a replacement runs the same pool.
+        self._options: dict[int, dict] = {}
 
     def start(
         self,
@@ -41,7 +43,9 @@ class WorkerPool:
         **extra_env: str,
     ) -> subprocess.Popen:
         """Start one worker consuming ``queues``. The solo pool runs tasks in the worker
-        process itself, so a SIGKILL of that process kills the task mid-flight."""
+        process itself, so a SIGKILL of that process kills the task mid-flight; so does the
+        threads pool (``concurrency`` threads), all of its tasks at once."""
+        options = {"pool": pool, "concurrency": concurrency, "loglevel": loglevel, **extra_env}
         self._started += 1
         name = name or f"w{self._started}"
         argv = [
@@ -65,7 +69,14 @@ class WorkerPool:
             "--without-mingle",
             "--without-heartbeat",
         ]
-        return self._spawn(argv, name, extra_env)
+        proc = self._spawn(argv, name, extra_env)
+        self._options[proc.pid] = {"queues": queues, **options}
+        return proc
+
+    def start_like(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Start another worker as ``proc`` was started (queues, pool, environment), under a
+        new name: what a process supervisor does after a crash."""
+        return self.start(**self._options[proc.pid])
 
     def start_beat(self, *, name: str = "beat", schedule: Path, **extra_env: str):
         """Start a beat process of this pool's app with the file scheduler and its state in

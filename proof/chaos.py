@@ -58,6 +58,7 @@ QUEUES = {"ledger": "payouts", "stripe": "payouts_stripe"}
 POLL_SECONDS = 0.1
 # How long the run waits for a watchdog sweep to be running so that it can kill beat in it.
 SWEEP_WAIT_SECONDS = 60.0
+STRIPE_LATENCY = 0.03
 
 
 class ChaosRefused(Exception):
@@ -78,7 +79,10 @@ class ChaosConfig:
     # faults for most of its life, not only while the kills last.
     stripe_faults_until: float = 0.9
     ledger_workers: int = 2
+    # Stripe worker processes, each of Celery's threads pool as in production: a kill ends
+    # every call in flight in that process at once.
     stripe_workers: int = 2
+    stripe_threads: int = 4
     batch_size: int = 500
     stripe_rate_limit: float = 100.0
     finish_timeout: float = 600.0
@@ -222,7 +226,7 @@ class ChaosRun:
         for _ in range(cfg.ledger_workers):
             self.pool.start(QUEUES["ledger"])
         for _ in range(cfg.stripe_workers):
-            self.pool.start(QUEUES["stripe"])
+            self.pool.start(QUEUES["stripe"], pool="threads", concurrency=cfg.stripe_threads)
         self.pool.start("scheduler,notifications,default", name="ops")
         self._beat_start()
 
@@ -241,14 +245,19 @@ class ChaosRun:
 
     def _replace(self, victim: subprocess.Popen) -> None:
         self.pool.kill(victim)
-        self.pool.start(victim.args[victim.args.index("-Q") + 1])
+        self.pool.start_like(victim)
 
     # --- faults ----------------------------------------------------------------------------
     def _kill_worker(self, event: Event) -> None:
         victim = self.rng.choice(self._workers(QUEUES[event.rail]))
+        # Stripe requests waiting for their answer at the fake as the kill lands (of every
+        # worker: the fake does not know whose), so the record shows kills in mid-call.
+        in_flight = self.fake.stats()["in_flight"] if event.rail == "stripe" else 0
         self._replace(victim)
         self.injected.kills += 1
         event.detail += f"; SIGKILL pid {victim.pid} ({QUEUES[event.rail]}), replacement started"
+        if event.rail == "stripe":
+            event.detail += f"; {in_flight} Stripe requests in flight"
 
     def _server(self, event: Event) -> None:
         mode, server = event.action.split("_")
@@ -292,7 +301,7 @@ class ChaosRun:
             attempts += 1
             proven = bool(self.redis.hexists(SWEEPING, task))
             self.redis.hdel(SWEEPING, task)
-            self.pool.start(worker.args[worker.args.index("-Q") + 1])
+            self.pool.start_like(worker)
             self._beat_start()
             self.injected.beat_kills += 1
             if proven:
@@ -328,8 +337,13 @@ class ChaosRun:
         started = time.monotonic()
         self.fake = FakeStripe().start()
         per_kind = cfg.stripe_fault_rate / len(FAULT_KINDS)
+        # Each answer takes as long as a real one (about 30 ms), so a killed Stripe worker
+        # has calls waiting on the network, as in production.
         self.fake.configure(
-            seed=cfg.seed, faults=dict.fromkeys(FAULT_KINDS, per_kind), timeout_seconds=2.5
+            seed=cfg.seed,
+            faults=dict.fromkeys(FAULT_KINDS, per_kind),
+            timeout_seconds=2.5,
+            latency=STRIPE_LATENCY,
         )
         for name, value in self.fake.env().items():
             setattr(settings, name, float(value) if name == "STRIPE_TIMEOUT" else value)
@@ -347,8 +361,12 @@ class ChaosRun:
                 self.pool.env["CHAOS_NO_DUPLICATES"] = "1"
             self._start_processes()
             # A job keeps the batch size it was created with: small batches mean many
-            # messages to duplicate and a ledger job that lasts through the faults.
-            with override_settings(PAYOUT_BATCH_SIZE=cfg.batch_size):
+            # messages to duplicate and a ledger job that lasts through the faults. The
+            # Stripe job takes one batch per thread of its workers.
+            with override_settings(
+                PAYOUT_BATCH_SIZE=cfg.batch_size,
+                STRIPE_PARALLELISM=cfg.stripe_workers * cfg.stripe_threads,
+            ):
                 jobs = {
                     "ledger": challenge_resolve(
                         challenge_id=ledger_id, result="challenger_won", actor=staff, rail="ledger"
