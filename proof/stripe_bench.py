@@ -1,25 +1,29 @@
 """Benchmark of the Stripe rail's shared rate limit: real worker processes against a fake Stripe.
 
 ``stripe_rate_benchmark`` seeds a challenge, links every winner to a Stripe account, starts
-``workers`` Celery worker processes on the payout queues, resolves on the Stripe rail and waits
-for the job. The fake Stripe logs when each transfer request arrived; from that log come the
-busiest one-second window (the token bucket allows at most ``rate + burst``) and the throughput
-(the target is at least 90% of ``rate``). Run it through the embedded stack, for example::
+``workers`` Celery worker processes on the payout queues -- Celery's ``threads`` pool with
+``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
+resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
+logs when each transfer request arrived; from that log come the busiest one-second window (the
+token bucket allows at most ``rate + burst``) and the throughput against ``rate``.
+``stripe_rate_repeated`` runs it ``repeats`` times and reports the median, min and max of each
+figure as a JSON-able dict; with ``baseline_workers`` each repeat also runs the former layout
+(that many single-task ``solo`` processes) for comparison. Run it through the embedded stack::
 
     DJANGO_SETTINGS_MODULE=config.settings python -m deploy.devstack run -- python -c \
-        "import django; django.setup(); from payouts.stripe_benchmarks import \
-        stripe_rate_benchmark as b; b(winners=600)"
-
-Measured on the 2-core machine (600 winners, 4 workers, 20/s, burst 5): 600 transfers in
-29.7 s = 20.14/s (101% of the limit, the initial burst included), busiest window 25 = bound.
+        "import django; django.setup(); from proof.stripe_bench import \
+        stripe_rate_repeated as r; print(r(winners=2000, rate=100, latency=0.03))"
 """
 
 import os
+import statistics
 import time
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 from django.test import override_settings
 
 from payouts.models import PayoutJob
@@ -29,6 +33,8 @@ from payouts.models import PayoutJob
 class StripeRateReport:
     winners: int
     workers: int
+    pool: str
+    threads: int
     rate: float
     burst: int
     requests: int
@@ -36,6 +42,8 @@ class StripeRateReport:
     throughput: float
     busiest_window: int
     job_status: str
+    # CPU time of the worker processes over the whole job, per transfer request.
+    worker_cpu_ms_per_request: float
 
     @property
     def window_bound(self) -> float:
@@ -52,10 +60,26 @@ def busiest_window(times: list[float], width: float = 1.0) -> int:
     return max((bisect_left(times, t + width) - i for i, t in enumerate(times)), default=0)
 
 
+def _cpu_seconds(procs) -> float:
+    """User + system CPU of these processes and their children so far (dead ones count 0)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            tree = psutil.Process(proc.pid)
+            for p in [tree, *tree.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def stripe_rate_benchmark(
     *,
     winners: int = 600,
-    workers: int = 4,
+    workers: int = 1,
+    threads: int = 16,
+    pool: str = "threads",
     rate: float = 20.0,
     burst: int = 5,
     latency: float = 0.0,
@@ -64,8 +88,10 @@ def stripe_rate_benchmark(
     log_dir: Path | None = None,
     timeout: float = 900,
 ) -> StripeRateReport:
-    """Pay ``winners`` Stripe transfers with ``workers`` processes under a ``rate``/s limit,
-    each Stripe request taking ``latency`` seconds at the fake.
+    """Pay ``winners`` Stripe transfers with ``workers`` processes of ``threads`` threads
+    (``pool="solo"``: one task per process, ``threads`` ignored) under a ``rate``/s limit,
+    each Stripe request taking ``latency`` seconds at the fake. The job runs one batch per
+    thread (``STRIPE_PARALLELISM``).
 
     ``worker_env`` is the workers' environment (the database and Redis they share with this
     process; this process's environment by default); their output goes to ``log_dir`` when
@@ -79,6 +105,7 @@ def stripe_rate_benchmark(
     from proof.seeding import challenge_seed
     from tests.fakes.stripe_server import FakeStripe
 
+    threads = 1 if pool == "solo" else threads
     fake = FakeStripe().start()
     fake.configure(latency=latency)
     limits = {
@@ -87,7 +114,7 @@ def stripe_rate_benchmark(
         "STRIPE_BATCH_SECONDS": "20",
         "CELERY_VISIBILITY_TIMEOUT": "600",
     }
-    pool = WorkerPool(
+    procs = WorkerPool(
         {**(worker_env or os.environ), **fake.env(), **limits}, app=app, log_dir=log_dir
     )
     try:
@@ -95,13 +122,16 @@ def stripe_rate_benchmark(
         accounts = connected_accounts_seed(challenge_id=challenge.pk)
         fake.accounts_put([{"id": account, "payouts_enabled": True} for account in accounts])
         for n in range(workers):
-            pool.start("payouts,payouts_stripe", name=f"stripe-bench{n}")
+            procs.start(
+                "payouts,payouts_stripe", name=f"stripe-bench{n}", pool=pool, concurrency=threads
+            )
         workers_ready(workers)
         database_settle()
         # A full bucket to start from, as after any idle period.
         token_bucket_reset(bucket="stripe")
+        cpu_before = _cpu_seconds(procs.procs)
         with override_settings(
-            STRIPE_API_KEY=fake.env()["STRIPE_API_KEY"], PAYOUT_PARALLELISM=workers
+            STRIPE_API_KEY=fake.env()["STRIPE_API_KEY"], STRIPE_PARALLELISM=workers * threads
         ):
             job = challenge_resolve(
                 challenge_id=challenge.pk, result="challenger_won", actor=None, rail="stripe"
@@ -112,14 +142,17 @@ def stripe_rate_benchmark(
             if job.status not in PayoutJob.ACTIVE_STATUSES:
                 break
             time.sleep(0.5)
+        cpu = _cpu_seconds(procs.procs) - cpu_before
         times = sorted(fake.stats()["post_times"])
     finally:
-        pool.stop_all()
+        procs.stop_all()
         fake.stop()
     seconds = times[-1] - times[0] if len(times) > 1 else 0.0
     report = StripeRateReport(
         winners=winners,
         workers=workers,
+        pool=pool,
+        threads=threads,
         rate=rate,
         burst=burst,
         requests=len(times),
@@ -127,11 +160,84 @@ def stripe_rate_benchmark(
         throughput=round((len(times) - 1) / seconds, 2) if seconds else 0.0,
         busiest_window=busiest_window(times),
         job_status=job.status,
+        worker_cpu_ms_per_request=round(cpu * 1000 / len(times), 2) if times else 0.0,
     )
     print(
-        f"stripe rate limit: {report.requests} transfers by {workers} workers in "
-        f"{report.seconds:.1f} s = {report.throughput:.2f}/s "
+        f"stripe rate limit: {report.requests} transfers by {workers} {pool} worker(s) x "
+        f"{threads} in {report.seconds:.1f} s = {report.throughput:.2f}/s "
         f"({report.throughput_share:.0%} of the {rate:g}/s limit); busiest 1 s window "
-        f"{report.busiest_window} requests (bound {report.window_bound:g}); job {job.status}"
+        f"{report.busiest_window} requests (bound {report.window_bound:g}); worker CPU "
+        f"{report.worker_cpu_ms_per_request:.1f} ms per request; job {job.status}"
     )
+    return report
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _summary(reports: list[StripeRateReport]) -> dict[str, Any]:
+    first = reports[0]
+    return {
+        "pool": first.pool,
+        "processes": first.workers,
+        "threads": first.threads,
+        "share_of_limit": _spread([r.throughput_share for r in reports]),
+        "achieved_per_s": _spread([r.throughput for r in reports]),
+        "busiest_window": _spread([r.busiest_window for r in reports]),
+        # Runs in which some one-second window held more than rate + burst requests.
+        "runs_over_bound": sum(r.busiest_window > r.window_bound for r in reports),
+        "worker_cpu_ms_per_request": _spread([r.worker_cpu_ms_per_request for r in reports]),
+        "all_completed": all(r.job_status == PayoutJob.Status.COMPLETED for r in reports),
+        "runs": [asdict(r) for r in reports],
+    }
+
+
+def stripe_rate_repeated(
+    *,
+    repeats: int = 3,
+    winners: int = 2_000,
+    workers: int = 1,
+    threads: int = 16,
+    rate: float = 100.0,
+    burst: int = 5,
+    latency: float = 0.03,
+    baseline_workers: int = 0,
+    log_dir: Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``stripe_rate_benchmark`` ``repeats`` times with ``workers`` threaded processes: the
+    median, min and max of the share of the limit reached and of the busiest one-second
+    window, next to the limit and the window's bound. With ``baseline_workers``, each repeat
+    also runs that many ``solo`` processes (the layout before the threads pool), interleaved
+    so both see the same machine load. ``options`` go to ``stripe_rate_benchmark``."""
+    common = {
+        "winners": winners,
+        "rate": rate,
+        "burst": burst,
+        "latency": latency,
+        "log_dir": log_dir,
+        **options,
+    }
+    threaded: list[StripeRateReport] = []
+    solo: list[StripeRateReport] = []
+    for _ in range(repeats):
+        threaded.append(stripe_rate_benchmark(workers=workers, threads=threads, **common))
+        if baseline_workers:
+            solo.append(stripe_rate_benchmark(workers=baseline_workers, pool="solo", **common))
+    report: dict[str, Any] = {
+        "limit": rate,
+        "burst": burst,
+        "window_bound": rate + burst,
+        "latency_ms": round(latency * 1000, 1),
+        "winners": winners,
+        "repeats": repeats,
+        **_summary(threaded),
+    }
+    if solo:
+        report["baseline_solo"] = _summary(solo)
     return report

@@ -1,6 +1,7 @@
 """The Stripe rail in real Celery worker processes against the fake Stripe server: faults of
 every kind, a worker killed between Stripe's answer and the database, and the shared rate
-limit."""
+limit. The workers run Celery's threads pool, as the Stripe worker does in production
+(deploy/processes.py): several batches of one job at once in one process."""
 
 import pytest
 from django.db.models import Sum
@@ -63,8 +64,8 @@ def test_2000_winners_with_30_percent_faults_are_each_paid_exactly_once(
         "STRIPE_BATCH_SECONDS": "20",
         "CELERY_VISIBILITY_TIMEOUT": "300",
     }
-    for n in range(4):
-        workers.start(QUEUES, name=f"stripe{n}", **env)
+    # One process of four threads: four batches of the job at once, in one process
+    workers.start(QUEUES, name="stripe", pool="threads", concurrency=4, **env)
     # And a 2,000-winner job in which 20 winners never connected a Stripe account
     job = resolve_stripe_job(fake_stripe, settings, stakers=4000, unconnected=20)
     # When the workers run it
@@ -116,7 +117,7 @@ def test_a_worker_killed_after_stripe_paid_but_before_saving_pays_nobody_twice(
         "STRIPE_LEASE_SECONDS": "4",
         "STRIPE_BATCH_SECONDS": "3",
     }
-    first = workers.start(QUEUES, name="doomed", **env)
+    first = workers.start(QUEUES, name="doomed", pool="threads", concurrency=2, **env)
     job = resolve_stripe_job(fake_stripe, settings, stakers=2, parallelism=1)
     # When the worker is killed with SIGKILL while the response is on its way
     wait_for(lambda: fake_stripe.stats()["held"] == 1, timeout=60)
@@ -126,7 +127,7 @@ def test_a_worker_killed_after_stripe_paid_but_before_saving_pays_nobody_twice(
     fake_stripe.configure(hold_after_create=False)
     # Then another worker picks the entry up once its lease expires (the message comes back
     # after the visibility timeout), and Stripe hands back the same transfer
-    workers.start(QUEUES, name="heir", **env)
+    workers.start(QUEUES, name="heir", pool="threads", concurrency=2, **env)
     wait_for(job_done(job), timeout=90, interval=0.5)
     entry.refresh_from_db()
     assert entry.status == PayoutEntry.Status.COMPLETED
@@ -141,11 +142,17 @@ def test_a_worker_killed_after_stripe_paid_but_before_saving_pays_nobody_twice(
     assert job.status == PayoutJob.Status.COMPLETED
 
 
-def test_four_workers_stay_within_the_shared_rate_limit_and_use_it(workers, worker_env):
-    # Given 4 worker processes sharing a 20 requests/s limit with a burst of 5
-    # When they pay 160 winners
+def test_two_threaded_workers_stay_within_the_shared_rate_limit_and_use_it(workers, worker_env):
+    # Given 2 worker processes of 4 threads sharing a 20 requests/s limit with a burst of 5
+    # When they pay 160 winners, 8 batches at once
     report = stripe_rate_benchmark(
-        winners=160, workers=4, rate=20, burst=5, worker_env=worker_env, app="tests.worker_app"
+        winners=160,
+        workers=2,
+        threads=4,
+        rate=20,
+        burst=5,
+        worker_env=worker_env,
+        app="tests.worker_app",
     )
     # Then no one-second window of Stripe's log holds more than 25 requests, and they reach
     # at least 90% of the limit
