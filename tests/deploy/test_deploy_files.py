@@ -336,3 +336,18 @@ def test_flower_never_starts_without_basic_auth():
     )
     assert done.returncode == 1
     assert "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_the_stripe_worker_runs_threads_sized_by_its_setting_and_no_other_worker_does():
+    # Celery sizes a worker started without -c by worker_concurrency, which the settings take
+    # from STRIPE_WORKER_CONCURRENCY: only the Stripe worker may leave -c out.
+    assert settings.CELERY_WORKER_CONCURRENCY == settings.STRIPE_WORKER_CONCURRENCY
+    for role in ROLES:
+        if role.kind != "worker":
+            continue
+        argv = role.argv(render.COMPOSE)
+        stripe = "payouts_stripe" in role.queues
+        assert (argv[argv.index("-P") + 1] if "-P" in argv else "prefork") == (
+            "threads" if stripe else "prefork"
+        ), role.name
+        assert ("-c" in argv) is not stripe, role.name
