@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psutil
 import redis
 from django.conf import settings
 from django.db import connection, connections
@@ -59,6 +60,8 @@ POLL_SECONDS = 0.1
 # How long the run waits for a watchdog sweep to be running so that it can kill beat in it.
 SWEEP_WAIT_SECONDS = 60.0
 STRIPE_LATENCY = 0.03
+# How long a Stripe worker kill waits for a worker in mid-call before it kills one anyway.
+MID_CALL_WAIT_SECONDS = 5.0
 
 
 class ChaosRefused(Exception):
@@ -110,6 +113,8 @@ class Injected:
     postgres_restarts: int = 0
     beat_kills: int = 0
     sweeps_after_beat_kill: int = 0
+    # Stripe worker kills that cut at least one of the victim's own requests in mid-call.
+    stripe_kills_mid_call: int = 0
     duplicate_publishes: int = 0
     stripe_faults: dict[str, int] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
@@ -249,15 +254,36 @@ class ChaosRun:
 
     # --- faults ----------------------------------------------------------------------------
     def _kill_worker(self, event: Event) -> None:
-        victim = self.rng.choice(self._workers(QUEUES[event.rail]))
-        # Stripe requests waiting for their answer at the fake as the kill lands (of every
-        # worker: the fake does not know whose), so the record shows kills in mid-call.
-        in_flight = self.fake.stats()["in_flight"] if event.rail == "stripe" else 0
+        workers = self._workers(QUEUES[event.rail])
+        victim, in_flight = self.rng.choice(workers), 0
+        if event.rail == "stripe":
+            victim, in_flight = self._stripe_victim_mid_call(workers) or (victim, 0)
         self._replace(victim)
         self.injected.kills += 1
         event.detail += f"; SIGKILL pid {victim.pid} ({QUEUES[event.rail]}), replacement started"
         if event.rail == "stripe":
-            event.detail += f"; {in_flight} Stripe requests in flight"
+            self.injected.stripe_kills_mid_call += in_flight > 0
+            event.detail += f"; {in_flight} of its Stripe requests in flight"
+
+    def _stripe_victim_mid_call(
+        self, workers: list[subprocess.Popen]
+    ) -> tuple[subprocess.Popen, int] | None:
+        """A Stripe worker with requests waiting for the fake's answer (matched by the ports of
+        its connections to the fake) and how many, watched for up to ``MID_CALL_WAIT_SECONDS``;
+        None if no worker was caught in mid-call."""
+        deadline = time.monotonic() + MID_CALL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            waiting = set(self.fake.stats()["in_flight_ports"])
+            for proc in workers if waiting else ():
+                try:
+                    sockets = psutil.Process(proc.pid).net_connections(kind="tcp")
+                except psutil.NoSuchProcess:
+                    continue
+                mine = {c.laddr.port for c in sockets if c.raddr and c.raddr.port == self.fake.port}
+                if mine & waiting:
+                    return proc, len(mine & waiting)
+            time.sleep(0.005)
+        return None
 
     def _server(self, event: Event) -> None:
         mode, server = event.action.split("_")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from django.conf import settings
 from django.test import override_settings
 
 from payouts.models import PayoutJob
@@ -78,7 +79,7 @@ def stripe_rate_benchmark(
     *,
     winners: int = 600,
     workers: int = 1,
-    threads: int = 16,
+    threads: int | None = None,
     pool: str = "threads",
     rate: float = 20.0,
     burst: int = 5,
@@ -89,7 +90,8 @@ def stripe_rate_benchmark(
     timeout: float = 900,
 ) -> StripeRateReport:
     """Pay ``winners`` Stripe transfers with ``workers`` processes of ``threads`` threads
-    (``pool="solo"``: one task per process, ``threads`` ignored) under a ``rate``/s limit,
+    (by default ``STRIPE_WORKER_CONCURRENCY`` in all, shared out between the processes;
+    ``pool="solo"``: one task per process, ``threads`` ignored) under a ``rate``/s limit,
     each Stripe request taking ``latency`` seconds at the fake. The job runs one batch per
     thread (``STRIPE_PARALLELISM``).
 
@@ -105,7 +107,10 @@ def stripe_rate_benchmark(
     from proof.seeding import challenge_seed
     from tests.fakes.stripe_server import FakeStripe
 
-    threads = 1 if pool == "solo" else threads
+    if pool == "solo":
+        threads = 1
+    elif threads is None:
+        threads = max(1, settings.STRIPE_WORKER_CONCURRENCY // workers)
     fake = FakeStripe().start()
     fake.configure(latency=latency)
     limits = {
@@ -202,7 +207,7 @@ def stripe_rate_repeated(
     repeats: int = 3,
     winners: int = 2_000,
     workers: int = 1,
-    threads: int = 16,
+    threads: int | None = None,
     rate: float = 100.0,
     burst: int = 5,
     latency: float = 0.03,

@@ -108,7 +108,8 @@ class FakeStripeState:
             self.transfers: dict[str, dict[str, Any]] = {}
             # idempotency key -> {"params": ..., "status": ..., "body": ...} once executed
             self.keys: dict[str, dict[str, Any]] = {}
-            self.in_flight: set[str] = set()
+            # idempotency key -> the client's port, for requests waiting for their answer
+            self.in_flight: dict[str, int] = {}
             # transfer id -> the idempotency key it was created under (None without one)
             self.transfer_keys: dict[str, str | None] = {}
             self.post_times: list[float] = []
@@ -230,6 +231,8 @@ class FakeStripeState:
                 "replays": self.replays,
                 "conflicts": self.conflicts,
                 "in_flight": len(self.in_flight),
+                # Which connections wait: a test can tell whose process is in mid-call.
+                "in_flight_ports": sorted(self.in_flight.values()),
                 "held": self.held,
                 "accounts_created": sum(1 for a in self.accounts.values() if a.get("created")),
                 "events": len(self.events),
@@ -498,7 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 status = body = None
                 if key:
-                    state.in_flight.add(key)
+                    state.in_flight[key] = self.client_address[1]
         if body is not None:
             self._send(status, body, {"Idempotent-Replayed": "true"})
             return
@@ -507,7 +510,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = (execute or self._execute_create)(dict(params), key)
         finally:
             with state.lock:
-                state.in_flight.discard(key)
+                state.in_flight.pop(key, None)
         if status == 200 and state.config["hold_after_create"]:
             with state.lock:
                 state.held += 1
@@ -750,6 +753,10 @@ class FakeStripe:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
 
     def start(self) -> "FakeStripe":
         self._thread.start()
