@@ -185,9 +185,10 @@ ROLES = (
         pool="threads",
         concurrency=None,
         node="stripe",
-        # STRIPE_RATE_LIMIT is shared by every worker: one pod of 16 threads holds 100/s at
-        # 30 ms per call (README, Performance); the second is for failover, more would only
-        # wait for tokens. A backlog is other jobs' batches, 16 per Stripe job.
+        # STRIPE_RATE_LIMIT is shared by every worker. One pod spends about 6 ms of CPU per
+        # Stripe request (README, Performance), about 0.6 of a core at 100/s; the second is
+        # for failover and CPU headroom, more would only wait for tokens. A backlog is other
+        # jobs' batches, 16 per Stripe job.
         autoscale=Autoscale(min_replicas=1, max_replicas=3, list_length=16),
     ),
     Role(
