@@ -51,6 +51,26 @@ def _small_batches(settings):
     settings.PLATFORM_FEE_BPS = 500
 
 
+def test_a_stripe_job_takes_one_batch_per_thread_and_a_ledger_job_payout_parallelism(
+    staff, settings
+):
+    # Given Stripe workers of 16 threads, and ledger jobs of 2 batches at once
+    settings.STRIPE_API_KEY = "sk_test_unused"
+    settings.STRIPE_PARALLELISM = 16
+    # When a challenge is resolved on each rail
+    on_stripe, on_ledger = (
+        challenge_resolve(
+            challenge_id=challenge_seed(stakers=4, seed=seed).pk,
+            result="challenger_won",
+            actor=staff,
+            rail=rail,
+        )
+        for seed, rail in ((1, "stripe"), (2, "ledger"))
+    )
+    # Then the Stripe job runs 16 batches at once, the ledger job 2
+    assert (on_stripe.parallelism, on_ledger.parallelism) == (16, 2)
+
+
 @pytest.mark.parametrize(
     ("result", "winning_side"),
     [("challenger_won", "yes"), ("challenged_won", "no"), ("draw", None)],
