@@ -42,6 +42,8 @@ class StripeRateReport:
     seconds: float
     throughput: float
     busiest_window: int
+    # Seconds after the first request at which the busiest window starts.
+    busiest_window_at: float
     job_status: str
     # CPU time of the worker processes over the whole job, per transfer request.
     worker_cpu_ms_per_request: float
@@ -55,10 +57,12 @@ class StripeRateReport:
         return self.throughput / self.rate
 
 
-def busiest_window(times: list[float], width: float = 1.0) -> int:
-    """The most requests that arrived within any ``width``-second window."""
+def busiest_window(times: list[float], width: float = 1.0) -> tuple[int, float]:
+    """The most requests that arrived within any ``width``-second window, and when that
+    window starts (seconds after the first request)."""
     times = sorted(times)
-    return max((bisect_left(times, t + width) - i for i, t in enumerate(times)), default=0)
+    counts = [(bisect_left(times, t + width) - i, t - times[0]) for i, t in enumerate(times)]
+    return max(counts, key=lambda c: c[0], default=(0, 0.0))
 
 
 def _cpu_seconds(procs) -> float:
@@ -153,6 +157,7 @@ def stripe_rate_benchmark(
         procs.stop_all()
         fake.stop()
     seconds = times[-1] - times[0] if len(times) > 1 else 0.0
+    busiest, busiest_at = busiest_window(times)
     report = StripeRateReport(
         winners=winners,
         workers=workers,
@@ -163,7 +168,8 @@ def stripe_rate_benchmark(
         requests=len(times),
         seconds=round(seconds, 3),
         throughput=round((len(times) - 1) / seconds, 2) if seconds else 0.0,
-        busiest_window=busiest_window(times),
+        busiest_window=busiest,
+        busiest_window_at=round(busiest_at, 3),
         job_status=job.status,
         worker_cpu_ms_per_request=round(cpu * 1000 / len(times), 2) if times else 0.0,
     )
@@ -171,7 +177,8 @@ def stripe_rate_benchmark(
         f"stripe rate limit: {report.requests} transfers by {workers} {pool} worker(s) x "
         f"{threads} in {report.seconds:.1f} s = {report.throughput:.2f}/s "
         f"({report.throughput_share:.0%} of the {rate:g}/s limit); busiest 1 s window "
-        f"{report.busiest_window} requests (bound {report.window_bound:g}); worker CPU "
+        f"{report.busiest_window} requests at +{report.busiest_window_at:.2f} s (bound "
+        f"{report.window_bound:g}); worker CPU "
         f"{report.worker_cpu_ms_per_request:.1f} ms per request; job {job.status}"
     )
     return report
