@@ -115,6 +115,8 @@ class Injected:
     sweeps_after_beat_kill: int = 0
     # Stripe worker kills that cut at least one of the victim's own requests in mid-call.
     stripe_kills_mid_call: int = 0
+    # Processes that exited without being killed, each started again as a supervisor would.
+    self_exits: list[str] = field(default_factory=list)
     duplicate_publishes: int = 0
     stripe_faults: dict[str, int] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +209,7 @@ class ChaosRun:
         self.injected = Injected()
         self.stack = os.environ.get("DEVSTACK_DIR")
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
+        self.ended: set[int] = set()  # pids of processes this run killed or already replaced
         if config.restarts and not self.stack:
             raise ChaosRefused(
                 "The chaos run SIGKILLs and restarts PostgreSQL and Redis, which it can do only "
@@ -248,9 +251,30 @@ class ChaosRun:
             if "-Q" in p.args and queue in p.args[p.args.index("-Q") + 1].split(",")
         ]
 
+    def _kill(self, proc: subprocess.Popen) -> None:
+        self.ended.add(proc.pid)
+        self.pool.kill(proc)
+
     def _replace(self, victim: subprocess.Popen) -> None:
-        self.pool.kill(victim)
+        self._kill(victim)
         self.pool.start_like(victim)
+
+    def _supervise(self) -> None:
+        """What systemd or Kubernetes does in production (``Restart=always``, a pod's restart
+        policy): start again a process that exited by itself. Counted in the report, so a
+        worker that crashes shows, but not a violation: the money checks judge the run."""
+        for proc in list(self.pool.procs):
+            if proc.pid in self.ended or proc.poll() is None:
+                continue
+            self.ended.add(proc.pid)
+            queues = "" if proc is self.beat else proc.args[proc.args.index("-Q") + 1]
+            role = f"worker of {queues}" if queues else "beat"
+            self.injected.self_exits.append(f"{role} (pid {proc.pid}) exited {proc.returncode}")
+            self.log(f"  {role} (pid {proc.pid}) exited by itself ({proc.returncode}): restarted")
+            if proc is self.beat:
+                self._beat_start()
+            else:
+                self.pool.start_like(proc)
 
     # --- faults ----------------------------------------------------------------------------
     def _kill_worker(self, event: Event) -> None:
@@ -322,8 +346,8 @@ class ChaosRun:
                 time.sleep(0.002)
                 continue
             task, worker = running[0]
-            self.pool.kill(worker)
-            self.pool.kill(self.beat)
+            self._kill(worker)
+            self._kill(self.beat)
             attempts += 1
             proven = bool(self.redis.hexists(SWEEPING, task))
             self.redis.hdel(SWEEPING, task)
@@ -429,6 +453,7 @@ class ChaosRun:
         finished = False
         while True:
             now = time.monotonic() - t0
+            self._supervise()
             rows = _retrying("job status", lambda: _job_rows(list(jobs.values())))
             by_rail = {rail: rows[job_id] for rail, job_id in jobs.items()}
             for event in events:
