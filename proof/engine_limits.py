@@ -33,9 +33,9 @@ database does not. Two functions, each returning a JSON-able dict:
 ``engine_cost(report, limits=None)``
     Per-payout figures of one end-to-end run (``proof.payout_bench.payout_benchmark``):
     microseconds and WAL bytes and rows per payout, and with ``limits`` the engine's payouts/s
-    as a share of each limit. ``engine_cost_at(winners=...)`` runs that benchmark at one size
-    and returns the same: call it at 100,000, 1,000,000 and 3,000,000 winners to see whether the
-    cost per payout stays flat.
+    as a share of each limit. ``engine_cost_at(winners=...)`` seeds and runs that benchmark at
+    one size and returns the same: call it at 100,000, 1,000,000 and 3,000,000 winners to see
+    whether the cost per payout stays flat.
 """
 
 import os
@@ -58,7 +58,13 @@ from django.test import override_settings
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import LEDGER_BATCH_SQL, payout_job_expand, payout_job_finalize
 from payouts.services.jobs import challenge_resolve, payout_job_pause
-from proof.payout_bench import LOSER_RATIO, PayoutBenchReport, database_settle, payout_benchmark
+from proof.payout_bench import (
+    LOSER_RATIO,
+    PayoutBenchReport,
+    database_settle,
+    payout_bench_seed,
+    payout_benchmark,
+)
 from proof.seeding import challenge_seed
 
 # The tables one ledger batch writes.
@@ -148,6 +154,10 @@ def engine_limits(
         "connections": connections,
         "work_per_payout": work,
         "limits": {"statement": statement, "posting": posting},
+        "limits_how": "each timed from a CHECKPOINT on its own half of the job's entries, "
+        "with no Celery: statement = the engine's batch statement and commit on each "
+        "connection, chains keyset by id as the engine's batches; posting = transfer insert + "
+        "wallet credit per id range; cores_busy = the backends' CPU time / wall time / cores",
         "postgres": postgres_settings(),
     }
 
@@ -172,11 +182,15 @@ def engine_cost(report: PayoutBenchReport, limits: dict[str, Any] | None = None)
     return figures
 
 
-def engine_cost_at(*, winners: int, **benchmark: Any) -> dict[str, Any]:
-    """Run the ledger rail end to end at ``winners`` (``payout_benchmark``, which takes the
-    other keyword arguments) and return ``engine_cost`` of it plus the full report."""
-    report = payout_benchmark(winners=winners, **benchmark)
-    return {**engine_cost(report), "report": asdict(report)}
+def engine_cost_at(
+    *, winners: int, limits: dict[str, Any] | None = None, **benchmark: Any
+) -> dict[str, Any]:
+    """Seed ``winners`` winners (``payout_bench_seed``), pay them end to end
+    (``payout_benchmark``, which takes the other keyword arguments) and return
+    ``engine_cost`` of that run, with shares of ``limits`` when given, plus the full report."""
+    challenge_id, warm_up_id = payout_bench_seed(winners=winners)
+    report = payout_benchmark(challenge_id=challenge_id, warm_up_id=warm_up_id, **benchmark)
+    return {**engine_cost(report, limits), "report": asdict(report)}
 
 
 def paused_job_seed(*, winners: int, seed: int) -> PayoutJob:
@@ -219,10 +233,13 @@ def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict
     return {
         "batches": len(samples),
         "payouts_per_batch": samples[0]["payouts"],
-        "how": "EXPLAIN (ANALYZE, WAL, BUFFERS) of one engine batch at a time on one backend; "
-        "rows from pg_stat_xact_user_tables; index entries = rows not heap-only x full "
-        "indexes of the table; WAL without full-page images from pg_waldump --stats of the "
-        "batch's transaction; CPU from /proc/<backend pid>/stat",
+        "how": "EXPLAIN (ANALYZE, WAL, BUFFERS) of one engine batch at a time on one backend, "
+        "the first right after a CHECKPOINT; rows from pg_stat_xact_user_tables; index "
+        "entries = rows not heap-only x full indexes of the table; wal_records, wal_fpi, "
+        "wal_bytes: EXPLAIN's (the statement); wal_bytes_transaction, its split into "
+        "full-page images and the rest, and the by_kind figures: pg_waldump --stats of the "
+        "batch's transaction (with its foreign-key checks and commit); backend_cpu_us: "
+        "/proc/<backend pid>/stat over the statement and its foreign-key checks",
         **figures,
         "last_id": after_id,
     }
@@ -236,6 +253,8 @@ def _explained_batch(conn: psycopg.Connection, params: dict[str, Any]) -> dict[s
     plan = conn.execute(
         "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + LEDGER_BATCH_SQL, params
     ).fetchone()[0][0]
+    # The deferred foreign-key checks, now, as the engine runs them: part of a payout's cost.
+    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
     cpu_after = _backend_cpu(pid)
     xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0]
     # Counts not yet flushed to the shared statistics stay in these views after a commit:
@@ -286,6 +305,7 @@ def _per_payout(sample: dict[str, Any], indexes: dict[str, int]) -> dict:
         "wal_records": sample["wal_records"] / n,
         "wal_fpi": sample["wal_fpi"] / n,
         "wal_bytes": sample["wal_bytes"] / n,
+        "wal_bytes_transaction": dump["total"] / n if dump else None,
         "wal_bytes_without_fpi": (dump["total"] - dump["fpi"]) / n if dump else None,
         "wal_fpi_bytes": dump["fpi"] / n if dump else None,
         "execution_us": sample["execution_ms"] * 1000 / n,
