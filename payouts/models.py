@@ -128,7 +128,11 @@ class PayoutEntry(models.Model):
     job = models.ForeignKey(
         PayoutJob, on_delete=models.PROTECT, related_name="entries", db_index=False
     )
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # No index of its own either: entries are read by job; a user's failed entries have the
+    # partial index below.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     stake_amount = models.BigIntegerField()
     amount = models.BigIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

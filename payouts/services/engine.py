@@ -299,8 +299,9 @@ class BatchOutcome:
 
 # Claim, post, credit and mark in one statement (no hot row touched here, so parallel batches
 # of one job do not wait on each other). Entries skipped by ON CONFLICT had been paid already:
-# they are marked, but no money moves again.
-_BATCH_SQL = """
+# they are marked, but no money moves again. Public: the proof measures this very statement
+# run bare on its own connections (proof.engine_limits), as the database's limit.
+LEDGER_BATCH_SQL = """
 WITH claimed AS (
     SELECT id, user_id, amount FROM payouts_payoutentry
     WHERE job_id = %(job_id)s AND status = 'pending' AND id > %(after_id)s
@@ -367,7 +368,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
     }
     with transaction.atomic(durable=True):
         with connection.cursor() as cursor:
-            cursor.execute(_BATCH_SQL, params)
+            cursor.execute(LEDGER_BATCH_SQL, params)
             claimed, paid, last_id = cursor.fetchone()
         if claimed:
             with connection.cursor() as cursor:

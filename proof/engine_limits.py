@@ -1,0 +1,573 @@
+"""The ledger rail's cost in figures that do not depend on the machine's speed.
+
+Seconds move with the machine and with whoever else uses it; what one payout costs the
+database does not. Two functions, each returning a JSON-able dict:
+
+``engine_limits(winners=...)``
+    Seeds a challenge of ``winners`` winners, expands its job and pauses it (so no worker
+    touches it), then, on its pending entries:
+
+    - **work per payout**: ``explain_batches`` batches of the engine's own statement
+      (``payouts.services.engine.LEDGER_BATCH_SQL``), one at a time on one backend, each under
+      ``EXPLAIN (ANALYZE, WAL, BUFFERS)``: rows written and whether their updates were
+      heap-only (``pg_stat_xact_user_tables``, read inside the batch's transaction), index
+      entries written (rows that are not heap-only updates times the indexes of their table
+      whose predicate holds for the row), WAL records, full-page images and WAL bytes (from
+      EXPLAIN's WAL counters), WAL bytes without the full-page images (``pg_waldump --stats``
+      of the batch's own transaction, when the server's WAL files are readable from here),
+      execution time and the backend's CPU time (``/proc/<pid>/stat`` of the backend, when the
+      server runs on this host). Medians, with min and max; the first batch starts right after a
+      ``CHECKPOINT``.
+    - **the database's own limits**, each timed from a ``CHECKPOINT``, with no Celery:
+      (a) ``statement``: the engine's batch statement, bare (no job counters, no escrow debit),
+      on ``connections`` connections in parallel, as the engine's parallel batches run it, over
+      half of the entries; (b) ``posting``: a minimal two-row posting (transfer insert + wallet
+      credit, ``ON CONFLICT`` on the same key; no claim, no entry update, no job tracking) over
+      the other half, in id ranges, on as many connections. Each reports payouts/s and how busy
+      the backends kept the machine's cores.
+
+    Afterwards the job is closed the way the engine closes it (escrow debited by what was paid,
+    counters, ``payout_job_finalize``: fee posted, escrow 0), so the ledger stays balanced and
+    every entry has exactly one transfer ``payout:<entry_id>``.
+
+``engine_cost(report, limits=None)``
+    Per-payout figures of one end-to-end run (``proof.payout_bench.payout_benchmark``):
+    microseconds and WAL bytes and rows per payout, and with ``limits`` the engine's payouts/s
+    as a share of each limit. ``engine_cost_at(winners=...)`` seeds and runs that benchmark at
+    one size and returns the same: call it at 100,000, 1,000,000 and 3,000,000 winners to see
+    whether the cost per payout stays flat.
+"""
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max, Min, Q
+from django.test import override_settings
+
+from payouts.models import PayoutEntry, PayoutJob
+from payouts.services.engine import LEDGER_BATCH_SQL, payout_job_expand, payout_job_finalize
+from payouts.services.jobs import challenge_resolve, payout_job_pause
+from proof.payout_bench import (
+    LOSER_RATIO,
+    PayoutBenchReport,
+    database_settle,
+    payout_bench_seed,
+    payout_benchmark,
+)
+from proof.seeding import challenge_seed
+
+# The tables one ledger batch writes.
+BATCH_TABLES = ("payouts_payoutentry", "payouts_transfer", "payouts_account")
+
+# (b) The least a ledger payout can write: its transfer and its wallet credit. Entries are read
+# by id range (no lock, no status), and nothing is marked or counted.
+POSTING_SQL = """
+WITH targets AS (
+    SELECT e.id, e.amount, w.id AS wallet_id
+    FROM payouts_payoutentry AS e
+    JOIN payouts_account AS w
+      ON w.user_id = e.user_id AND w.kind = 'user_wallet' AND w.currency = %(currency)s
+    WHERE e.job_id = %(job_id)s AND e.id > %(after_id)s AND e.id <= %(upto)s
+), posted AS (
+    INSERT INTO payouts_transfer
+        (debit_account_id, credit_account_id, amount, kind, idempotency_key)
+    SELECT %(escrow_id)s, wallet_id, amount, %(kind)s, 'payout:' || id FROM targets
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING credit_account_id, amount
+)
+UPDATE payouts_account AS a SET balance = a.balance + p.amount
+FROM posted AS p
+WHERE a.id = p.credit_account_id
+"""
+
+# Rows that are not heap-only updates write one entry in each index whose predicate holds:
+# a completed entry and a transfer match no partial index of theirs.
+_INDEXES_SQL = """
+SELECT c.relname, count(*) FILTER (WHERE i.indpred IS NULL)
+FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid
+WHERE c.relname = ANY(%s)
+GROUP BY c.relname
+"""
+
+_XACT_ROWS_SQL = """
+SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd
+FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)
+"""
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def engine_limits(
+    *,
+    winners: int = 100_000,
+    batch_size: int = 10_000,
+    connections: int = 2,
+    explain_batches: int = 5,
+    seed: int = 21,
+) -> dict[str, Any]:
+    """Work per payout of the engine's batch, and the database's two limits, in one run.
+
+    Seeds its own challenge of ``winners`` winners (plus a tenth as many losers); needs
+    ``winners >= 2 * explain_batches * batch_size`` or so for the limits to time more than a
+    few batches. Leaves the ledger balanced and the job completed. See the module docstring.
+    """
+    job = paused_job_seed(winners=winners, seed=seed)
+    params = _job_params(job)
+    database_settle()
+    work = batch_work(params=params, batches=explain_batches, batch_size=batch_size)
+    start_after = work.pop("last_id")
+    pending = Q(status=PayoutEntry.Status.PENDING)
+    bounds = PayoutEntry.objects.filter(job=job).aggregate(
+        first=Min("id", filter=pending), last=Max("id")
+    )
+    first_id, last_id = bounds["first"], bounds["last"]
+    middle = (first_id + last_id) // 2
+
+    _checkpoint()
+    statement = _parallel(
+        connections,
+        lambda conn, claim: _statement_chain(conn, params, start_after, middle, batch_size, claim),
+    )
+    _checkpoint()
+    remaining_from = PayoutEntry.objects.filter(job=job).aggregate(first=Min("id", filter=pending))[
+        "first"
+    ]
+    ranges = _id_ranges(job.pk, after_id=(remaining_from or last_id + 1) - 1, size=batch_size)
+    posting = _parallel(
+        connections, lambda conn, claim: _posting_ranges(conn, params, ranges, claim)
+    )
+    _job_close(job_id=job.pk, escrow_id=params["escrow_id"])
+    return {
+        "winners": winners,
+        "batch_size": batch_size,
+        "connections": connections,
+        "work_per_payout": work,
+        "limits": {"statement": statement, "posting": posting},
+        "limits_how": "each timed from a CHECKPOINT on its own half of the job's entries, "
+        "with no Celery: statement = the engine's batch statement and commit on each "
+        "connection, chains keyset by id as the engine's batches; posting = transfer insert + "
+        "wallet credit per id range; cores_busy = the backends' CPU time / wall time / cores",
+        "postgres": postgres_settings(),
+    }
+
+
+def engine_cost(report: PayoutBenchReport, limits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The per-payout figures of one end-to-end run of the ledger rail; with ``limits`` (from
+    ``engine_limits`` in the same run) the engine's payouts/s as a share of each limit."""
+    paid = report.winners or 1
+    figures: dict[str, Any] = {
+        "winners": report.winners,
+        "payouts_per_s": report.payouts_per_second,
+        "us_per_payout": round(report.end_to_end_seconds / paid * 1e6, 2),
+        "wal_bytes_per_payout": round(report.wal_bytes_written / paid),
+        "rows_per_payout": round(report.rows_written / paid, 2),
+    }
+    if limits:
+        figures["share_of_limit"] = {
+            name: round(report.payouts_per_second / limit["payouts_per_s"], 3)
+            for name, limit in limits["limits"].items()
+            if limit["payouts_per_s"]
+        }
+    return figures
+
+
+def engine_cost_at(
+    *, winners: int, limits: dict[str, Any] | None = None, **benchmark: Any
+) -> dict[str, Any]:
+    """Seed ``winners`` winners (``payout_bench_seed``), pay them end to end
+    (``payout_benchmark``, which takes the other keyword arguments) and return
+    ``engine_cost`` of that run, with shares of ``limits`` when given, plus the full report."""
+    challenge_id, warm_up_id = payout_bench_seed(winners=winners)
+    report = payout_benchmark(challenge_id=challenge_id, warm_up_id=warm_up_id, **benchmark)
+    return {**engine_cost(report, limits), "report": asdict(report)}
+
+
+def paused_job_seed(*, winners: int, seed: int) -> PayoutJob:
+    """A resolved ledger-rail job with every entry created and pending, paused so that no
+    worker pays it: the work these measurements do by hand."""
+    challenge = challenge_seed(
+        stakers=winners + winners // LOSER_RATIO,
+        yes_share=winners / (winners + winners // LOSER_RATIO),
+        seed=seed,
+    )
+    # One slice, created here: no later slice's task is left for some worker to run.
+    with override_settings(PAYOUT_EXPAND_CHUNK=winners + winners // LOSER_RATIO + 1):
+        job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
+        payout_job_expand(job_id=job.pk)
+    return payout_job_pause(job_id=job.pk, actor=None)
+
+
+def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict[str, Any]:
+    """Run ``batches`` engine batches one after the other under EXPLAIN ANALYZE on one backend
+    and return the medians (with min and max) of what each payout cost; ``last_id`` is where
+    they stopped."""
+    samples = []
+    after_id = params["after_id"]
+    with _connect() as conn:
+        indexes = dict(conn.execute(_INDEXES_SQL, [list(BATCH_TABLES)]).fetchall())
+        for n in range(batches):
+            if n == 0:
+                conn.execute("CHECKPOINT")
+                conn.commit()
+            sample = _explained_batch(conn, {**params, "after_id": after_id, "limit": batch_size})
+            if not sample["payouts"]:
+                break
+            after_id = sample.pop("last_id")
+            samples.append(_per_payout(sample, indexes))
+    figures = {
+        key: _spread([s[key] for s in samples if s.get(key) is not None])
+        for key in samples[0]
+        if key != "payouts"
+    }
+    return {
+        "batches": len(samples),
+        "payouts_per_batch": samples[0]["payouts"],
+        "how": "EXPLAIN (ANALYZE, WAL, BUFFERS) of one engine batch at a time on one backend, "
+        "the first right after a CHECKPOINT; rows from pg_stat_xact_user_tables; index "
+        "entries = rows not heap-only x full indexes of the table; wal_records, wal_fpi, "
+        "wal_bytes: EXPLAIN's (the statement); wal_bytes_transaction, its split into "
+        "full-page images and the rest, and the by_kind figures: pg_waldump --stats of the "
+        "batch's transaction (with its foreign-key checks and commit); backend_cpu_us: "
+        "/proc/<backend pid>/stat over the statement and its foreign-key checks",
+        **figures,
+        "last_id": after_id,
+    }
+
+
+def _explained_batch(conn: psycopg.Connection, params: dict[str, Any]) -> dict[str, Any]:
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    start_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+    rows_before = conn.execute(_XACT_ROWS_SQL, [list(BATCH_TABLES)]).fetchall()
+    cpu_before = _backend_cpu(pid)
+    plan = conn.execute(
+        "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + LEDGER_BATCH_SQL, params
+    ).fetchone()[0][0]
+    # The deferred foreign-key checks, now, as the engine runs them: part of a payout's cost.
+    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    cpu_after = _backend_cpu(pid)
+    xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0]
+    # Counts not yet flushed to the shared statistics stay in these views after a commit:
+    # the batch's own are the difference.
+    before = {name: counts for name, *counts in rows_before}
+    rows = {
+        name: tuple(c - b for c, b in zip(counts, before.get(name, (0, 0, 0)), strict=True))
+        for name, *counts in conn.execute(_XACT_ROWS_SQL, [list(BATCH_TABLES)]).fetchall()
+    }
+    payouts, _, last_id = conn.execute(
+        "SELECT count(*), 0, coalesce(max(id), 0) FROM payouts_payoutentry "
+        "WHERE job_id = %(job_id)s AND id > %(after_id)s AND status = 'completed' "
+        "AND completed_at = now()",
+        params,
+    ).fetchone()
+    conn.commit()
+    end_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+    conn.commit()
+    top = plan["Plan"]
+    return {
+        "payouts": payouts,
+        "last_id": last_id,
+        "rows": rows,
+        # The top node's counters cover the whole statement, its data-modifying CTEs included.
+        "wal_records": top["WAL Records"],
+        "wal_fpi": top["WAL FPI"],
+        "wal_bytes": top["WAL Bytes"],
+        "shared_hit": top.get("Shared Hit Blocks", 0),
+        "execution_ms": plan["Execution Time"],
+        "cpu_seconds": None if cpu_before is None else cpu_after - cpu_before,
+        "waldump": _waldump(conn, start_lsn, end_lsn, xid) if xid else None,
+    }
+
+
+def _per_payout(sample: dict[str, Any], indexes: dict[str, int]) -> dict:
+    n = sample["payouts"]
+    written = sum(ins + upd for ins, upd, _ in sample["rows"].values())
+    heap_only = sum(hot for _, _, hot in sample["rows"].values())
+    index_entries = sum(
+        (ins + upd - hot) * indexes.get(name, 0) for name, (ins, upd, hot) in sample["rows"].items()
+    )
+    dump = sample["waldump"]
+    figures = {
+        "payouts": n,
+        "rows_written": written / n,
+        "heap_only_updates": heap_only / n,
+        "index_entries": index_entries / n,
+        "wal_records": sample["wal_records"] / n,
+        "wal_fpi": sample["wal_fpi"] / n,
+        "wal_bytes": sample["wal_bytes"] / n,
+        "wal_bytes_transaction": dump["total"] / n if dump else None,
+        "wal_bytes_without_fpi": (dump["total"] - dump["fpi"]) / n if dump else None,
+        "wal_fpi_bytes": dump["fpi"] / n if dump else None,
+        "execution_us": sample["execution_ms"] * 1000 / n,
+        "backend_cpu_us": sample["cpu_seconds"] * 1e6 / n
+        if sample["cpu_seconds"] is not None
+        else None,
+    }
+    figures["rows_by_table"] = {
+        name: {"inserted": ins / n, "updated": upd / n, "heap_only": hot / n}
+        for name, (ins, upd, hot) in sample["rows"].items()
+    }
+    if dump:
+        figures["wal_records_by_kind"] = {k: v["records"] / n for k, v in dump["kinds"].items()}
+        figures["wal_bytes_by_kind"] = {
+            k: (v["bytes"] + v["fpi_bytes"]) / n for k, v in dump["kinds"].items()
+        }
+    return figures
+
+
+def _spread(values: list[Any]) -> Any:
+    if not values:
+        return None
+    if isinstance(values[0], dict):
+        # A kind of WAL record one batch wrote and another did not counts 0 in the other.
+        keys = dict.fromkeys(key for value in values for key in value)
+        return {key: _spread([v.get(key, 0) for v in values]) for key in keys}
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
+_WALDUMP_LINE = re.compile(
+    r"^(?P<name>\S+)\s+(?P<n>\d+)\s+\(\s*[\d.]+\)\s+(?P<rec>\d+)\s+\(\s*[\d.]+\)\s+"
+    r"(?P<fpi>\d+)\s+\(\s*[\d.]+\)\s+(?P<total>\d+)"
+)
+
+
+def _waldump(conn: psycopg.Connection, start: str, end: str, xid: int) -> dict[str, Any] | None:
+    """Record and full-page-image bytes of one transaction's WAL, by ``pg_waldump --stats``;
+    None when the server's binaries or WAL files are not readable from here."""
+    try:
+        bindir = conn.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'").fetchone()[0]
+        datadir = conn.execute("SHOW data_directory").fetchone()[0]
+        conn.commit()
+    except psycopg.Error:
+        conn.rollback()
+        return None
+    waldump = shutil.which("pg_waldump", path=bindir)
+    wal_dir = os.path.join(datadir, "pg_wal")
+    if not waldump or not os.access(wal_dir, os.R_OK):
+        return None
+    # The server's own pg_waldump, on its own WAL.
+    result = subprocess.run(
+        [
+            waldump,
+            f"--path={wal_dir}",
+            f"--start={start}",
+            f"--end={end}",
+            f"--xid={xid}",
+            "--stats=record",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    kinds: dict[str, dict[str, int]] = {}
+    for line in result.stdout.splitlines():
+        match = _WALDUMP_LINE.match(line.strip())
+        if match and match["name"] != "Total":
+            kinds[match["name"]] = {
+                "records": int(match["n"]),
+                "bytes": int(match["rec"]),
+                "fpi_bytes": int(match["fpi"]),
+            }
+    if not kinds:
+        return None
+    return {
+        "total": sum(k["bytes"] + k["fpi_bytes"] for k in kinds.values()),
+        "fpi": sum(k["fpi_bytes"] for k in kinds.values()),
+        "kinds": kinds,
+    }
+
+
+def _backend_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a backend, when the server runs on this host."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _connect() -> psycopg.Connection:
+    """A plain connection to the project's database, as Django would open it."""
+    return psycopg.connect(**connection.get_connection_params())
+
+
+def _checkpoint() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+
+
+def _job_params(job: PayoutJob) -> dict[str, Any]:
+    first = PayoutEntry.objects.filter(job=job).order_by("id").values_list("id", flat=True)[:1]
+    return {
+        "job_id": job.pk,
+        "after_id": first.get() - 1,
+        "currency": settings.CURRENCY,
+        "escrow_id": job.challenge.escrow_id,
+        "kind": job.kind,
+    }
+
+
+Claim = Callable[[int], None]
+
+
+def _parallel(count: int, run: Callable[[psycopg.Connection, Claim], None]) -> dict[str, Any]:
+    """Run ``run`` on ``count`` connections at once; payouts/s over the wall time, and the
+    share of the machine's cores the backends kept busy."""
+    conns = [_connect() for _ in range(count)]
+    pids = [c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns]
+    for c in conns:
+        c.commit()
+    paid = [0]
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:
+        with lock:
+            paid[0] += n
+
+    cpu_before = [_backend_cpu(pid) for pid in pids]
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(c, claim)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    cpu_after = [_backend_cpu(pid) for pid in pids]
+    for c in conns:
+        c.close()
+    cpu = (
+        sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))
+        if None not in cpu_before and None not in cpu_after
+        else None
+    )
+    return {
+        "payouts": paid[0],
+        "seconds": round(seconds, 3),
+        "payouts_per_s": round(paid[0] / seconds) if seconds else 0,
+        "backend_cpu_us_per_payout": round(cpu * 1e6 / paid[0], 2) if cpu and paid[0] else None,
+        "cores_busy": round(cpu / seconds / (os.cpu_count() or 1), 3) if cpu else None,
+    }
+
+
+def _statement_chain(
+    conn: psycopg.Connection,
+    params: dict[str, Any],
+    after_id: int,
+    upto: int,
+    batch_size: int,
+    claim: Claim,
+) -> None:
+    """One chain of engine batches, as one batch task and its successors run it, until it has
+    passed ``upto``: each batch starts after the last entry of the one before."""
+    while after_id < upto:
+        claimed, _, last_id = conn.execute(
+            LEDGER_BATCH_SQL, {**params, "after_id": after_id, "limit": batch_size}
+        ).fetchone()
+        conn.commit()
+        if not claimed:
+            return
+        claim(claimed)
+        after_id = last_id
+
+
+def _id_ranges(job_id: int, *, after_id: int, size: int) -> Iterable[tuple[int, int]]:
+    """The job's entries after ``after_id`` in ranges of ``size`` entries, as (after, upto),
+    handed out to whichever connection asks next."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n "
+            "FROM payouts_payoutentry WHERE job_id = %s AND id > %s) AS e "
+            "WHERE n %% %s = 0 OR id = (SELECT max(id) FROM payouts_payoutentry WHERE job_id = %s)"
+            " ORDER BY id",
+            [job_id, after_id, size, job_id],
+        )
+        bounds = [row[0] for row in cursor.fetchall()]
+    lock = threading.Lock()
+    pairs = iter(zip([after_id, *bounds], bounds, strict=False))
+
+    class Shared:
+        def __iter__(self) -> "Shared":
+            return self
+
+        def __next__(self) -> tuple[int, int]:
+            with lock:
+                return next(pairs)
+
+    return Shared()
+
+
+def _posting_ranges(
+    conn: psycopg.Connection,
+    params: dict[str, Any],
+    ranges: Iterable[tuple[int, int]],
+    claim: Claim,
+) -> None:
+    for after_id, upto in ranges:
+        with conn.cursor() as cursor:
+            cursor.execute(POSTING_SQL, {**params, "after_id": after_id, "upto": upto})
+            posted = cursor.rowcount
+        conn.commit()
+        claim(posted)
+
+
+def _job_close(*, job_id: int, escrow_id: int) -> None:
+    """Book what the bare runs paid the way a batch books it (entries completed, job counters,
+    escrow debited), then finalize the job as the engine does: fee posted, escrow checked 0."""
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE payouts_payoutentry AS e SET status = 'completed', completed_at = now() "
+            "FROM payouts_transfer AS t "
+            "WHERE e.job_id = %s AND e.status = 'pending' "
+            "AND t.idempotency_key = 'payout:' || e.id",
+            [job_id],
+        )
+        cursor.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM payouts_payoutentry "
+            "WHERE job_id = %s AND status = 'completed'",
+            [job_id],
+        )
+        completed, paid = cursor.fetchone()
+        cursor.execute(_ESCROW_BOOK_SQL, [paid, escrow_id])
+        PayoutJob.objects.filter(pk=job_id).update(
+            completed_count=completed, paid_amount=paid, status=PayoutJob.Status.RUNNING
+        )
+    payout_job_finalize(job_id=job_id)
+
+
+_ESCROW_BOOK_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
+
+
+def postgres_settings() -> dict[str, str]:
+    """The server settings that move these figures."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name = ANY(%s)",
+            [
+                [
+                    "server_version",
+                    "shared_buffers",
+                    "wal_compression",
+                    "full_page_writes",
+                    "max_wal_size",
+                    "checkpoint_timeout",
+                    "synchronous_commit",
+                    "wal_level",
+                ]
+            ],
+        )
+        return dict(cursor.fetchall())

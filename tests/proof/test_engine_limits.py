@@ -1,0 +1,62 @@
+"""The ledger rail's machine-independent figures: work per payout and the database's limits."""
+
+import pytest
+
+from ledger.models import Account, Transfer
+from payouts.models import PayoutEntry, PayoutJob
+from proof.engine_limits import engine_cost, engine_limits
+from proof.payout_bench import PayoutBenchReport
+
+
+@pytest.mark.django_db(transaction=True)
+def test_engine_limits_measures_a_real_job_and_leaves_it_settled():
+    # When the limits are measured on a small job
+    figures = engine_limits(winners=4_000, batch_size=500, explain_batches=3)
+    # Then each payout of a batch wrote its transfer, its wallet credit (heap-only) and its
+    # entry, and one entry in each full index of the entry and the transfer
+    work = figures["work_per_payout"]
+    assert work["batches"] == 3
+    assert work["payouts_per_batch"] == 500
+    assert work["rows_written"]["median"] == 3
+    assert work["heap_only_updates"]["median"] == 1
+    assert work["index_entries"]["median"] == 7
+    assert work["wal_bytes"]["median"] > 0
+    assert work["wal_records"]["median"] >= work["rows_written"]["median"]
+    # And both limits paid the rest of the job between them, with a rate each
+    limits = figures["limits"]
+    assert limits["statement"]["payouts"] + limits["posting"]["payouts"] == 4_000 - 3 * 500
+    assert limits["statement"]["payouts_per_s"] > 0
+    assert limits["posting"]["payouts_per_s"] > 0
+    # And the job is settled as the engine settles one: every entry paid once, escrow empty
+    job = PayoutJob.objects.get()
+    assert job.status == PayoutJob.Status.COMPLETED
+    assert job.completed_count == job.total_entries == 4_000
+    entries = PayoutEntry.objects.filter(job=job)
+    assert not entries.exclude(status=PayoutEntry.Status.COMPLETED).exists()
+    keys = set(Transfer.objects.filter(kind="payout").values_list("idempotency_key", flat=True))
+    assert keys == {f"payout:{pk}" for pk in entries.values_list("pk", flat=True)}
+    assert Account.objects.get(pk=job.challenge.escrow_id).balance == 0
+
+
+def test_engine_cost_gives_per_payout_figures_and_shares_of_the_limits():
+    report = PayoutBenchReport(
+        **{
+            **dict.fromkeys(PayoutBenchReport.__dataclass_fields__, 0),
+            "winners": 100_000,
+            "end_to_end_seconds": 4.0,
+            "payouts_per_second": 25_000,
+            "rows_written": 400_000,
+            "wal_bytes_written": 200_000_000,
+            "job_status": "completed",
+            "ledger_ok": True,
+        }
+    )
+    limits = {"limits": {"statement": {"payouts_per_s": 50_000}, "posting": {"payouts_per_s": 0}}}
+    assert engine_cost(report, limits) == {
+        "winners": 100_000,
+        "payouts_per_s": 25_000,
+        "us_per_payout": 40.0,
+        "wal_bytes_per_payout": 2_000,
+        "rows_per_payout": 4.0,
+        "share_of_limit": {"statement": 0.5},
+    }
