@@ -32,7 +32,9 @@ from deploy.workers import WorkerPool, run_log_dir
 from payouts.services.engine import payout_job_expand
 from payouts.services.jobs import challenge_resolve, payout_job_pause
 from proof.baselines import per_transaction_run, task_per_payout_run
-from proof.bench_env import BenchDatabases, load_now, machine_report, summarize
+from proof.bench_env import BenchDatabases, load_now, machine_report
+from proof.engine_limits import engine_cost, engine_limits
+from proof.figures import summarize
 from proof.lifecycle_bench import bench_sweep, bench_warnings
 from proof.payout_bench import (
     database_settle,
@@ -101,7 +103,11 @@ class BenchSizes:
     stripe_winners: int = 2_000
     stripe_limit: float = 100.0
     stripe_latency: float = 0.03
-    stripe_workers: int = 8
+    stripe_workers: int = 2  # threaded processes, as production runs the Stripe worker
+    stripe_threads: int = 8  # per process
+    stripe_baseline_workers: int = 8  # single-task processes: the layout before the threads
+    limit_winners: int = 500_000  # entries the database's own limits are timed on
+    explain_batches: int = 5  # batches measured one by one for the work per payout
     sweep_challenges: int = 1_000_000
     sweep_due: int = 10_000
     warning_participants: int = 100_000
@@ -114,6 +120,8 @@ QUICK = BenchSizes(
     resolve_sizes=(10, 10_000),
     resolve_samples=30,
     stripe_winners=150,
+    limit_winners=60_000,  # each limit's half must outlast one batch per connection
+    explain_batches=1,
     sweep_challenges=20_000,
     sweep_due=1_000,
     warning_participants=5_000,
@@ -170,10 +178,20 @@ def _baselines_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str,
     }
 
 
+def _limits_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(
+        f"the database's own limits and the work per payout, {sizes.limit_winners:,} entries, "
+        f"{sizes.explain_batches} batches explained..."
+    )
+    return engine_limits(winners=sizes.limit_winners, explain_batches=sizes.explain_batches)
+
+
 def _ledger_phase(
-    seeded: tuple[int, int], winners: int, sizes: BenchSizes, log: Callable[[str], None]
+    seeded: tuple[int, int],
+    limits: dict[str, Any],
+    sizes: BenchSizes,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    log(f"ledger rail, {winners:,} winners, {sizes.workers} worker processes...")
     challenge_id, warm_up_id = seeded
     ledger = payout_benchmark(
         challenge_id=challenge_id,
@@ -182,41 +200,52 @@ def _ledger_phase(
         rss_sampler=RssSampler,
         log_dir=run_log_dir("bench-logs"),
     )
-    paid = max(ledger.winners, 1)
     return {
         **asdict(ledger),
         "seconds": ledger.end_to_end_seconds,
-        "payouts_per_s": ledger.payouts_per_second,
         "worker_peak_rss_mb": round(ledger.worker_peak_rss_bytes / 2**20, 1),
-        # Per payout, so sizes compare: flat means the engine's cost does not grow with size.
-        "us_per_payout": round(ledger.end_to_end_seconds / paid * 1e6, 2),
-        "rows_per_payout": round(ledger.rows_written / paid, 2),
-        "wal_bytes_per_payout": round(ledger.wal_bytes_written / paid),
+        # Per payout, so sizes compare (flat: the cost does not grow with size), and the
+        # engine's share of the database's own limits measured in this run.
+        **engine_cost(ledger, limits),
     }
 
 
 def _stripe_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    log(f"stripe rail, {sizes.stripe_winners:,} winners, {sizes.stripe_limit:g}/s limit...")
-    # Stripe batches spend their time waiting on the network: a limit of 100/s at 30 ms per
-    # call needs about ten calls in flight, hence more (mostly idle) worker processes. It
-    # settles the database and waits for its workers itself, after seeding.
-    stripe = stripe_rate_benchmark(
-        winners=sizes.stripe_winners,
-        workers=sizes.stripe_workers,
-        rate=sizes.stripe_limit,
-        latency=sizes.stripe_latency,
-        log_dir=run_log_dir("bench-logs"),
-    )
-    return {
+    """The Stripe rail on threaded processes, then on single-task ones (the baseline)."""
+    figures: dict[str, Any] = {
         "limit": sizes.stripe_limit,
         "latency_ms": sizes.stripe_latency * 1000,
-        "achieved_per_s": stripe.throughput,
-        "share_of_limit": round(stripe.throughput_share, 3),
-        "busiest_window": stripe.busiest_window,
-        "window_bound": stripe.window_bound,
-        "transfers": stripe.requests,
-        "workers": sizes.stripe_workers,
     }
+    for name, workers, pool, threads in (
+        ("threaded", sizes.stripe_workers, "threads", sizes.stripe_threads),
+        ("baseline_solo", sizes.stripe_baseline_workers, "solo", None),
+    ):
+        log(
+            f"stripe rail, {sizes.stripe_winners:,} winners, {sizes.stripe_limit:g}/s limit, "
+            f"{workers} {pool} processes..."
+        )
+        # Each run settles the database and waits for its workers itself, after seeding.
+        stripe = stripe_rate_benchmark(
+            winners=sizes.stripe_winners,
+            workers=workers,
+            pool=pool,
+            threads=threads,
+            rate=sizes.stripe_limit,
+            latency=sizes.stripe_latency,
+            log_dir=run_log_dir("bench-logs"),
+        )
+        figures[name] = {
+            "processes": workers,
+            "threads": stripe.threads,
+            "achieved_per_s": stripe.throughput,
+            "share_of_limit": round(stripe.throughput_share, 3),
+            "busiest_window": stripe.busiest_window,
+            "busiest_window_at_s": stripe.busiest_window_at,
+            "window_bound": stripe.window_bound,
+            "transfers": stripe.requests,
+            "worker_cpu_ms_per_request": stripe.worker_cpu_ms_per_request,
+        }
+    return figures
 
 
 def _lifecycle_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
@@ -241,11 +270,14 @@ def bench_run(
         report["resolve"] = _resolve_phase(challenges, sizes, log)
     with databases.fresh("baselines"):
         baselines = _baselines_phase(sizes, log)
+    with databases.fresh("limits"):
+        report["limits"] = _limits_phase(sizes, log)
     report["scale"] = {}
     for winners in sorted({*sizes.scale, sizes.winners}):
+        log(f"ledger rail, {winners:,} winners, {sizes.workers} worker processes...")
         seed = partial(payout_bench_seed, winners=winners)
         with databases.fresh(f"ledger_{winners}", seed=seed) as seeded:
-            report["scale"][str(winners)] = _ledger_phase(seeded, winners, sizes, log)
+            report["scale"][str(winners)] = _ledger_phase(seeded, report["limits"], sizes, log)
     report["ledger"] = report["scale"][str(sizes.winners)]
     engine = report["ledger"]["payouts_per_s"]
     report["baselines"] = {

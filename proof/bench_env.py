@@ -11,7 +11,6 @@ folder grew by gigabytes a run.
 import contextlib
 import os
 import platform
-import statistics
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -161,25 +160,3 @@ def load_now() -> dict[str, float]:
     """How busy the machine was when a run started: other work on shared cores moves figures."""
     one, five, _ = os.getloadavg()
     return {"load_1m": round(one, 2), "load_5m": round(five, 2)}
-
-
-def _is_figure(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def summarize(runs: list[Any]) -> Any:
-    """Median, min and max of every number found at the same place in each run's report;
-    anything else is kept from the first run (sizes, statuses, settings)."""
-    first = runs[0]
-    if isinstance(first, dict):
-        return {
-            key: summarize([run[key] for run in runs if isinstance(run, dict) and key in run])
-            for key in first
-        }
-    if all(_is_figure(run) for run in runs):
-        return {
-            "median": statistics.median(runs),
-            "min": min(runs),
-            "max": max(runs),
-        }
-    return first

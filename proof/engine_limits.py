@@ -33,20 +33,17 @@ database does not. Two functions, each returning a JSON-able dict:
 ``engine_cost(report, limits=None)``
     Per-payout figures of one end-to-end run (``proof.payout_bench.payout_benchmark``):
     microseconds and WAL bytes and rows per payout, and with ``limits`` the engine's payouts/s
-    as a share of each limit. ``engine_cost_at(winners=...)`` seeds and runs that benchmark at
-    one size and returns the same: call it at 100,000, 1,000,000 and 3,000,000 winners to see
-    whether the cost per payout stays flat.
+    as a share of each limit. ``manage.py bench`` gives it at every size of its scale (100,000,
+    1,000,000 and 3,000,000 winners), to show whether the cost per payout stays flat.
 """
 
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -58,12 +55,11 @@ from django.test import override_settings
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import LEDGER_BATCH_SQL, payout_job_expand, payout_job_finalize
 from payouts.services.jobs import challenge_resolve, payout_job_pause
+from proof.figures import summarize
 from proof.payout_bench import (
     LOSER_RATIO,
     PayoutBenchReport,
     database_settle,
-    payout_bench_seed,
-    payout_benchmark,
 )
 from proof.seeding import challenge_seed
 
@@ -158,7 +154,6 @@ def engine_limits(
         "with no Celery: statement = the engine's batch statement and commit on each "
         "connection, chains keyset by id as the engine's batches; posting = transfer insert + "
         "wallet credit per id range; cores_busy = the backends' CPU time / wall time / cores",
-        "postgres": postgres_settings(),
     }
 
 
@@ -180,17 +175,6 @@ def engine_cost(report: PayoutBenchReport, limits: dict[str, Any] | None = None)
             if limit["payouts_per_s"]
         }
     return figures
-
-
-def engine_cost_at(
-    *, winners: int, limits: dict[str, Any] | None = None, **benchmark: Any
-) -> dict[str, Any]:
-    """Seed ``winners`` winners (``payout_bench_seed``), pay them end to end
-    (``payout_benchmark``, which takes the other keyword arguments) and return
-    ``engine_cost`` of that run, with shares of ``limits`` when given, plus the full report."""
-    challenge_id, warm_up_id = payout_bench_seed(winners=winners)
-    report = payout_benchmark(challenge_id=challenge_id, warm_up_id=warm_up_id, **benchmark)
-    return {**engine_cost(report, limits), "report": asdict(report)}
 
 
 def paused_job_seed(*, winners: int, seed: int) -> PayoutJob:
@@ -226,7 +210,7 @@ def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict
             after_id = sample.pop("last_id")
             samples.append(_per_payout(sample, indexes))
     figures = {
-        key: _spread([s[key] for s in samples if s.get(key) is not None])
+        key: summarize([s[key] for s in samples if s.get(key) is not None])
         for key in samples[0]
         if key != "payouts"
     }
@@ -323,20 +307,6 @@ def _per_payout(sample: dict[str, Any], indexes: dict[str, int]) -> dict:
             k: (v["bytes"] + v["fpi_bytes"]) / n for k, v in dump["kinds"].items()
         }
     return figures
-
-
-def _spread(values: list[Any]) -> Any:
-    if not values:
-        return None
-    if isinstance(values[0], dict):
-        # A kind of WAL record one batch wrote and another did not counts 0 in the other.
-        keys = dict.fromkeys(key for value in values for key in value)
-        return {key: _spread([v.get(key, 0) for v in values]) for key in keys}
-    return {
-        "median": round(statistics.median(values), 2),
-        "min": round(min(values), 2),
-        "max": round(max(values), 2),
-    }
 
 
 _WALDUMP_LINE = re.compile(
@@ -550,24 +520,3 @@ def _job_close(*, job_id: int, escrow_id: int) -> None:
 
 
 _ESCROW_BOOK_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
-
-
-def postgres_settings() -> dict[str, str]:
-    """The server settings that move these figures."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name = ANY(%s)",
-            [
-                [
-                    "server_version",
-                    "shared_buffers",
-                    "wal_compression",
-                    "full_page_writes",
-                    "max_wal_size",
-                    "checkpoint_timeout",
-                    "synchronous_commit",
-                    "wal_level",
-                ]
-            ],
-        )
-        return dict(cursor.fetchall())

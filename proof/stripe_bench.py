@@ -6,22 +6,21 @@
 resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
 logs when each transfer request arrived; from that log come the busiest one-second window (the
 token bucket allows at most ``rate + burst``) and the throughput against ``rate``.
-``stripe_rate_repeated`` runs it ``repeats`` times and reports the median, min and max of each
-figure as a JSON-able dict; with ``baseline_workers`` each repeat also runs the former layout
-(that many single-task ``solo`` processes) for comparison. Run it through the embedded stack::
+``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
+with the former layout (single-task ``solo`` processes); ``--repeat`` gives each figure's
+median, min and max. Run it alone through the embedded stack::
 
     DJANGO_SETTINGS_MODULE=config.settings python -m deploy.devstack run -- python -c \
         "import django; django.setup(); from proof.stripe_bench import \
-        stripe_rate_repeated as r; print(r(winners=2000, rate=100, latency=0.03))"
+        stripe_rate_benchmark as b; print(b(winners=2000, workers=2, threads=8, rate=100, \
+        latency=0.03))"
 """
 
 import os
-import statistics
 import time
 from bisect import bisect_left
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 from django.conf import settings
@@ -181,75 +180,4 @@ def stripe_rate_benchmark(
         f"{report.window_bound:g}); worker CPU "
         f"{report.worker_cpu_ms_per_request:.1f} ms per request; job {job.status}"
     )
-    return report
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
-
-
-def _summary(reports: list[StripeRateReport]) -> dict[str, Any]:
-    first = reports[0]
-    return {
-        "pool": first.pool,
-        "processes": first.workers,
-        "threads": first.threads,
-        "share_of_limit": _spread([r.throughput_share for r in reports]),
-        "achieved_per_s": _spread([r.throughput for r in reports]),
-        "busiest_window": _spread([r.busiest_window for r in reports]),
-        # Runs in which some one-second window held more than rate + burst requests.
-        "runs_over_bound": sum(r.busiest_window > r.window_bound for r in reports),
-        "worker_cpu_ms_per_request": _spread([r.worker_cpu_ms_per_request for r in reports]),
-        "all_completed": all(r.job_status == PayoutJob.Status.COMPLETED for r in reports),
-        "runs": [asdict(r) for r in reports],
-    }
-
-
-def stripe_rate_repeated(
-    *,
-    repeats: int = 3,
-    winners: int = 2_000,
-    workers: int = 1,
-    threads: int | None = None,
-    rate: float = 100.0,
-    burst: int = 5,
-    latency: float = 0.03,
-    baseline_workers: int = 0,
-    log_dir: Path | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """``stripe_rate_benchmark`` ``repeats`` times with ``workers`` threaded processes: the
-    median, min and max of the share of the limit reached and of the busiest one-second
-    window, next to the limit and the window's bound. With ``baseline_workers``, each repeat
-    also runs that many ``solo`` processes (the layout before the threads pool), interleaved
-    so both see the same machine load. ``options`` go to ``stripe_rate_benchmark``."""
-    common = {
-        "winners": winners,
-        "rate": rate,
-        "burst": burst,
-        "latency": latency,
-        "log_dir": log_dir,
-        **options,
-    }
-    threaded: list[StripeRateReport] = []
-    solo: list[StripeRateReport] = []
-    for _ in range(repeats):
-        threaded.append(stripe_rate_benchmark(workers=workers, threads=threads, **common))
-        if baseline_workers:
-            solo.append(stripe_rate_benchmark(workers=baseline_workers, pool="solo", **common))
-    report: dict[str, Any] = {
-        "limit": rate,
-        "burst": burst,
-        "window_bound": rate + burst,
-        "latency_ms": round(latency * 1000, 1),
-        "winners": winners,
-        "repeats": repeats,
-        **_summary(threaded),
-    }
-    if solo:
-        report["baseline_solo"] = _summary(solo)
     return report

@@ -1,4 +1,5 @@
-from proof.bench_env import _url_with_database, summarize
+from proof.bench_env import _url_with_database
+from proof.figures import summarize
 
 
 def test_summarize_gives_median_and_range_of_every_figure_and_keeps_the_rest():

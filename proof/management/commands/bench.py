@@ -30,6 +30,17 @@ def _figure(leaf: Any, fmt: str = ",") -> str:
     return median if low == high else f"{median} ({low}-{high})"
 
 
+# What one payout of a batch costs the database, in the table (every figure is in the JSON).
+WORK_FIGURES = (
+    "rows_written",
+    "index_entries",
+    "wal_records",
+    "wal_bytes_transaction",
+    "wal_bytes_without_fpi",
+    "backend_cpu_us",
+)
+
+
 class Command(BaseCommand):
     help = (
         "Measure resolve latency, the ledger rail end to end through real workers at several "
@@ -90,6 +101,8 @@ class Command(BaseCommand):
     def _table(self, report: dict) -> None:
         summary, machine = report["summary"], report["machine"]
         ledger, base, stripe = summary["ledger"], summary["baselines"], summary["stripe"]
+        limits = summary["limits"]
+        work = limits["work_per_payout"]
         rows = [
             *(
                 (
@@ -119,11 +132,34 @@ class Command(BaseCommand):
                 f"{_figure(base['task_per_payout_payouts_per_s'])}/s "
                 f"(engine {_figure(base['task_per_payout_ratio'])}x)",
             ),
+            *(
+                (
+                    f"stripe rail, {name.replace('_', ' ')}",
+                    f"{_figure(r['processes'])} processes x {_figure(r['threads'])} threads: "
+                    f"{_figure(r['achieved_per_s'])}/s ({_figure(r['share_of_limit'], '.0%')} of "
+                    f"{_figure(stripe['limit'])}/s), busiest second {_figure(r['busiest_window'])}"
+                    f" (bound {_figure(r['window_bound'])}), worker CPU "
+                    f"{_figure(r['worker_cpu_ms_per_request'])} ms/request",
+                )
+                for name, r in stripe.items()
+                if isinstance(r, dict) and "processes" in r
+            ),
+            *(
+                (
+                    f"database limit: {name}",
+                    f"{_figure(r['payouts_per_s'])} payouts/s on {limits['connections']['median']}"
+                    f" connections, cores busy {_figure(r['cores_busy'])} (engine "
+                    f"{_figure(ledger['share_of_limit'].get(name), '.0%')} of it)",
+                )
+                for name, r in limits["limits"].items()
+            ),
             (
-                f"stripe rail, limit {stripe['limit']['median']:g}/s",
-                f"{_figure(stripe['achieved_per_s'])}/s "
-                f"({_figure(stripe['share_of_limit'], '.0%')} of the limit), busiest second "
-                f"{_figure(stripe['busiest_window'])} (bound {_figure(stripe['window_bound'])})",
+                "work per payout (one batch)",
+                ", ".join(
+                    f"{name} {_figure(work[name]['median'])}"
+                    for name in WORK_FIGURES
+                    if isinstance(work.get(name), dict)
+                ),
             ),
         ]
         for name, figures in summary["lifecycle"].items():
