@@ -160,25 +160,31 @@ class WebServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def cpu_seconds(self) -> float:
-        return _tree_cpu(self.proc.pid) if self.proc else 0.0
+    def cpu_seconds(self) -> dict[int, float]:
+        return _tree_cpu(self.proc.pid) if self.proc else {}
 
 
-def _tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children."""
+def _tree_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and each of its live children, by pid."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0.0
+        return {}
+    seconds = {}
     for proc in procs:
         try:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def _cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings: processes that exited in between are not counted
+    (their last figures are gone), those that started count whole."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _postmaster_pid() -> int | None:
@@ -209,14 +215,14 @@ class Counters:
         self.server, self.postmaster = server, postmaster
         self.redis = redis_from_url(settings.REDIS_URL)
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> dict[str, Any]:
         _, wal = database_writes()
         return {
             "pg_transactions": _transactions(),
             "wal_bytes": wal,
             "redis_commands": self.redis.info("stats")["total_commands_processed"],
             "web_cpu_s": self.server.cpu_seconds(),
-            "pg_cpu_s": _tree_cpu(self.postmaster) if self.postmaster else 0.0,
+            "pg_cpu_s": _tree_cpu(self.postmaster) if self.postmaster else {},
         }
 
     @staticmethod
@@ -226,8 +232,8 @@ class Counters:
             "pg_transactions": round((after["pg_transactions"] - before["pg_transactions"]) / n, 2),
             "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / n),
             "redis_commands": round((after["redis_commands"] - before["redis_commands"]) / n, 2),
-            "web_cpu_us": round((after["web_cpu_s"] - before["web_cpu_s"]) / n * 1e6),
-            "pg_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / n * 1e6),
+            "web_cpu_us": round(_cpu_spent(before["web_cpu_s"], after["web_cpu_s"]) / n * 1e6),
+            "pg_cpu_us": round(_cpu_spent(before["pg_cpu_s"], after["pg_cpu_s"]) / n * 1e6),
         }
 
 
