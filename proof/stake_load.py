@@ -29,6 +29,7 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 from django.conf import settings
@@ -52,6 +53,7 @@ User = get_user_model()
 
 STAKE_AMOUNT = 100
 WARMUP_PER_CLIENT = 5
+STATS_FLUSH_SECONDS = 1.5
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,6 +106,10 @@ def _server_env() -> dict[str, str]:
     """The server's settings are production's: whatever the bench lifted for itself (the
     statement timeout) goes back to the default; debug and the throttles are never lifted."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_STATEMENT_TIMEOUT", "DEBUG")}
+    # The database this process works in (a bench phase's own, a test database), on the server
+    # DATABASE_URL names.
+    url = urlsplit(env["DATABASE_URL"])
+    env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}"))
     for name in ("THROTTLE_AUTH", "THROTTLE_MONEY", "THROTTLE_CREATE", "THROTTLE_STAFF"):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
@@ -216,6 +222,9 @@ class Counters:
         self.redis = redis_from_url(settings.REDIS_URL)
 
     def read(self) -> dict[str, Any]:
+        # A PostgreSQL backend reports its transaction counts at most once a second, when idle:
+        # wait until the server's connections have reported the phase that just ended.
+        time.sleep(STATS_FLUSH_SECONDS)
         _, wal = database_writes()
         return {
             "pg_transactions": _transactions(),
