@@ -189,7 +189,6 @@ class StakeCreateApi(APIView):
         data = StakeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         stake = stake_place(user=request.user, challenge_id=challenge_id, **data.validated_data)
-        stake.refresh_from_db(fields=["created_at"])
         return Response(
             {
                 "stake": StakeOutputSerializer(stake).data,

@@ -19,8 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
@@ -166,53 +165,103 @@ def challenge_notes_update(
     return challenge
 
 
+# The stake row, unless this user has one on this challenge already (then no row comes back,
+# without an error that would end the transaction). The challenge need not be open yet: that is
+# decided under its row lock by the totals update, which follows in the same transaction.
+_STAKE_INSERT_SQL = """
+INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
+SELECT id, %(user_id)s, %(side)s, %(amount)s FROM challenges_challenge WHERE id = %(challenge_id)s
+ON CONFLICT (challenge_id, user_id) DO NOTHING
+RETURNING id, created_at
+"""
+
+# Adds the stake to its side's totals and turns a pending challenge active once both sides have
+# a stake -- only while the challenge takes stakes. The row lock this UPDATE takes is the one the
+# sweep, decline, cancel and resolve take: whichever comes second waits for the first to commit
+# and then re-checks its WHERE clause against the committed row (READ COMMITTED re-evaluation).
+# So a stake either commits before the challenge closes, or finds it closed and returns no row.
+# SET expressions read the row as it was before this stake, hence ``+ %(yes)s`` in the check.
+_STAKE_TOTALS_SQL = """
+UPDATE challenges_challenge
+SET yes_total = yes_total + %(yes_amount)s,
+    no_total = no_total + %(no_amount)s,
+    yes_count = yes_count + %(yes)s,
+    no_count = no_count + %(no)s,
+    status = CASE WHEN status = 'pending' AND yes_count + %(yes)s > 0 AND no_count + %(no)s > 0
+                  THEN 'active' ELSE status END,
+    updated_at = %(now)s
+WHERE id = %(challenge_id)s AND status IN ('pending', 'active') AND due_date > %(now)s
+RETURNING escrow_id
+"""
+
+
+def _stake_refusal(*, challenge_id: int, now: datetime) -> Conflict | NotFound:
+    """Why a stake found nothing to do: no such challenge, closed, or staked before."""
+    challenge = Challenge.objects.filter(pk=challenge_id).only("status", "due_date").first()
+    if challenge is None:
+        return NotFound("No such challenge.", code="challenge_not_found")
+    if challenge.status not in Challenge.OPEN_STATUSES or challenge.due_date <= now:
+        return Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
+    return Conflict("You already have a stake here.", code="already_staked")
+
+
 def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stake:
     """Stake ``amount`` of the user's wallet on ``side`` of an open challenge.
 
-    One durable transaction: lock the challenge row (so the open-check, the totals and the
-    activation see every earlier stake), insert the stake (one per user and challenge), move
-    the money wallet -> escrow with key ``stake:<stake_id>``, bump the side's total and count,
-    and turn a ``pending`` challenge ``active`` once both sides have a stake. Any refusal
-    (``invalid_side``, ``invalid_amount``, ``challenge_not_found``, ``challenge_not_open``,
-    ``already_staked``, ``insufficient_funds``) changes nothing.
+    One durable transaction: insert the stake (one per user and challenge), add it to the
+    side's total and count and turn a ``pending`` challenge ``active`` once both sides have a
+    stake -- in one UPDATE that holds only while the challenge is open and before its
+    ``due_date`` -- then move the money wallet -> escrow with key ``stake:<stake_id>``. The
+    challenge row and the escrow account are locked from that UPDATE to the commit, three
+    statements, so that stakes on one challenge queue for as short a time as possible; a
+    challenge that closes (sweep, decline, cancel) takes the same row lock, so no stake lands
+    after it. Any refusal (``invalid_side``, ``invalid_amount``, ``challenge_not_found``,
+    ``challenge_not_open``, ``already_staked``, ``insufficient_funds``) changes nothing.
     """
     if side not in Stake.Side.values:
         raise InvalidInput("side must be 'yes' or 'no'.", code="invalid_side")
     if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
         raise InvalidInput("Amounts are positive integers of minor units.", code="invalid_amount")
     wallet = wallet_get(user_id=user.pk)
-    with transaction.atomic(durable=True):
-        challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
-        if challenge is None:
-            raise NotFound("No such challenge.", code="challenge_not_found")
-        if challenge.status not in Challenge.OPEN_STATUSES or challenge.due_date <= timezone.now():
+    now = timezone.now()
+    yes = side == Stake.Side.YES
+    params = {
+        "challenge_id": challenge_id,
+        "user_id": user.pk,
+        "side": side,
+        "amount": amount,
+        "yes": int(yes),
+        "no": int(not yes),
+        "yes_amount": amount if yes else 0,
+        "no_amount": 0 if yes else amount,
+        "now": now,
+    }
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_STAKE_INSERT_SQL, params)
+        inserted = cursor.fetchone()
+        if inserted is None:
+            raise _stake_refusal(challenge_id=challenge_id, now=now)
+        stake_id, created_at = inserted
+        with amounts_in_range():
+            cursor.execute(_STAKE_TOTALS_SQL, params)
+            opened = cursor.fetchone()
+        if opened is None:
             raise Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
-        try:
-            with transaction.atomic():
-                stake = Stake.objects.create(
-                    challenge=challenge, user=user, side=side, amount=amount
-                )
-        except IntegrityError as exc:
-            raise Conflict("You already have a stake here.", code="already_staked") from exc
         transfer_post(
             debit_account_id=wallet.pk,
-            credit_account_id=challenge.escrow_id,
+            credit_account_id=opened[0],
             amount=amount,
             kind=Transfer.Kind.STAKE,
-            idempotency_key=f"stake:{stake.pk}",
+            idempotency_key=f"stake:{stake_id}",
         )
-        yes, no = side == Stake.Side.YES, side == Stake.Side.NO
-        both_sides = (challenge.yes_count > 0 or yes) and (challenge.no_count > 0 or no)
-        changes: dict[str, Any] = {"updated_at": timezone.now()}
-        if yes:
-            changes |= {"yes_total": F("yes_total") + amount, "yes_count": F("yes_count") + 1}
-        else:
-            changes |= {"no_total": F("no_total") + amount, "no_count": F("no_count") + 1}
-        if challenge.status == Challenge.Status.PENDING and both_sides:
-            changes["status"] = Challenge.Status.ACTIVE
-        with amounts_in_range():
-            Challenge.objects.filter(pk=challenge.pk).update(**changes)
-    return stake
+    return Stake(
+        id=stake_id,
+        challenge_id=challenge_id,
+        user=user,
+        side=side,
+        amount=amount,
+        created_at=created_at,
+    )
 
 
 def challenge_decline(*, user: Any, challenge_id: int) -> Challenge:

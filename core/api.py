@@ -215,6 +215,20 @@ def _parse_rate(rate: str) -> tuple[int, int]:
     return int(count), _PERIODS[period[0]]
 
 
+def _window_count(key: str, *, timeout: int) -> int:
+    """Count one more request in the window ``key`` of the shared cache; return the count.
+
+    One round trip to Redis: create the key with its expiry unless it exists, and increment
+    it, in one MULTI block (the cache's own ``add`` then ``incr`` take three, ``incr`` asking
+    first whether the key exists). Atomic, so no window is lost between the two commands.
+    """
+    full_key = cache.make_and_validate_key(key)
+    pipe = cache._cache.get_client(full_key, write=True).pipeline(transaction=True)
+    pipe.set(full_key, 0, ex=timeout, nx=True)
+    pipe.incr(full_key)
+    return int(pipe.execute()[1])
+
+
 class RateThrottle(throttling.BaseThrottle):
     """A fixed-window counter in the shared cache, so every web process counts together.
 
@@ -245,12 +259,7 @@ class RateThrottle(throttling.BaseThrottle):
         digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
         key = f"throttle:{self.scope}:{self.kind}:{digest}:{period}:{window}"
         try:
-            cache.add(key, 0, timeout=period + 1)
-            try:
-                count = cache.incr(key)
-            except ValueError:  # the window's key expired between add and incr
-                cache.add(key, 1, timeout=period + 1)
-                count = 1
+            count = _window_count(key, timeout=period + 1)
         except Exception:  # a cache outage must not take the API down
             logger.warning("throttle cache unavailable; %s not counted", key, exc_info=True)
             return True

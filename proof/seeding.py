@@ -57,9 +57,11 @@ SELECT user_id, %(password)s, false, %(prefix)s || g, '', '', '', false, true, n
 FROM seed_rows ORDER BY g
 """
 
+# ``funded``: what each wallet holds once seeding commits (its deposit less its stake).
 _WALLETS_SQL = """
 INSERT INTO payouts_account (id, kind, user_id, currency, balance, created_at)
-SELECT wallet_id, 'user_wallet', user_id, %(currency)s, 0, now() FROM seed_rows ORDER BY g
+SELECT wallet_id, 'user_wallet', user_id, %(currency)s, %(funded)s, now()
+FROM seed_rows ORDER BY g
 """
 
 _STAKES_SQL = """
@@ -141,6 +143,7 @@ def challenge_seed(
         "prefix": prefix,
         "currency": settings.CURRENCY,
         "world_id": system_account_id(Account.Kind.WORLD),
+        "funded": 0,
     }
     with transaction.atomic(durable=True), connection.cursor() as cursor:
         # random() is seeded per session; map the seed into setseed's [-1, 1] range.
@@ -172,3 +175,53 @@ def challenge_seed(
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE auth_user, payouts_account, challenges_stake, payouts_transfer")
     return challenge
+
+
+_FUNDED_ROWS_SQL = """
+CREATE TEMPORARY TABLE seed_rows ON COMMIT DROP AS
+SELECT g,
+       nextval('auth_user_id_seq') AS user_id,
+       nextval('payouts_account_id_seq') AS wallet_id
+FROM generate_series(1, %(n)s) AS g
+ORDER BY g
+"""
+
+_DEPOSITS_SQL = """
+INSERT INTO payouts_transfer
+    (debit_account_id, credit_account_id, amount, kind, idempotency_key, created_at)
+SELECT %(world_id)s, wallet_id, %(funded)s, 'deposit', 'deposit:seed:' || wallet_id, now()
+FROM seed_rows
+"""
+
+_WORLD_SQL = """
+UPDATE payouts_account SET balance = balance - %(funded)s * %(n)s WHERE id = %(world_id)s
+"""
+
+
+def users_seed(*, users: int, balance: int, username_prefix: str | None = None) -> list[int]:
+    """Create ``users`` new users, each with a wallet holding ``balance`` (a deposit from the
+    ``world`` account); return their ids in creation order.
+
+    Set-based like ``challenge_seed``: a few statements whatever the number of users, in one
+    transaction after which the ledger invariants hold. Not idempotent.
+    """
+    if users < 1 or not 0 < balance <= MAX_AMOUNT or users * balance > MAX_AMOUNT:
+        raise InvalidInput("users must be >= 1 and their total balance within 10**15.")
+    params: dict[str, Any] = {
+        "n": users,
+        "funded": balance,
+        "password": _password_hash(),
+        "prefix": username_prefix or f"u{secrets.token_hex(4)}_",
+        "currency": settings.CURRENCY,
+        "world_id": system_account_id(Account.Kind.WORLD),
+    }
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_FUNDED_ROWS_SQL, params)
+        cursor.execute(_USERS_SQL, params)
+        cursor.execute(_WALLETS_SQL, params)
+        cursor.execute(_DEPOSITS_SQL, params)
+        cursor.execute(_WORLD_SQL, params)
+        cursor.execute("SELECT user_id FROM seed_rows ORDER BY g")
+        ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute("DROP TABLE seed_rows")
+    return ids

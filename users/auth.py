@@ -4,6 +4,7 @@ header clients always sent. Only a hash of each token is stored, and each expire
 import binascii
 
 from axes.backends import AxesStandaloneBackend
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication
 from rest_framework import exceptions
@@ -19,6 +20,14 @@ class TokenAuthentication(KnoxTokenAuthentication):
         except (UnicodeDecodeError, binascii.Error) as exc:
             raise exceptions.AuthenticationFailed("Invalid token.") from exc
         return super().authenticate_credentials(token)
+
+    def _cleanup_token(self, auth_token) -> bool:
+        """knox reads every token of the user on every request to delete the expired ones: a
+        query per request for housekeeping that ``token_create`` does at each sign-in. Only a
+        presented token that has expired goes through knox's cleanup (it is deleted, refused)."""
+        if auth_token.expiry is None or auth_token.expiry >= timezone.now():
+            return False
+        return super()._cleanup_token(auth_token)
 
 
 class TokenScheme(OpenApiAuthenticationExtension):

@@ -1,8 +1,10 @@
+import threading
 from datetime import timedelta
 from functools import partial
 
 import pytest
 import time_machine
+from django.db import connection, transaction
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
@@ -10,8 +12,8 @@ from challenges.services import challenges_sweep_deadlines, stake_place
 from core.errors import DomainError
 from ledger.models import Transfer
 from ledger.selectors import wallet_get
-from tests.challenges.helpers import open_challenge
-from tests.conftest import run_together
+from tests.challenges.helpers import active_challenge, open_challenge
+from tests.conftest import run_together, wait_for
 
 
 def _snapshot(challenge: Challenge, *users) -> tuple:
@@ -149,3 +151,116 @@ def test_concurrent_stakes_on_one_challenge_keep_exact_totals(make_user):
     assert challenge.yes_count + challenge.no_count == 8
     assert challenge.yes_total + challenge.no_total == 56 == challenge.escrow.balance
     assert timezone.now() < challenge.due_date
+
+
+def _escrow_matches_stakes(challenge: Challenge) -> None:
+    """The per-side totals and counts, the stake rows and the escrow all say the same."""
+    challenge.refresh_from_db()
+    stakes = list(Stake.objects.filter(challenge=challenge))
+    for side, total, count in (
+        ("yes", challenge.yes_total, challenge.yes_count),
+        ("no", challenge.no_total, challenge.no_count),
+    ):
+        assert total == sum(s.amount for s in stakes if s.side == side)
+        assert count == sum(1 for s in stakes if s.side == side)
+    assert challenge.escrow.balance == challenge.yes_total + challenge.no_total
+    keys = set(Transfer.objects.filter(kind=Transfer.Kind.STAKE).values_list("idempotency_key"))
+    assert {(f"stake:{s.pk}",) for s in stakes} <= keys
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stake_waiting_on_the_sweep_finds_the_challenge_closed_and_writes_nothing(make_user):
+    # Given an active challenge whose row the deadline sweep holds (closed, not yet committed)
+    challenge, _ = active_challenge(make_user)
+    staker = make_user(balance=50)
+    before = _snapshot(challenge, staker)
+    swept, release = threading.Event(), threading.Event()
+
+    def sweep_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                challenges_sweep_deadlines(now=challenge.due_date)
+                swept.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    outcome: list[object] = []
+
+    def stake() -> None:
+        try:
+            outcome.append(
+                stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=20)
+            )
+        except DomainError as exc:
+            outcome.append(exc.code)
+        finally:
+            connection.close()
+
+    sweeper, staking = threading.Thread(target=sweep_and_hold), threading.Thread(target=stake)
+    sweeper.start()
+    assert swept.wait(10)
+    # When a stake arrives meanwhile, it waits for the challenge's row lock
+    staking.start()
+    wait_for(_someone_waits_for_a_lock, timeout=10)
+    release.set()
+    sweeper.join()
+    staking.join()
+
+    # Then, the sweep committed, the stake re-checks the row, finds it closed, and writes nothing
+    assert outcome == ["challenge_not_open"]
+    assert _snapshot(challenge, staker)[1:] == before[1:]
+    assert challenge.status == Challenge.Status.PENDING_ADMIN
+
+
+def _someone_waits_for_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stakes_racing_the_sweep_land_before_it_or_change_nothing(make_user):
+    # Given an active challenge and ten users staking the moment the sweep closes it
+    challenge, _ = active_challenge(make_user)
+    stakers = [make_user(balance=50) for _ in range(10)]
+    stakes = [
+        partial(stake_place, user=u, challenge_id=challenge.pk, side=("yes", "no")[i % 2], amount=5)
+        for i, u in enumerate(stakers)
+    ]
+    outcomes = run_together(
+        *stakes[:5], partial(challenges_sweep_deadlines, now=challenge.due_date), *stakes[5:]
+    )
+    del outcomes[5]
+
+    # Then each stake either landed (counted, escrowed, paid for) or changed nothing
+    assert all(isinstance(o, Stake) or o == "challenge_not_open" for o in outcomes)
+    _escrow_matches_stakes(challenge)
+    assert challenge.status == Challenge.Status.PENDING_ADMIN
+    landed = set(Stake.objects.filter(challenge=challenge).values_list("user_id", flat=True))
+    for user, outcome in zip(stakers, outcomes, strict=True):
+        assert (user.pk in landed) == isinstance(outcome, Stake)
+        assert wallet_get(user_id=user.pk).balance == (45 if user.pk in landed else 50)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_stakes_one_without_funds_keep_totals_escrow_and_wallets_exact(make_user):
+    # Given twelve users staking on one challenge at once, one of them without the coins
+    users = [make_user(balance=30) for _ in range(11)] + [make_user(balance=3)]
+    challenge = open_challenge(make_user())
+    outcomes = run_together(
+        *(
+            partial(
+                stake_place, user=u, challenge_id=challenge.pk, side=("no", "yes")[i % 2], amount=4
+            )
+            for i, u in enumerate(users)
+        )
+    )
+
+    # Then the poor one is refused, every other stake is counted once and escrowed exactly
+    assert outcomes[-1] == "insufficient_funds"
+    assert all(isinstance(o, Stake) for o in outcomes[:-1])
+    _escrow_matches_stakes(challenge)
+    assert challenge.yes_count + challenge.no_count == 11
+    assert challenge.status == Challenge.Status.ACTIVE
+    assert [wallet_get(user_id=u.pk).balance for u in users] == [26] * 11 + [3]
