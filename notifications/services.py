@@ -30,6 +30,7 @@ DELIVERY_CHUNK = 500
 # Looked up by name (registered in ``NotificationsConfig.ready``): ``notifications.tasks``
 # imports this module, never the reverse.
 DELIVER_TASK = "notifications.tasks.notifications_deliver_task"
+FAN_OUT_TASK = "notifications.tasks.notifications_deliver_fan_out_task"
 STAFF_EVENT_TASK = "notifications.tasks.staff_event_publish_task"
 
 # The caller's SELECT must yield, in this order: user_id, kind, challenge_id, title, body,
@@ -67,10 +68,42 @@ def notifications_insert_select(
 
 
 def notifications_deliver_enqueue(*, notification_ids: Sequence[int]) -> int:
-    """Queue delivery of the given notifications, ``DELIVERY_CHUNK`` ids per task; return how
-    many tasks were sent. Safe to repeat: delivery skips what was delivered already.
+    """Queue delivery of the given notifications in one broker message; return how many
+    delivery tasks (``DELIVERY_CHUNK`` ids each) will run.
+
+    Up to ``DELIVERY_CHUNK`` ids go straight to a delivery task. More go to one fan-out task
+    as ranges of consecutive ids, and a notifications worker splits them into delivery tasks
+    (``notifications_deliver_fan_out``): the caller -- a beat tick that just stored 100,000
+    warnings, still holding its worker -- pays for one message instead of 200. Safe to repeat:
+    delivery skips what was delivered already, and a lost message is made up for by
+    ``notifications_redeliver_stale``.
     """
     ids = sorted(notification_ids)
+    if len(ids) > DELIVERY_CHUNK:
+        current_app.tasks[FAN_OUT_TASK].delay(_id_ranges(ids))
+    elif ids:
+        current_app.tasks[DELIVER_TASK].delay(ids)
+    return -(-len(ids) // DELIVERY_CHUNK)
+
+
+def _id_ranges(ids: Sequence[int]) -> list[list[int]]:
+    """Sorted ids as ``[first, last]`` runs of consecutive ids: the ids one INSERT returns are
+    mostly consecutive, so 100,000 of them usually fit in a few pairs."""
+    ranges: list[list[int]] = []
+    for pk in ids:
+        if ranges and pk <= ranges[-1][1] + 1:
+            ranges[-1][1] = pk
+        else:
+            ranges.append([pk, pk])
+    return ranges
+
+
+def notifications_deliver_fan_out(*, id_ranges: Sequence[Sequence[int]]) -> int:
+    """Queue one delivery task per ``DELIVERY_CHUNK`` ids of the ``[first, last]`` ranges;
+    return how many. Run by a notifications worker for ``notifications_deliver_enqueue``; a
+    repeat (the worker died half-way and the message came back) queues duplicates that find
+    their notifications delivered and send nothing."""
+    ids = [pk for first, last in id_ranges for pk in range(first, last + 1)]
     for start in range(0, len(ids), DELIVERY_CHUNK):
         current_app.tasks[DELIVER_TASK].delay(ids[start : start + DELIVERY_CHUNK])
     return -(-len(ids) // DELIVERY_CHUNK)

@@ -1,13 +1,19 @@
 """Benchmarks of the deadline sweep and the warning fan-out (not tests; ``manage.py
 bench_lifecycle`` prints them, and the project-wide ``manage.py bench`` calls the same functions).
 
-Each function builds its data set-based in SQL inside one transaction, times the real service
-against it, and rolls everything back, so it can run against a development database without
-leaving rows behind (nothing is enqueued either: delivery is scheduled on commit). Next to
-each figure it measures, in the same run and on the same data, the per-row baseline of the
-source documents: one statement per challenge (or per participant) from a Python loop.
+Each function builds its data set-based in SQL and commits it, then times what one beat tick
+does: the beat task's body (the service, its commit with the deferred foreign-key checks, the
+delivery tasks it enqueues after commit, and for the sweep the refund signal). Timing inside an
+enclosing transaction that is rolled back would leave out the commit and everything after it,
+and would time updates of rows inserted by the same transaction, which PostgreSQL treats
+differently (foreign keys re-checked, no hint bits). Afterwards every row the run made is
+deleted; the delivery tasks it queued find nothing to send. Next to each figure it measures, in
+the same run and on the same data, the per-row baseline of the source documents (one statement
+per challenge or per participant from a Python loop, rolled back), and the work per row from
+PostgreSQL's own counters (WAL bytes, index entries, rows).
 """
 
+import os
 import secrets
 import time
 from datetime import datetime, timedelta
@@ -18,7 +24,13 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from challenges.services import challenges_send_deadline_warnings, challenges_sweep_deadlines
+from challenges.models import Challenge
+from challenges.tasks import (
+    challenges_send_deadline_warnings_task,
+    challenges_sweep_deadlines_task,
+)
+from notifications.models import Notification
+from notifications.services import DELIVERY_CHUNK
 from users.services import user_create
 
 BASELINE_SAMPLE = 1_000
@@ -65,10 +77,85 @@ def _seconds_since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
 
 
+def _run_tag() -> str:
+    """A fresh suffix for the run's user names: a run that died before its clean-up leaves
+    rows behind, and the next run must not trip over their names."""
+    return secrets.token_hex(4)
+
+
 def _bench_user(tag: str, **flags: bool) -> Any:
     return user_create(
         username=f"bench-{tag}", password=secrets.token_urlsafe(), validate=False, **flags
     )
+
+
+class _DatabaseWork:
+    """What PostgreSQL did while the block ran: WAL bytes inserted (every session's, so run it
+    on a quiet database) and the CPU time of this connection's server process when the server
+    runs on this host (None otherwise). Both hold on any machine in a way seconds do not: WAL
+    bytes do not depend on speed at all, CPU time not on the load of other processes."""
+
+    def __enter__(self) -> "_DatabaseWork":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid(), pg_current_wal_insert_lsn()")
+            self._pid, self._lsn = cursor.fetchone()
+        self._cpu = self._backend_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu = self._backend_cpu()
+        self.cpu_s = None if cpu is None or self._cpu is None else cpu - self._cpu
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", [self._lsn])
+            self.wal_bytes = int(cursor.fetchone()[0])
+
+    def _backend_cpu(self) -> float | None:
+        try:
+            with open(f"/proc/{self._pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def per(self, rows: int) -> dict[str, Any]:
+        return {
+            "wal_bytes_per_row": round(self.wal_bytes / rows) if rows else None,
+            "db_cpu_us_per_row": (
+                round(self.cpu_s * 1e6 / rows) if rows and self.cpu_s is not None else None
+            ),
+        }
+
+
+def _index_count(table: str) -> int:
+    """Indexes on ``table``: the entries one new row adds (every partial index here holds
+    new rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", [table])
+        return cursor.fetchone()[0]
+
+
+def _bench_rows_delete(*, challenger_id: int, user_ids: list[int]) -> None:
+    """Delete what a run committed: its challenges with their stakes, notifications, refund
+    jobs (none: nothing was staked on them) and escrow accounts, then its users and wallets."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE bench_challenges ON COMMIT DROP AS "
+            "SELECT id, escrow_id FROM challenges_challenge WHERE challenger_id = %s",
+            [challenger_id],
+        )
+        cursor.execute("ANALYZE bench_challenges")
+        for statement in (
+            "DELETE FROM notifications_notification AS n USING bench_challenges AS b "
+            "WHERE n.challenge_id = b.id",
+            "DELETE FROM challenges_stake AS s USING bench_challenges AS b "
+            "WHERE s.challenge_id = b.id",
+            "DELETE FROM challenges_challenge AS c USING bench_challenges AS b WHERE c.id = b.id",
+            "DELETE FROM payouts_account AS a USING bench_challenges AS b WHERE a.id = b.escrow_id",
+        ):
+            cursor.execute(statement)
+        for table in ("notifications_notification", "payouts_account"):
+            cursor.execute(f"DELETE FROM {table} WHERE user_id = ANY(%s)", [user_ids])  # noqa: S608
+        cursor.execute("DELETE FROM auth_user WHERE id = ANY(%s)", [user_ids])
 
 
 def _per_row_sweep(*, now: datetime, staff_ids: list[int]) -> float:
@@ -100,13 +187,18 @@ def _per_row_sweep(*, now: datetime, staff_ids: list[int]) -> float:
 
 
 def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, Any]:
-    """Time one deadline sweep over ``challenges`` open challenges of which ``due`` expired."""
+    """Time one beat tick of the deadline sweep over ``challenges`` open challenges of which
+    ``due`` expired (one in ten of those never got a second side and is cancelled), with two
+    staff users to tell."""
     now = timezone.now()
+    tag = _run_tag()
     with transaction.atomic():
-        challenger = _bench_user("challenger")
-        staff_ids = [_bench_user(f"staff{i}", is_staff=True).pk for i in range(2)]
+        challenger = _bench_user(f"challenger-{tag}")
+        staff_ids = [_bench_user(f"staff{i}-{tag}", is_staff=True).pk for i in range(2)]
+    user_ids = [challenger.pk, *staff_ids]
+    try:
         start = time.perf_counter()
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
                 _CHALLENGES_SQL,
                 {
@@ -117,33 +209,47 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
                     "now": now,
                 },
             )
+            # Fresh statistics before the commit runs the escrows' foreign-key checks (see
+            # bench_warnings).
+            cursor.execute("ANALYZE payouts_account")
+        with connection.cursor() as cursor:
             cursor.execute("ANALYZE challenges_challenge")
         build_s = _seconds_since(start)
         baseline_rate = _per_row_sweep(now=now, staff_ids=staff_ids)
 
-        with CaptureQueriesContext(connection) as queries:
+        with CaptureQueriesContext(connection) as queries, _DatabaseWork() as work:
             start = time.perf_counter()
-            result = challenges_sweep_deadlines(now=now)
+            challenges_sweep_deadlines_task()
             sweep_s = _seconds_since(start)
         start = time.perf_counter()
-        idle = challenges_sweep_deadlines(now=now)
+        challenges_sweep_deadlines_task()
         idle_ms = round((time.perf_counter() - start) * 1000, 2)
-        if idle.pending_admin or idle.cancelled:
-            raise RuntimeError("a second sweep moved challenges again")
-        transaction.set_rollback(True)
-    moved = len(result.pending_admin) + len(result.cancelled)
+
+        mine = Challenge.objects.filter(challenger_id=challenger.pk)
+        pending_admin = mine.filter(status=Challenge.Status.PENDING_ADMIN).count()
+        cancelled = mine.filter(status=Challenge.Status.CANCELLED).count()
+        notifications = Notification.objects.filter(challenge__challenger_id=challenger.pk).count()
+        if (pending_admin, cancelled) != (due - due // 10, due // 10):
+            raise RuntimeError(f"the sweep moved {pending_admin} + {cancelled}, not {due}")
+    finally:
+        _bench_rows_delete(challenger_id=challenger.pk, user_ids=user_ids)
+    moved = pending_admin + cancelled
     return {
         "challenges": challenges,
         "due": due,
         "build_s": build_s,
         "sweep_s": sweep_s,
-        "moved_to_pending_admin": len(result.pending_admin),
-        "cancelled": len(result.cancelled),
-        "notifications_created": result.notifications,
+        "moved_to_pending_admin": pending_admin,
+        "cancelled": cancelled,
+        "notifications_created": notifications,
         "queries": len(queries),
         "challenges_per_s": round(moved / sweep_s) if sweep_s else None,
         "idle_sweep_ms": idle_ms,
         "baseline_per_row_challenges_per_s": baseline_rate,
+        "wal_bytes_per_due_challenge": round(work.wal_bytes / moved) if moved else None,
+        "db_cpu_us_per_due_challenge": work.per(moved)["db_cpu_us_per_row"],
+        "notification_indexes": _index_count(Notification._meta.db_table),
+        "delivery_tasks": -(-notifications // DELIVERY_CHUNK),
     }
 
 
@@ -172,16 +278,16 @@ def _per_row_warnings(*, challenge_id: int, user_ids: list[int]) -> float:
 
 
 def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
-    """Time the 10-minute warning fan-out to one challenge's ``participants`` (the challenger
-    plus ``participants - 1`` stakers)."""
-    from notifications.services import DELIVERY_CHUNK
-
+    """Time one beat tick of the 10-minute warning fan-out to one challenge's
+    ``participants`` (the challenger plus ``participants - 1`` stakers)."""
     now = timezone.now()
-    due_date = now + timedelta(minutes=5)
+    tag = _run_tag()
     with transaction.atomic():
-        challenger = _bench_user("warn-challenger")
+        challenger = _bench_user(f"warn-challenger-{tag}")
+    user_ids = [challenger.pk]
+    try:
         start = time.perf_counter()
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
                 _CHALLENGES_SQL,
                 {
@@ -193,27 +299,35 @@ def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
                 },
             )
             challenge_id = cursor.fetchone()[0]
+            # Five minutes left: inside the 10-minute window for the whole run.
             cursor.execute(
                 "UPDATE challenges_challenge SET due_date = %s WHERE id = %s",
-                [due_date, challenge_id],
+                [now + timedelta(minutes=5), challenge_id],
             )
-            cursor.execute(_USERS_SQL, {"tag": "warn", "now": now, "count": participants - 1})
-            user_ids = [row[0] for row in cursor.fetchall()]
-            cursor.execute(_STAKES_SQL, {"challenge": challenge_id, "users": user_ids})
+            cursor.execute(_USERS_SQL, {"tag": tag, "now": now, "count": participants - 1})
+            user_ids += [row[0] for row in cursor.fetchall()]
+            # Fresh statistics before the commit runs the stakes' foreign-key checks: planned
+            # against a near-empty user table (a clean database, or the last run's clean-up),
+            # each check would scan the whole table.
+            cursor.execute("ANALYZE auth_user")
+            cursor.execute(_STAKES_SQL, {"challenge": challenge_id, "users": user_ids[1:]})
+        with connection.cursor() as cursor:
             cursor.execute("ANALYZE challenges_stake")
         build_s = _seconds_since(start)
-        baseline_rate = _per_row_warnings(challenge_id=challenge_id, user_ids=user_ids)
+        baseline_rate = _per_row_warnings(challenge_id=challenge_id, user_ids=user_ids[1:])
 
-        with CaptureQueriesContext(connection) as queries:
+        with CaptureQueriesContext(connection) as queries, _DatabaseWork() as work:
             start = time.perf_counter()
-            created = challenges_send_deadline_warnings(now=now)
+            created = challenges_send_deadline_warnings_task()
             fan_out_s = _seconds_since(start)
-        start = time.perf_counter()
-        again = challenges_send_deadline_warnings(now=now)
-        repeat_s = _seconds_since(start)
+        with _DatabaseWork() as repeat_work:
+            start = time.perf_counter()
+            again = challenges_send_deadline_warnings_task()
+            repeat_s = _seconds_since(start)
         if again:
             raise RuntimeError("a repeated scan created warnings again")
-        transaction.set_rollback(True)
+    finally:
+        _bench_rows_delete(challenger_id=challenger.pk, user_ids=user_ids)
     return {
         "participants": participants,
         "build_s": build_s,
@@ -224,4 +338,7 @@ def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
         "delivery_tasks": -(-created // DELIVERY_CHUNK),
         "repeat_scan_s": repeat_s,
         "baseline_per_row_notifications_per_s": baseline_rate,
+        **work.per(created),
+        "repeat_scan_db_cpu_us_per_participant": repeat_work.per(participants)["db_cpu_us_per_row"],
+        "notification_indexes": _index_count(Notification._meta.db_table),
     }

@@ -28,6 +28,7 @@ def test_lifecycle_tasks_are_registered_and_routed_to_their_queues():
         ("challenges.tasks.challenges_sweep_deadlines_task", "scheduler"),
         ("challenges.tasks.challenges_send_deadline_warnings_task", "scheduler"),
         ("notifications.tasks.notifications_deliver_task", "notifications"),
+        ("notifications.tasks.notifications_deliver_fan_out_task", "notifications"),
         ("notifications.tasks.staff_event_publish_task", "notifications"),
         ("notifications.tasks.notifications_redeliver_stale_task", "notifications"),
     ):

@@ -5,6 +5,8 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from challenges.services import challenges_send_deadline_warnings
@@ -15,6 +17,7 @@ from notifications.services import (
     DELIVERY_CHUNK,
     notifications_deliver,
     notifications_deliver_enqueue,
+    notifications_deliver_fan_out,
     notifications_redeliver_stale,
     staff_event_publish,
 )
@@ -99,23 +102,73 @@ def test_staff_events_go_to_the_staff_channel(pusher_fake):
     ]
 
 
+def _queued(redis_client) -> list[tuple[str, list]]:
+    """The notifications queue's messages as (task name, positional args), emptied."""
+    messages = [json.loads(m) for m in redis_client.lrange("notifications", 0, -1)]
+    redis_client.delete("notifications")
+    return [
+        (m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0])
+        for m in reversed(messages)
+    ]
+
+
 @pytest.mark.django_db
-def test_big_fan_outs_are_queued_in_chunks_of_ids(redis_client):
+def test_big_fan_outs_cost_the_caller_one_message_and_a_worker_splits_them(redis_client):
     # Given the notifications queue is empty
     redis_client.delete("notifications")
 
-    # When 1,201 notifications are queued for delivery
-    tasks = notifications_deliver_enqueue(notification_ids=list(range(1, 1202)))
+    # When 1,201 notifications (ids 1-1,000 and 2,001-2,201) are queued for delivery
+    ids = [*range(1, 1001), *range(2001, 2202)]
+    tasks = notifications_deliver_enqueue(notification_ids=ids)
 
-    # Then three task messages carry 500, 500 and 201 ids
-    messages = [json.loads(m) for m in redis_client.lrange("notifications", 0, -1)]
+    # Then the caller sent one fan-out message carrying the id ranges
+    assert tasks == 3
+    assert _queued(redis_client) == [
+        ("notifications.tasks.notifications_deliver_fan_out_task", [[[1, 1000], [2001, 2201]]])
+    ]
+    # And the fan-out, run by a worker, queues delivery tasks of 500, 500 and 201 ids
+    assert notifications_deliver_fan_out(id_ranges=[[1, 1000], [2001, 2201]]) == 3
+    queued = _queued(redis_client)
+    assert {name for name, _ in queued} == {"notifications.tasks.notifications_deliver_task"}
+    assert [args[0] for _, args in queued] == [
+        ids[:DELIVERY_CHUNK],
+        ids[DELIVERY_CHUNK : 2 * DELIVERY_CHUNK],
+        ids[2 * DELIVERY_CHUNK :],
+    ]
+
+
+@pytest.mark.django_db
+def test_small_fan_outs_go_straight_to_one_delivery_task(redis_client):
     redis_client.delete("notifications")
-    assert tasks == len(messages) == 3
-    sizes = sorted(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in messages)
-    assert sizes == [201, DELIVERY_CHUNK, DELIVERY_CHUNK]
-    assert {m["headers"]["task"] for m in messages} == {
-        "notifications.tasks.notifications_deliver_task"
-    }
+
+    assert notifications_deliver_enqueue(notification_ids=[7, 3, 5]) == 1
+
+    assert _queued(redis_client) == [
+        ("notifications.tasks.notifications_deliver_task", [[3, 5, 7]])
+    ]
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_big_fan_out_is_split_by_a_worker_and_delivered_exactly_once(
+    workers, pusher_fake, pusher_worker_env
+):
+    # Given a notifications worker pointed at the fake Pusher, and 1,201 users
+    workers.start("notifications", **pusher_worker_env)
+    users = get_user_model().objects.bulk_create(
+        get_user_model()(username=f"fan-{i}") for i in range(2 * DELIVERY_CHUNK + 201)
+    )
+
+    # When one notification each is stored (the caller queues one fan-out message on commit)
+    with transaction.atomic():
+        ids = notify(users, key="big")
+
+    # Then the worker splits it and every notification reaches its user's channel once
+    wait_for(
+        lambda: not Notification.objects.filter(delivered_at__isnull=True).exists(), timeout=120
+    )
+    assert sorted(pusher_fake.notification_ids()) == sorted(ids)
+    assert pusher_fake.rejected == []
 
 
 @pytest.mark.worker
