@@ -45,6 +45,7 @@ from proof.payout_bench import (
 from proof.resolve_latency import resolve_latency
 from proof.seeding import challenge_seed
 from proof.staff import proof_staff
+from proof.stake_load import stake_load
 from proof.stripe_bench import stripe_rate_benchmark
 
 BENCH_APP = "proof.bench_app"
@@ -106,6 +107,8 @@ class BenchSizes:
     stripe_workers: int = 2  # threaded processes, as production runs the Stripe worker
     stripe_threads: int = 8  # per process
     stripe_baseline_workers: int = 8  # single-task processes: the layout before the threads
+    stakes: int = 3_000  # stakes through the API per phase (hot challenge, then spread)
+    stake_clients: int = 32
     limit_winners: int = 500_000  # entries the database's own limits are timed on
     explain_batches: int = 5  # batches measured one by one for the work per payout
     sweep_challenges: int = 1_000_000
@@ -120,6 +123,7 @@ QUICK = BenchSizes(
     resolve_sizes=(10, 10_000),
     resolve_samples=30,
     stripe_winners=150,
+    stakes=300,
     limit_winners=60_000,  # each limit's half must outlast one batch per connection
     explain_batches=1,
     sweep_challenges=20_000,
@@ -248,6 +252,16 @@ def _stripe_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, An
     return figures
 
 
+def _stakes_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"stakes through the API, {sizes.stake_clients} clients, {sizes.stakes:,} per phase...")
+    return stake_load(
+        clients=sizes.stake_clients,
+        stakes=sizes.stakes,
+        floor_stakes=max(100, sizes.stakes // 3),
+        log=log,
+    )
+
+
 def _lifecycle_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
     log("deadline sweep and warning fan-out...")
     database_settle()
@@ -287,6 +301,8 @@ def bench_run(
     }
     with databases.fresh("stripe"):
         report["stripe"] = _stripe_phase(sizes, log)
+    with databases.fresh("stakes"):
+        report["stakes"] = _stakes_phase(sizes, log)
     with databases.fresh("lifecycle"):
         report["lifecycle"] = _lifecycle_phase(sizes, log)
     return report

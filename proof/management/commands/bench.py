@@ -30,6 +30,10 @@ def _figure(leaf: Any, fmt: str = ",") -> str:
     return median if low == high else f"{median} ({low}-{high})"
 
 
+def _errors(by_kind: dict[str, Any]) -> str:
+    return ", ".join(f"{kind} {_figure(count)}" for kind, count in by_kind.items()) or "none"
+
+
 # What one payout of a batch costs the database, in the table (every figure is in the JSON).
 WORK_FIGURES = (
     "rows_written",
@@ -152,6 +156,18 @@ class Command(BaseCommand):
                     f"{_figure(ledger['share_of_limit'].get(name), '.0%')} of it)",
                 )
                 for name, r in limits["limits"].items()
+            ),
+            *(
+                (
+                    f"stakes through the API, {name}",
+                    f"{_figure(summary['stakes'][name]['per_s'])}/s, p50 "
+                    f"{_figure(summary['stakes'][name]['p50_ms'])} ms, p99 "
+                    f"{_figure(summary['stakes'][name]['p99_ms'])} ms, errors "
+                    f"{_errors(summary['stakes'][name]['errors'])} ("
+                    f"{_figure(summary['stakes'][name]['share_of_floor'], '.0%')} of the "
+                    f"in-process floor, {_figure(summary['stakes']['floor']['per_s'])}/s)",
+                )
+                for name in ("hot", "spread")
             ),
             (
                 "work per payout (one batch)",
