@@ -5,7 +5,9 @@ is too slow for a scrape or a dashboard and falls over exactly when workers are 
 
 - every message gets a ``published_at`` header when it is sent (``before_task_publish``), so
   the oldest message of a queue tells its own age: kombu's Redis transport pushes on the left
-  and pops on the right, so the oldest is the last element (one ``LINDEX``);
+  and pops on the right, so the oldest is the last element (one ``LINDEX``) of each of the
+  queue's lists (one per priority step: the plain name holds priority 0, ``<name><sep><step>``
+  the others);
 - every worker process writes a heartbeat for each queue it consumes into a Redis sorted set
   every ``WORKER_HEARTBEAT_SECONDS`` from a thread of its own (so a long task in a solo pool
   does not silence it), and removes it when it stops; a worker counts while its heartbeat is
@@ -25,6 +27,7 @@ from functools import cache
 import redis
 from celery.signals import before_task_publish, worker_ready, worker_shutdown
 from django.conf import settings
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from core.requestid import TASK_HEADER, request_id_get
 
@@ -84,6 +87,11 @@ def _published_at(raw: bytes | None) -> float | None:
         return None
 
 
+def _priority_lists(name: str) -> list[str]:
+    """The Redis lists of one queue, one per priority step (the payouts queue uses two)."""
+    return [name if step == 0 else f"{name}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
 def queue_states(*, queues: list[str] | None = None) -> list[QueueState]:
     """Depth, oldest message's age and live workers of each queue; raises ``redis.RedisError``
     when the broker cannot be read (callers report the broker as down)."""
@@ -92,9 +100,17 @@ def queue_states(*, queues: list[str] | None = None) -> list[QueueState]:
     broker = _broker()
     pipe = broker.pipeline(transaction=False)
     for name in names:
-        pipe.llen(name)
-        pipe.lindex(name, -1)
-    broker_answers = pipe.execute()
+        for key in _priority_lists(name):
+            pipe.llen(key)
+            pipe.lindex(key, -1)
+    answers = iter(pipe.execute())
+    depths: list[int] = []
+    first_published: list[float | None] = []
+    for name in names:
+        lists = [(int(next(answers)), next(answers)) for _ in _priority_lists(name)]
+        depths.append(sum(depth for depth, _ in lists))
+        stamps = [_published_at(last) for depth, last in lists if depth]
+        first_published.append(min((t for t in stamps if t is not None), default=None))
     pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
     for name in names:
         key = _WORKERS_KEY.format(queue=name)
@@ -103,13 +119,12 @@ def queue_states(*, queues: list[str] | None = None) -> list[QueueState]:
     worker_answers = pipe.execute()
     states = []
     for index, name in enumerate(names):
-        depth, oldest = broker_answers[2 * index], broker_answers[2 * index + 1]
         workers, latest = worker_answers[2 * index], worker_answers[2 * index + 1]
-        published = _published_at(oldest) if depth else None
+        published = first_published[index]
         states.append(
             QueueState(
                 name=name,
-                depth=int(depth),
+                depth=depths[index],
                 oldest_age_seconds=max(0.0, now - published) if published else None,
                 workers=int(workers),
                 last_worker_seen_seconds=max(0.0, now - latest[0][1]) if latest else None,
