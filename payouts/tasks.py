@@ -39,9 +39,11 @@ def payout_job_expand_task(job_id: int) -> bool:
 
 
 @shared_task(base=PayoutJobTask, time_limit=300, soft_time_limit=240)
-def payout_job_expand_chunk_task(job_id: int, terms: dict, from_stake_id: int) -> int | None:
+def payout_job_expand_chunk_task(
+    job_id: int, terms: dict, from_stake_id: int, analyze: bool = False
+) -> int | None:
     return payout_job_expand_chunk(
-        job_id=int(job_id), terms=terms, from_stake_id=int(from_stake_id)
+        job_id=int(job_id), terms=terms, from_stake_id=int(from_stake_id), analyze=bool(analyze)
     )
 
 
@@ -52,8 +54,8 @@ def payout_job_notify_task(job_id: int) -> int:
 
 
 @shared_task(base=PayoutJobTask, time_limit=120, soft_time_limit=100)
-def payout_batch_ledger_task(job_id: int, after_id: int = 0) -> int:
-    return payout_batch_ledger(job_id=int(job_id), after_id=int(after_id)).claimed
+def payout_batch_ledger_task(job_id: int, after_id: int = 0, limit: int = 0) -> int:
+    return payout_batch_ledger(job_id=int(job_id), after_id=int(after_id), limit=int(limit)).claimed
 
 
 # Routed to the payouts_stripe queue. Runs for STRIPE_BATCH_SECONDS plus at most one claim's

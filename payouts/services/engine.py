@@ -59,8 +59,12 @@ Pause and cancel need no cooperation from running batches: a batch bumps the job
 meanwhile; so no entry is paid after a pause or cancel commits.
 
 Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts. Fairness:
-every batch re-enqueues itself at the back of the ``payouts`` queue, so the batches of several
-jobs take turns on the workers.
+a job's start (expansion, a small first slice, a small first batch) is sent at
+``START_PRIORITY``, ahead of the work already queued, so a job resolved while others pay
+starts within seconds; everything that continues a job (later slices, every follow-up batch)
+goes to the back of the ``CONTINUE_PRIORITY`` list, so the batches of several jobs take turns
+on the workers. Priorities change the order only: any of these messages may be lost or run
+twice, as before.
 """
 
 import logging
@@ -104,6 +108,16 @@ BATCH_TASKS: dict[str, str] = {
 # the batches start, so their claim query never runs on a plan made for an empty table.
 ANALYZE_ENTRIES_THRESHOLD = 50_000
 PROGRESS_INTERVAL_MS = 1_000
+# Message priorities on the payouts queue (kombu's Redis transport keeps one list per priority
+# step of 0, 3, 6, 9, and a worker pops the lists in that order). A job's start goes ahead of
+# the work already queued: its small first batch first (START_PRIORITY), then the expansions
+# of its small first slice (EXPAND_PRIORITY), so each expanded job pays before the next one
+# expands. Everything that continues a job (later slices, follow-up batches) queues at
+# CONTINUE_PRIORITY in FIFO order, so the continuing jobs take turns. Unprioritized messages
+# (the watchdog's restarts, staff resume and retry) are START_PRIORITY: they unstick a job.
+START_PRIORITY = 0
+EXPAND_PRIORITY = 3
+CONTINUE_PRIORITY = 6
 
 EXPANDABLE = (PayoutJob.Status.QUEUED, PayoutJob.Status.EXPANDING)
 # States in which an expansion that lost a slice is resumed (a cancelled job's late entries
@@ -118,19 +132,30 @@ def _redis() -> redis.Redis:
 
 def expand_enqueue(*, job_id: int) -> None:
     """Send the expansion task of a job (call it after commit)."""
-    current_app.send_task(EXPAND_TASK, args=[job_id])
+    current_app.send_task(EXPAND_TASK, args=[job_id], priority=EXPAND_PRIORITY)
 
 
-def payout_batches_enqueue(*, job_id: int, rail: str, count: int, after_id: int = 0) -> None:
-    """Send ``count`` batch tasks for a job, picking the batch task of its rail.
+def payout_batches_enqueue(
+    *,
+    job_id: int,
+    rail: str,
+    count: int,
+    after_id: int = 0,
+    limit: int = 0,
+    priority: int = START_PRIORITY,
+) -> None:
+    """Send ``count`` batch tasks for a job at ``priority``, picking the batch task of its rail.
 
-    ``after_id`` tells the ledger rail where its keyset claim starts; other rails' batch
-    tasks take the job id only. Extra batches are harmless (they claim with SKIP LOCKED and
-    post with unique keys), so this is safe to call twice.
+    ``after_id`` tells the ledger rail where its keyset claim starts and ``limit`` (when set)
+    caps its first claim below the job's batch size; other rails' batch tasks take the job id
+    only. Extra batches are harmless (they claim with SKIP LOCKED and post with unique keys),
+    so this is safe to call twice.
     """
-    kwargs = {"after_id": after_id} if rail == PayoutJob.Rail.LEDGER and after_id else {}
+    kwargs: dict[str, int] = {}
+    if rail == PayoutJob.Rail.LEDGER:
+        kwargs = {k: v for k, v in (("after_id", after_id), ("limit", limit)) if v}
     for _ in range(count):
-        current_app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs)
+        current_app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs, priority=priority)
 
 
 def _job_terms(job: PayoutJob) -> SettlementTerms:
@@ -204,19 +229,30 @@ def payout_job_expand(*, job_id: int) -> Expansion | None:
             job_id=job.pk,
             terms=terms,
             from_stake_id=terms.first_stake_id,
-            job={"status": job.status, "rail": job.rail, "parallelism": job.parallelism},
+            job={
+                "status": job.status,
+                "rail": job.rail,
+                "parallelism": job.parallelism,
+                "batch_size": job.batch_size,
+            },
         )
     return Expansion(terms, next_id)
 
 
-def payout_job_expand_chunk(*, job_id: int, terms: dict, from_stake_id: int) -> int | None:
+def payout_job_expand_chunk(
+    *, job_id: int, terms: dict, from_stake_id: int, analyze: bool = False
+) -> int | None:
     """Create the entries of the next slice of stakes (sent by the slice before it).
 
     One transaction per slice (idempotent: entries are unique per job and user); see
     ``_slice_expand``. Returns where the slice after it starts, or None.
     """
     with transaction.atomic(durable=True):
-        job = PayoutJob.objects.filter(pk=job_id).values("status", "rail", "parallelism").first()
+        job = (
+            PayoutJob.objects.filter(pk=job_id)
+            .values("status", "rail", "parallelism", "batch_size")
+            .first()
+        )
         if job is None:
             raise NotFound("No such payout job.", code="job_not_found")
         return _slice_expand(
@@ -224,41 +260,64 @@ def payout_job_expand_chunk(*, job_id: int, terms: dict, from_stake_id: int) -> 
             terms=SettlementTerms(**terms),
             from_stake_id=from_stake_id,
             job=job,
+            analyze=analyze,
         )
 
 
 def _slice_expand(
-    *, job_id: int, terms: SettlementTerms, from_stake_id: int, job: Mapping[str, Any]
+    *,
+    job_id: int,
+    terms: SettlementTerms,
+    from_stake_id: int,
+    job: Mapping[str, Any],
+    analyze: bool = False,
 ) -> int | None:
-    """Insert one slice of ``PAYOUT_EXPAND_CHUNK`` stakes' entries; after commit, send the
-    next slice's task and, if the job is running, batches starting at this slice's first entry
-    (``parallelism`` of them for the first slice, one for each later slice), so payment starts
-    after the first slice instead of after the last. Slices are created whatever the job's
-    state, so that its counters always add up to ``total_entries``."""
-    limit = settings.PAYOUT_EXPAND_CHUNK
+    """Insert one slice of stakes' entries; after commit, send the next slice's task and, if
+    the job is running, batches starting at this slice's first entry, so payment starts after
+    the first slice instead of after the last. Slices are created whatever the job's state,
+    so that its counters always add up to ``total_entries``.
+
+    The first slice holds ``PAYOUT_START_SIZE`` stakes and sends one batch of at most as many
+    entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds of work, ahead
+    of the jobs already paying) plus, when the rest of the job is more than one batch, the
+    rest of its ``parallelism`` at ``CONTINUE_PRIORITY``; later slices hold
+    ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
+    ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
+    job, once its entries are more than a start."""
+    first = from_stake_id == terms.first_stake_id
+    limit = settings.PAYOUT_START_SIZE if first else settings.PAYOUT_EXPAND_CHUNK
     chunk = payout_entries_insert(
         job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
     )
-    first = from_stake_id == terms.first_stake_id
-    if first and chunk.inserted >= ANALYZE_ENTRIES_THRESHOLD:
+    if analyze and terms.entries >= ANALYZE_ENTRIES_THRESHOLD:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE payouts_payoutentry")
     full = chunk.stakes == limit and chunk.last_stake_id is not None
     next_id = chunk.last_stake_id + 1 if full and chunk.last_stake_id is not None else None
     if next_id is not None:
         transaction.on_commit(
-            partial(current_app.send_task, EXPAND_CHUNK_TASK, args=[job_id, asdict(terms), next_id])
-        )
-    if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
-        transaction.on_commit(
             partial(
-                payout_batches_enqueue,
-                job_id=job_id,
-                rail=job["rail"],
-                count=job["parallelism"] if first else 1,
-                after_id=chunk.first_entry_id - 1,
+                current_app.send_task,
+                EXPAND_CHUNK_TASK,
+                args=[job_id, asdict(terms), next_id],
+                kwargs={"analyze": first},
+                priority=CONTINUE_PRIORITY,
             )
         )
+    if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
+        enqueue = partial(
+            payout_batches_enqueue,
+            job_id=job_id,
+            rail=job["rail"],
+            after_id=chunk.first_entry_id - 1,
+        )
+        if first:
+            transaction.on_commit(partial(enqueue, count=1, limit=settings.PAYOUT_START_SIZE))
+        # Parallel chains only help a job whose rest needs more than the start batch's chain.
+        rest = terms.entries - chunk.inserted
+        more = (job["parallelism"] - 1 if rest > job["batch_size"] else 0) if first else 1
+        if more > 0:
+            transaction.on_commit(partial(enqueue, count=more, priority=CONTINUE_PRIORITY))
     return next_id
 
 
@@ -339,8 +398,9 @@ SELECT (SELECT count(*) FROM marked),
 _ESCROW_DEBIT_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
 
 
-def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
-    """Pay up to ``batch_size`` pending entries of a running ledger-rail job, then keep going.
+def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> BatchOutcome:
+    """Pay up to ``batch_size`` (or ``limit``, when smaller) pending entries of a running
+    ledger-rail job, then keep going with full batches at ``CONTINUE_PRIORITY``.
 
     One transaction: claim (SKIP LOCKED, entries after ``after_id``), transfers
     ``payout:<entry_id>`` escrow -> wallet, wallet credits, entries ``completed``, job counters,
@@ -360,7 +420,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
     params = {
         "job_id": job_id,
         "after_id": after_id,
-        "limit": job["batch_size"],
+        "limit": min(limit, job["batch_size"]) if limit else job["batch_size"],
         "currency": settings.CURRENCY,
         "escrow_id": job["challenge__escrow_id"],
         # The job kinds are also transfer kinds: "payout" or "refund".
@@ -393,6 +453,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0) -> BatchOutcome:
                     BATCH_TASKS[job["rail"]],
                     args=[job_id],
                     kwargs={"after_id": last_id},
+                    priority=CONTINUE_PRIORITY,
                 )
             )
     if not claimed:

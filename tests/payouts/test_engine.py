@@ -16,6 +16,9 @@ from ledger.services import system_account_id
 from notifications.models import Notification
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import (
+    CONTINUE_PRIORITY,
+    EXPAND_PRIORITY,
+    START_PRIORITY,
     payout_batch_ledger,
     payout_job_counters_bump,
     payout_job_expand,
@@ -48,6 +51,7 @@ def _small_batches(settings):
     settings.PAYOUT_BATCH_SIZE = 3
     settings.PAYOUT_PARALLELISM = 2
     settings.PAYOUT_EXPAND_CHUNK = 4
+    settings.PAYOUT_START_SIZE = 4
     settings.PLATFORM_FEE_BPS = 500
 
 
@@ -404,3 +408,53 @@ def test_deadline_sweep_task_creates_the_refund_job(make_user):
     run_job_inline(job.pk)
     assert_settled(job, winning_side=None, wallets_before=before)
     assert wallet_balances(challenge)[creator.pk] == 500
+
+
+def test_a_job_starts_with_a_small_batch_ahead_of_the_queue(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    settings.PAYOUT_EXPAND_CHUNK = 5
+    # Given a job of 12 stakers (batches of 3, two in parallel)
+    challenge = challenge_seed(stakers=12, seed=21)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    # When it expands
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_expand(job_id=job.pk)
+    # Then its first slice holds 2 stakes, paid by one batch of at most 2 at START_PRIORITY,
+    # while the next slice and the other parallel batch wait at CONTINUE_PRIORITY
+    assert job.entries.count() == 2
+    by_kind = [(c.func.__name__, c.keywords) for c in sent]
+    chunk = next(kw for name, kw in by_kind if name == "send_task")
+    assert (chunk["priority"], chunk["kwargs"]) == (CONTINUE_PRIORITY, {"analyze": True})
+    batches = [kw for name, kw in by_kind if name == "payout_batches_enqueue"]
+    sent_batches = [
+        (kw["count"], kw.get("limit"), kw.get("priority", START_PRIORITY)) for kw in batches
+    ]
+    assert sent_batches == [(1, 2, START_PRIORITY), (1, None, CONTINUE_PRIORITY)]
+    # (kombu's Redis transport serves lower numbers first: starts, then expansions, then the rest)
+    assert START_PRIORITY < EXPAND_PRIORITY < CONTINUE_PRIORITY
+    # And the start batch pays 2, then sends its follow-up, a full batch, to the back
+    with django_capture_on_commit_callbacks() as followed:
+        assert payout_batch_ledger(job_id=job.pk, limit=2).claimed == 2
+    follow_up = next(c for c in followed if getattr(c.func, "__name__", "") == "send_task")
+    assert follow_up.keywords["priority"] == CONTINUE_PRIORITY
+    assert "limit" not in follow_up.keywords["kwargs"]
+    # And whatever order the rest runs in, everyone is paid exactly once
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_a_job_that_fits_its_start_and_one_batch_sends_no_extra_chain(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    settings.PAYOUT_EXPAND_CHUNK = 5
+    job = challenge_resolve(
+        challenge_id=challenge_seed(stakers=5, seed=22).pk, result="draw", actor=staff
+    )
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_expand(job_id=job.pk)
+    batches = [c.keywords for c in sent if c.func.__name__ == "payout_batches_enqueue"]
+    assert [(kw["count"], kw.get("limit")) for kw in batches] == [(1, 2)]

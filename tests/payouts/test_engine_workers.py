@@ -13,8 +13,10 @@ from tests.payouts.helpers import assert_settled, wallet_balances
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
-# Small expansion slices, so that jobs are created and paid slice by slice.
+# Small expansion slices, so that jobs are created and paid slice by slice, after a smaller
+# start (first slice and first batch).
 SLICE = "64"
+START = "16"
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +38,10 @@ def _finished(job_id: int, timeout: float = 90) -> PayoutJob:
 )
 def test_resolve_to_completed_with_real_workers(workers, staff, result, winning_side):
     # Given two payout workers and a challenge with 500 stakers
-    workers.start("payouts,notifications", name="a", PAYOUT_EXPAND_CHUNK=SLICE)
-    workers.start("payouts", name="b", PAYOUT_EXPAND_CHUNK=SLICE)
+    workers.start(
+        "payouts,notifications", name="a", PAYOUT_EXPAND_CHUNK=SLICE, PAYOUT_START_SIZE=START
+    )
+    workers.start("payouts", name="b", PAYOUT_EXPAND_CHUNK=SLICE, PAYOUT_START_SIZE=START)
     challenge = challenge_seed(stakers=500, yes_share=0.3, seed=5)
     before = wallet_balances(challenge)
     # When staff resolve (or cancel) it
@@ -62,8 +66,12 @@ def test_every_batch_published_three_times_pays_nobody_twice(
     duplicating_workers, staff, redis_client
 ):
     # Given two workers that publish every batch message three times
-    duplicating_workers.start("payouts", name="d1", PAYOUT_EXPAND_CHUNK=SLICE)
-    duplicating_workers.start("payouts", name="d2", PAYOUT_EXPAND_CHUNK=SLICE)
+    duplicating_workers.start(
+        "payouts", name="d1", PAYOUT_EXPAND_CHUNK=SLICE, PAYOUT_START_SIZE=START
+    )
+    duplicating_workers.start(
+        "payouts", name="d2", PAYOUT_EXPAND_CHUNK=SLICE, PAYOUT_START_SIZE=START
+    )
     challenge = challenge_seed(stakers=400, seed=9)
     before = wallet_balances(challenge)
     # When the challenge is resolved
@@ -79,7 +87,9 @@ def test_sigkill_mid_job_still_pays_everyone_once(workers, staff, settings):
     settings.PAYOUT_BATCH_SIZE = 200
     settings.PAYOUT_PARALLELISM = 1
     # Given one worker paying a 30,000-staker job
-    first = workers.start("payouts", name="first", PAYOUT_EXPAND_CHUNK="5000")
+    first = workers.start(
+        "payouts", name="first", PAYOUT_EXPAND_CHUNK="5000", PAYOUT_START_SIZE="300"
+    )
     challenge = challenge_seed(stakers=30_000, yes_share=0.9, seed=1)
     before = wallet_balances(challenge)
     job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
@@ -91,7 +101,7 @@ def test_sigkill_mid_job_still_pays_everyone_once(workers, staff, settings):
     job.refresh_from_db()
     assert job.status == PayoutJob.Status.RUNNING
     assert job.completed_count < job.total_entries
-    workers.start("payouts", name="second", PAYOUT_EXPAND_CHUNK="5000")
+    workers.start("payouts", name="second", PAYOUT_EXPAND_CHUNK="5000", PAYOUT_START_SIZE="300")
     # Then the job still completes, with every winner paid exactly once
     _finished(job.pk, timeout=120)
     assert_settled(job, winning_side="yes", wallets_before=before)
@@ -115,3 +125,21 @@ def test_jobs_of_two_challenges_share_the_workers(workers, staff, settings):
     assert second_job_first < first_job_last
     paid_before = PayoutEntry.objects.filter(job=jobs[1], completed_at__lt=first_job_last)
     assert paid_before.count() >= 100
+
+
+def test_jobs_resolved_together_all_start_before_any_finishes(workers, staff, settings):
+    settings.PAYOUT_BATCH_SIZE = 50
+    settings.PAYOUT_PARALLELISM = 2
+    # Given one worker and six challenges of 100 stakers (a start batch, then two batches)
+    challenges = [challenge_seed(stakers=100, seed=40 + n) for n in range(6)]
+    workers.start("payouts", PAYOUT_START_SIZE="10")
+    # When they are resolved together
+    jobs = [challenge_resolve(challenge_id=c.pk, result="draw", actor=staff) for c in challenges]
+    for job in jobs:
+        _finished(job.pk)
+    # Then no job waited for another to finish: every job paid its first winners before any
+    # job paid its last (in FIFO order the first job would be done before the second started)
+    windows = PayoutEntry.objects.filter(job__in=jobs).values("job_id")
+    windows = windows.annotate(first=Min("completed_at"), last=Max("completed_at"))
+    earliest_finish = min(w["last"] for w in windows)
+    assert all(w["first"] < earliest_finish for w in windows)
