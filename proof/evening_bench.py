@@ -1,0 +1,185 @@
+"""A busy evening: many challenges resolved at once, paid by the same workers as one big job.
+
+``evening_benchmark`` seeds ``challenges`` challenges of ``winners`` winners each and one
+challenge with as many winners as all of them together, then, on the same worker processes
+the ledger benchmark uses (``payouts`` queue, solo pool):
+
+1. resolves the big challenge and waits for its job to finish: the baseline payouts/s;
+2. resolves the many challenges one after another (within about a second) and waits for all
+   of their jobs: their total payouts/s, next to the baseline;
+3. reports fairness from the database's own timestamps (one clock for every figure): for each
+   job the seconds from its resolve (``created_at``) to its first paid entry, max and p50 over
+   the jobs; and how many jobs paid their first winner only after some other job of the
+   evening had paid its last one (``jobs_started_after_another_finished``; the goal is 0).
+
+Entry ``completed_at`` is the start of the batch transaction that paid it, so "first paid" is
+a few milliseconds early and "last paid" a few milliseconds early too; both err the same way.
+
+Run it through the embedded stack (its own ``--root``, so it never measures another run's
+leftovers), for example the full size and a small one::
+
+    python -m deploy.devstack run --root .devstack/evening -- python -c "import django; \
+        django.setup(); from proof.limits import proof_limits_lift; proof_limits_lift(); \
+        from django.core.management import call_command; call_command('migrate', verbosity=0); \
+        from proof.evening_bench import evening_benchmark as b; \
+        import json; print(json.dumps(b(challenges=200, winners=5_000)))"
+"""
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.db.models import Max, Min
+from django.test import override_settings
+
+from payouts.models import PayoutEntry, PayoutJob
+from proof.payout_bench import LOSER_RATIO, database_settle, workers_ready
+from proof.seeding import challenge_seed
+
+FAIRNESS_GOAL_SECONDS = 5.0
+
+
+def _seed(winners: int, seed: int) -> int:
+    stakers = winners + winners // LOSER_RATIO
+    return challenge_seed(stakers=stakers, yes_share=winners / stakers, seed=seed).pk
+
+
+def _wait(job_ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not PayoutJob.objects.filter(
+            pk__in=job_ids, status__in=PayoutJob.ACTIVE_STATUSES
+        ).exists():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"payout jobs still active after {timeout} s")
+
+
+def _paid_window(job_ids: list[int]) -> dict[int, tuple[datetime, datetime]]:
+    """Each job's first and last paid entry (``completed_at``)."""
+    rows = (
+        PayoutEntry.objects.filter(job_id__in=job_ids, status=PayoutEntry.Status.COMPLETED)
+        .values("job_id")
+        .annotate(first=Min("completed_at"), last=Max("completed_at"))
+    )
+    return {row["job_id"]: (row["first"], row["last"]) for row in rows}
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _throughput(jobs: list[PayoutJob]) -> dict[str, Any]:
+    """Payouts/s from the first resolve to the last job finished (fee, escrow check and
+    challenge completion included), all on the database's clock."""
+    started = min(job.created_at for job in jobs)
+    finished = max(job.finished_at for job in jobs)
+    paid = sum(job.completed_count for job in jobs)
+    seconds = (finished - started).total_seconds()
+    return {
+        "payouts": paid,
+        "seconds": round(seconds, 2),
+        "payouts_per_s": round(paid / seconds) if seconds else 0,
+        "all_completed": all(job.status == PayoutJob.Status.COMPLETED for job in jobs),
+    }
+
+
+def _fairness(jobs: list[PayoutJob]) -> dict[str, Any]:
+    windows = _paid_window([job.pk for job in jobs])
+    waits = {
+        job.pk: (windows[job.pk][0] - job.created_at).total_seconds()
+        for job in jobs
+        if job.pk in windows
+    }
+    earliest_done = min(last for _, last in windows.values())
+    # A job whose first payout came after another job's last one waited for it to finish.
+    after_another = sum(1 for first, _ in windows.values() if first > earliest_done)
+    return {
+        "jobs": len(jobs),
+        "first_payout_seconds_max": round(max(waits.values()), 3),
+        "first_payout_seconds_p50": round(_percentile(list(waits.values()), 0.5), 3),
+        "first_payout_goal_seconds": FAIRNESS_GOAL_SECONDS,
+        "jobs_over_goal": sum(1 for wait in waits.values() if wait > FAIRNESS_GOAL_SECONDS),
+        "jobs_started_after_another_finished": after_another,
+    }
+
+
+def evening_benchmark(
+    *,
+    challenges: int = 200,
+    winners: int = 5_000,
+    worker_processes: int = 2,
+    batch_size: int = 10_000,
+    parallelism: int = 2,
+    log_dir: Path | None = None,
+    timeout: float = 1_800,
+    log=print,
+) -> dict[str, Any]:
+    """Seed, pay one big job, then ``challenges`` jobs resolved together; return the figures.
+
+    Workers are started here (``deploy.workers.WorkerPool``, this process's environment) and
+    stopped before returning. ``resolve_seconds`` says how long the resolves of the evening
+    took (the scenario asks for all of them within a second).
+    """
+    from deploy.workers import WorkerPool
+    from payouts.services.jobs import challenge_resolve
+
+    log(f"evening: seeding {challenges} x {winners:,} winners and one of {challenges * winners:,}")
+    started = time.perf_counter()
+    evening_ids = [_seed(winners, seed=1_000 + n) for n in range(challenges)]
+    big_id = _seed(challenges * winners, seed=999)
+    warm_up = challenge_seed(stakers=2)
+    seed_seconds = time.perf_counter() - started
+    pool = WorkerPool(dict(os.environ), log_dir=log_dir)
+    try:
+        for n in range(worker_processes):
+            pool.start("payouts", name=f"evening{n}")
+        workers_ready(worker_processes)
+        challenge_resolve(challenge_id=warm_up.pk, result="draw", actor=None)
+        with override_settings(PAYOUT_BATCH_SIZE=batch_size, PAYOUT_PARALLELISM=parallelism):
+            database_settle()
+            log("evening: one big job...")
+            big = challenge_resolve(challenge_id=big_id, result="challenger_won", actor=None)
+            _wait([big.pk], timeout)
+            database_settle()
+            log(f"evening: {challenges} jobs resolved together...")
+            started = time.perf_counter()
+            jobs = [
+                challenge_resolve(challenge_id=pk, result="challenger_won", actor=None)
+                for pk in evening_ids
+            ]
+            resolve_seconds = time.perf_counter() - started
+            _wait([job.pk for job in jobs], timeout)
+    finally:
+        pool.stop_all()
+    big.refresh_from_db()
+    jobs = list(PayoutJob.objects.filter(pk__in=[job.pk for job in jobs]))
+    baseline = _throughput([big])
+    evening = _throughput(jobs)
+    report = {
+        "challenges": challenges,
+        "winners_each": winners,
+        "worker_processes": worker_processes,
+        "batch_size": batch_size,
+        "parallelism": parallelism,
+        "seed_seconds": round(seed_seconds, 1),
+        "resolve_seconds": round(resolve_seconds, 3),
+        "evening": evening,
+        "one_big_job": baseline,
+        "throughput_ratio": round(evening["payouts_per_s"] / baseline["payouts_per_s"], 3)
+        if baseline["payouts_per_s"]
+        else None,
+        "fairness": _fairness(jobs),
+    }
+    log(
+        f"evening: {evening['payouts_per_s']:,} payouts/s over {challenges} jobs vs "
+        f"{baseline['payouts_per_s']:,}/s for one job (ratio {report['throughput_ratio']}); "
+        f"first payout max {report['fairness']['first_payout_seconds_max']} s, p50 "
+        f"{report['fairness']['first_payout_seconds_p50']} s; "
+        f"{report['fairness']['jobs_started_after_another_finished']} jobs started after "
+        f"another finished"
+    )
+    return report

@@ -1,0 +1,128 @@
+"""Resolve latency under load: staff resolve the next challenge while the last one pays.
+
+``resolve_under_load`` seeds a challenge of ``stakers`` stakers (resolved again and again by
+``proof.resolve_latency``, which undoes each resolve) and a challenge of ``paying_winners``
+winners, then measures in one run:
+
+1. ``idle``: resolve p50/p99 with no worker running (the figure ``manage.py bench`` reports);
+2. ``loaded``: the same samples while ``worker_processes`` payout workers (the bench's own:
+   ``payouts`` queue, solo pool) pay the other challenge's job, started once its first
+   winners are paid; ``load_held`` says whether that job was still paying when the last
+   sample was taken, and ``paid_during_samples_per_s`` how fast it paid meanwhile.
+
+The samples' expansion messages are parked on a queue of their own (``PARKED_QUEUE``, purged
+afterwards): published exactly as a real resolve publishes them, but never run by the
+workers paying, since each sample's job is undone a moment later. Per-statement timings
+(``resolve_latency``'s ``statements``) show which of the resolve's queries waits under load.
+
+Full size (the issue's figure): ``resolve_under_load(stakers=1_000_000,
+paying_winners=1_000_000, samples=100, staff=proof_staff("bench-staff"))``; it runs at any
+size, e.g. 100,000 and 100,000 on a shared machine.
+"""
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from celery.app.routes import MapRoute
+
+from config.celery import app
+from payouts.models import PayoutJob
+from payouts.services.engine import EXPAND_TASK
+from proof.payout_bench import LOSER_RATIO, database_settle, workers_ready
+from proof.resolve_latency import resolve_latency
+from proof.seeding import challenge_seed
+
+PARKED_QUEUE = "resolve_bench_parked"
+P99_LIMIT_MS = 20.0
+
+
+@contextlib.contextmanager
+def expansions_parked() -> Iterator[None]:
+    """Route the expansion task to ``PARKED_QUEUE`` (no worker consumes it) meanwhile."""
+    routes = app.amqp.router.routes
+    route = MapRoute({EXPAND_TASK: {"queue": PARKED_QUEUE}})
+    routes.insert(0, route)
+    try:
+        yield
+    finally:
+        routes.remove(route)
+
+
+def _wait_paying(job: PayoutJob, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.completed_count > 0 or job.status not in PayoutJob.ACTIVE_STATUSES:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"payout job {job.pk} paid nobody within {timeout} s")
+
+
+def resolve_under_load(
+    *,
+    stakers: int = 1_000_000,
+    paying_winners: int = 1_000_000,
+    samples: int = 100,
+    staff: Any,
+    worker_processes: int = 2,
+    log_dir: Path | None = None,
+    timeout: float = 1_800,
+    log=print,
+) -> dict[str, Any]:
+    """Resolve p50/p99 idle and while a ``paying_winners`` job pays, in the same run."""
+    from deploy.workers import WorkerPool
+    from payouts.services.jobs import challenge_resolve
+
+    log(f"resolve under load: seeding {stakers:,} stakers and {paying_winners:,} winners...")
+    resolved = challenge_seed(stakers=stakers, seed=200)
+    paying = challenge_seed(
+        stakers=paying_winners + paying_winners // LOSER_RATIO,
+        yes_share=LOSER_RATIO / (LOSER_RATIO + 1),
+        seed=201,
+    )
+    database_settle()
+    with expansions_parked():
+        idle = resolve_latency(challenge_id=resolved.pk, staff=staff, samples=samples)
+    log(f"  idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms")
+    pool = WorkerPool(dict(os.environ), log_dir=log_dir)
+    try:
+        for n in range(worker_processes):
+            pool.start("payouts", name=f"resolve-load{n}")
+        workers_ready(worker_processes)
+        job = challenge_resolve(challenge_id=paying.pk, result="challenger_won", actor=None)
+        _wait_paying(job, timeout)
+        paid_before, started = job.completed_count, time.perf_counter()
+        with expansions_parked():
+            loaded = resolve_latency(challenge_id=resolved.pk, staff=staff, samples=samples)
+        seconds = time.perf_counter() - started
+        job.refresh_from_db()
+        load_held = job.status == PayoutJob.Status.RUNNING and job.completed_count < (
+            job.total_entries
+        )
+        paid_during = job.completed_count - paid_before
+    finally:
+        pool.stop_all()
+    log(
+        f"  while {paying_winners:,} winners are paid: p50 {loaded['p50_ms']} ms, p99 "
+        f"{loaded['p99_ms']} ms (load held: {load_held})"
+    )
+    return {
+        "stakers": stakers,
+        "paying_winners": paying_winners,
+        "worker_processes": worker_processes,
+        "cpus": os.cpu_count(),
+        "p99_limit_ms": P99_LIMIT_MS,
+        "idle": idle,
+        "loaded": {
+            **loaded,
+            "load_held": load_held,
+            "paid_during_samples_per_s": round(paid_during / seconds) if seconds else 0,
+        },
+        "loaded_over_idle_p99": round(loaded["p99_ms"] / idle["p99_ms"], 2)
+        if idle["p99_ms"]
+        else None,
+    }
