@@ -115,6 +115,8 @@ PROGRESS_INTERVAL_MS = 1_000
 # expands. Everything that continues a job (later slices, follow-up batches) queues at
 # CONTINUE_PRIORITY in FIFO order, so the continuing jobs take turns. Unprioritized messages
 # (the watchdog's restarts, staff resume and retry) are START_PRIORITY: they unstick a job.
+# This is the Redis transport's order; RabbitMQ ignores priorities on queues declared without
+# ``x-max-priority`` (as ours are), which gives back plain FIFO, never a wrong payment.
 START_PRIORITY = 0
 EXPAND_PRIORITY = 3
 CONTINUE_PRIORITY = 6
