@@ -281,8 +281,8 @@ def _slice_expand(
 
     The first slice holds ``PAYOUT_START_SIZE`` stakes and sends one batch of at most as many
     entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds of work, ahead
-    of the jobs already paying) plus, when the rest of the job is more than one batch, the
-    rest of its ``parallelism`` at ``CONTINUE_PRIORITY``; later slices hold
+    of the jobs already paying) plus the rest of its ``parallelism`` at ``CONTINUE_PRIORITY``
+    (none on the ledger rail when the rest of the job fits one batch); later slices hold
     ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
     ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
     job, once its entries are more than a start."""
@@ -315,9 +315,11 @@ def _slice_expand(
         )
         if first:
             transaction.on_commit(partial(enqueue, count=1, limit=settings.PAYOUT_START_SIZE))
-        # Parallel chains only help a job whose rest needs more than the start batch's chain.
+        # A ledger job whose rest fits one batch gains nothing from parallel chains (its start
+        # batch's follow-up takes it all); the Stripe rail's parallelism is its calls in flight.
         rest = terms.entries - chunk.inserted
-        more = (job["parallelism"] - 1 if rest > job["batch_size"] else 0) if first else 1
+        ledger_fits = job["rail"] == PayoutJob.Rail.LEDGER and rest <= job["batch_size"]
+        more = (0 if ledger_fits else job["parallelism"] - 1) if first else 1
         if more > 0:
             transaction.on_commit(partial(enqueue, count=more, priority=CONTINUE_PRIORITY))
     return next_id
