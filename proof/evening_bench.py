@@ -1,8 +1,8 @@
 """A busy evening: many challenges resolved at once, paid by the same workers as one big job.
 
-``evening_benchmark`` seeds ``challenges`` challenges of ``winners`` winners each and one
-challenge with as many winners as all of them together, then, on the same worker processes
-the ledger benchmark uses (``payouts`` queue, solo pool):
+``evening_bench_seed`` seeds ``challenges`` challenges of ``winners`` winners each and one
+challenge with as many winners as all of them together; ``evening_benchmark`` then, on the
+same worker processes the ledger benchmark uses (``payouts`` queue, solo pool):
 
 1. resolves the big challenge and waits for its job to finish: the baseline payouts/s;
 2. resolves the many challenges one after another (within about a second) and waits for all
@@ -15,14 +15,18 @@ the ledger benchmark uses (``payouts`` queue, solo pool):
 Entry ``completed_at`` is the start of the batch transaction that paid it, so "first paid" is
 a few milliseconds early and "last paid" a few milliseconds early too; both err the same way.
 
-Run it through the embedded stack (its own ``--root``, so it never measures another run's
-leftovers), for example the full size and a small one::
+Seeding is split from measuring (``evening_bench_seed``, then ``evening_benchmark``), so the
+bench can seed once and copy the database for repeated runs. Through the embedded stack (its
+own ``--root``), the full size and a small one::
 
     python -m deploy.devstack run --root .devstack/evening -- python -c "import django; \
         django.setup(); from proof.limits import proof_limits_lift; proof_limits_lift(); \
         from django.core.management import call_command; call_command('migrate', verbosity=0); \
-        from proof.evening_bench import evening_benchmark as b; \
-        import json; print(json.dumps(b(challenges=200, winners=5_000)))"
+        from proof.evening_bench import evening_bench_seed, evening_benchmark; \
+        import json; seeded = evening_bench_seed(challenges=200, winners=5_000); \
+        print(json.dumps(evening_benchmark(seeded=seeded)))"
+
+(``challenges=200, winners=1_000`` seeds about a fifth as much.)
 """
 
 import os
@@ -107,10 +111,20 @@ def _fairness(jobs: list[PayoutJob]) -> dict[str, Any]:
     }
 
 
+def evening_bench_seed(*, challenges: int = 200, winners: int = 5_000) -> dict[str, Any]:
+    """The benchmark's data, settled: ``challenges`` challenges of ``winners`` winners (and a
+    tenth as many losers) each, one challenge with as many winners as all of them, and a
+    two-staker challenge to warm up on. Returns their ids."""
+    evening = [_seed(winners, seed=1_000 + n) for n in range(challenges)]
+    big = _seed(challenges * winners, seed=999)
+    warm_up = challenge_seed(stakers=2).pk
+    database_settle()
+    return {"evening": evening, "big": big, "warm_up": warm_up}
+
+
 def evening_benchmark(
     *,
-    challenges: int = 200,
-    winners: int = 5_000,
+    seeded: dict[str, Any],
     worker_processes: int = 2,
     batch_size: int = 10_000,
     parallelism: int = 2,
@@ -118,7 +132,8 @@ def evening_benchmark(
     timeout: float = 1_800,
     log=print,
 ) -> dict[str, Any]:
-    """Seed, pay one big job, then ``challenges`` jobs resolved together; return the figures.
+    """Pay the one big job of ``seeded`` (``evening_bench_seed``), then its many jobs resolved
+    together; return the figures.
 
     Workers are started here (``deploy.workers.WorkerPool``, this process's environment) and
     stopped before returning. ``resolve_seconds`` says how long the resolves of the evening
@@ -127,25 +142,19 @@ def evening_benchmark(
     from deploy.workers import WorkerPool
     from payouts.services.jobs import challenge_resolve
 
-    log(f"evening: seeding {challenges} x {winners:,} winners and one of {challenges * winners:,}")
-    started = time.perf_counter()
-    evening_ids = [_seed(winners, seed=1_000 + n) for n in range(challenges)]
-    big_id = _seed(challenges * winners, seed=999)
-    warm_up = challenge_seed(stakers=2)
-    seed_seconds = time.perf_counter() - started
+    evening_ids = seeded["evening"]
     pool = WorkerPool(dict(os.environ), log_dir=log_dir)
     try:
         for n in range(worker_processes):
             pool.start("payouts", name=f"evening{n}")
         workers_ready(worker_processes)
-        challenge_resolve(challenge_id=warm_up.pk, result="draw", actor=None)
+        challenge_resolve(challenge_id=seeded["warm_up"], result="draw", actor=None)
         with override_settings(PAYOUT_BATCH_SIZE=batch_size, PAYOUT_PARALLELISM=parallelism):
-            database_settle()
             log("evening: one big job...")
-            big = challenge_resolve(challenge_id=big_id, result="challenger_won", actor=None)
+            big = challenge_resolve(challenge_id=seeded["big"], result="challenger_won", actor=None)
             _wait([big.pk], timeout)
             database_settle()
-            log(f"evening: {challenges} jobs resolved together...")
+            log(f"evening: {len(evening_ids)} jobs resolved together...")
             started = time.perf_counter()
             jobs = [
                 challenge_resolve(challenge_id=pk, result="challenger_won", actor=None)
@@ -160,12 +169,11 @@ def evening_benchmark(
     baseline = _throughput([big])
     evening = _throughput(jobs)
     report = {
-        "challenges": challenges,
-        "winners_each": winners,
+        "challenges": len(jobs),
+        "winners_each": max(job.total_entries for job in jobs),
         "worker_processes": worker_processes,
         "batch_size": batch_size,
         "parallelism": parallelism,
-        "seed_seconds": round(seed_seconds, 1),
         "resolve_seconds": round(resolve_seconds, 3),
         "evening": evening,
         "one_big_job": baseline,
@@ -175,7 +183,7 @@ def evening_benchmark(
         "fairness": _fairness(jobs),
     }
     log(
-        f"evening: {evening['payouts_per_s']:,} payouts/s over {challenges} jobs vs "
+        f"evening: {evening['payouts_per_s']:,} payouts/s over {len(jobs)} jobs vs "
         f"{baseline['payouts_per_s']:,}/s for one job (ratio {report['throughput_ratio']}); "
         f"first payout max {report['fairness']['first_payout_seconds_max']} s, p50 "
         f"{report['fairness']['first_payout_seconds_p50']} s; "

@@ -1,8 +1,8 @@
 """Resolve latency under load: staff resolve the next challenge while the last one pays.
 
-``resolve_under_load`` seeds a challenge of ``stakers`` stakers (resolved again and again by
+``resolve_load_seed`` seeds a challenge of ``stakers`` stakers (resolved again and again by
 ``proof.resolve_latency``, which undoes each resolve) and a challenge of ``paying_winners``
-winners, then measures in one run:
+winners; ``resolve_under_load`` then measures in one run:
 
 1. ``idle``: resolve p50/p99 with no worker running (the figure ``manage.py bench`` reports);
 2. ``loaded``: the same samples while ``worker_processes`` payout workers (the bench's own:
@@ -15,9 +15,13 @@ afterwards): published exactly as a real resolve publishes them, but never run b
 workers paying, since each sample's job is undone a moment later. Per-statement timings
 (``resolve_latency``'s ``statements``) show which of the resolve's queries waits under load.
 
-Full size (the issue's figure): ``resolve_under_load(stakers=1_000_000,
-paying_winners=1_000_000, samples=100, staff=proof_staff("bench-staff"))``; it runs at any
-size, e.g. 100,000 and 100,000 on a shared machine.
+Seeding is split from measuring, so the bench can seed once and copy the database. Full size
+(the issue's figure)::
+
+    seeded = resolve_load_seed(stakers=1_000_000, paying_winners=1_000_000)
+    resolve_under_load(seeded=seeded, samples=100, staff=proof_staff("bench-staff"))
+
+It runs at any size, e.g. 100,000 and 100,000 on a shared machine.
 """
 
 import contextlib
@@ -29,6 +33,7 @@ from typing import Any
 
 from celery.app.routes import MapRoute
 
+from challenges.models import Challenge
 from config.celery import app
 from payouts.models import PayoutJob
 from payouts.services.engine import EXPAND_TASK
@@ -62,22 +67,10 @@ def _wait_paying(job: PayoutJob, timeout: float) -> None:
     raise TimeoutError(f"payout job {job.pk} paid nobody within {timeout} s")
 
 
-def resolve_under_load(
-    *,
-    stakers: int = 1_000_000,
-    paying_winners: int = 1_000_000,
-    samples: int = 100,
-    staff: Any,
-    worker_processes: int = 2,
-    log_dir: Path | None = None,
-    timeout: float = 1_800,
-    log=print,
-) -> dict[str, Any]:
-    """Resolve p50/p99 idle and while a ``paying_winners`` job pays, in the same run."""
-    from deploy.workers import WorkerPool
-    from payouts.services.jobs import challenge_resolve
-
-    log(f"resolve under load: seeding {stakers:,} stakers and {paying_winners:,} winners...")
+def resolve_load_seed(*, stakers: int = 1_000_000, paying_winners: int = 1_000_000) -> dict:
+    """The benchmark's data, settled: the challenge resolved again and again (``stakers``
+    stakers) and the challenge paid meanwhile (``paying_winners`` winners and a tenth as many
+    losers). Returns their ids."""
     resolved = challenge_seed(stakers=stakers, seed=200)
     paying = challenge_seed(
         stakers=paying_winners + paying_winners // LOSER_RATIO,
@@ -85,19 +78,39 @@ def resolve_under_load(
         seed=201,
     )
     database_settle()
+    return {"resolved": resolved.pk, "paying": paying.pk}
+
+
+def resolve_under_load(
+    *,
+    seeded: dict,
+    samples: int = 100,
+    staff: Any,
+    worker_processes: int = 2,
+    log_dir: Path | None = None,
+    timeout: float = 1_800,
+    log=print,
+) -> dict[str, Any]:
+    """Resolve p50/p99 of ``seeded["resolved"]`` (``resolve_load_seed``) idle, then while the
+    job of ``seeded["paying"]`` pays, in the same run."""
+    from deploy.workers import WorkerPool
+    from payouts.services.jobs import challenge_resolve
+
+    resolved_id = seeded["resolved"]
+    stakers = sum(Challenge.objects.values_list("yes_count", "no_count").get(pk=resolved_id))
     with expansions_parked():
-        idle = resolve_latency(challenge_id=resolved.pk, staff=staff, samples=samples)
+        idle = resolve_latency(challenge_id=resolved_id, staff=staff, samples=samples)
     log(f"  idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms")
     pool = WorkerPool(dict(os.environ), log_dir=log_dir)
     try:
         for n in range(worker_processes):
             pool.start("payouts", name=f"resolve-load{n}")
         workers_ready(worker_processes)
-        job = challenge_resolve(challenge_id=paying.pk, result="challenger_won", actor=None)
+        job = challenge_resolve(challenge_id=seeded["paying"], result="challenger_won", actor=None)
         _wait_paying(job, timeout)
         paid_before, started = job.completed_count, time.perf_counter()
         with expansions_parked():
-            loaded = resolve_latency(challenge_id=resolved.pk, staff=staff, samples=samples)
+            loaded = resolve_latency(challenge_id=resolved_id, staff=staff, samples=samples)
         seconds = time.perf_counter() - started
         job.refresh_from_db()
         load_held = job.status == PayoutJob.Status.RUNNING and job.completed_count < (
@@ -107,12 +120,12 @@ def resolve_under_load(
     finally:
         pool.stop_all()
     log(
-        f"  while {paying_winners:,} winners are paid: p50 {loaded['p50_ms']} ms, p99 "
+        f"  while {job.total_entries:,} winners are paid: p50 {loaded['p50_ms']} ms, p99 "
         f"{loaded['p99_ms']} ms (load held: {load_held})"
     )
     return {
         "stakers": stakers,
-        "paying_winners": paying_winners,
+        "paying_winners": job.total_entries,
         "worker_processes": worker_processes,
         "cpus": os.cpu_count(),
         "p99_limit_ms": P99_LIMIT_MS,
