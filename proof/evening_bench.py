@@ -9,8 +9,9 @@ same worker processes the ledger benchmark uses (``payouts`` queue, solo pool):
    of their jobs: their total payouts/s, next to the baseline;
 3. reports fairness from the database's own timestamps (one clock for every figure): for each
    job the seconds from its resolve (``created_at``) to its first paid entry, max and p50 over
-   the jobs; and how many jobs paid their first winner only after some other job of the
-   evening had paid its last one (``jobs_started_after_another_finished``; the goal is 0).
+   the jobs; and how many jobs waited for another to finish: paid their first winner only
+   after some other job of the evening had paid its last one, which it did after this one was
+   resolved (``jobs_started_after_another_finished``; the goal is 0).
 
 Entry ``completed_at`` is the start of the batch transaction that paid it, so "first paid" is
 a few milliseconds early and "last paid" a few milliseconds early too; both err the same way.
@@ -98,9 +99,15 @@ def _fairness(jobs: list[PayoutJob]) -> dict[str, Any]:
         for job in jobs
         if job.pk in windows
     }
-    earliest_done = min(last for _, last in windows.values())
-    # A job whose first payout came after another job's last one waited for it to finish.
-    after_another = sum(1 for first, _ in windows.values() if first > earliest_done)
+    # A job waited for another to finish when that one paid its last winner after this one
+    # was resolved and before this one paid its first.
+    resolved = {job.pk: job.created_at for job in jobs}
+    lasts = [last for _, last in windows.values()]
+    after_another = sum(
+        1
+        for pk, (first, _) in windows.items()
+        if any(resolved[pk] < last < first for last in lasts)
+    )
     return {
         "jobs": len(jobs),
         "first_payout_seconds_max": round(max(waits.values()), 3),
@@ -126,6 +133,7 @@ def evening_benchmark(
     *,
     seeded: dict[str, Any],
     worker_processes: int = 2,
+    worker_env: dict[str, str] | None = None,
     batch_size: int = 10_000,
     parallelism: int = 2,
     log_dir: Path | None = None,
@@ -135,15 +143,15 @@ def evening_benchmark(
     """Pay the one big job of ``seeded`` (``evening_bench_seed``), then its many jobs resolved
     together; return the figures.
 
-    Workers are started here (``deploy.workers.WorkerPool``, this process's environment) and
-    stopped before returning. ``resolve_seconds`` says how long the resolves of the evening
-    took (the scenario asks for all of them within a second).
+    Workers are started here (``deploy.workers.WorkerPool``, with ``worker_env``, this
+    process's environment by default) and stopped before returning. ``resolve_seconds`` says
+    how long the resolves of the evening took (the scenario asks for all within a second).
     """
     from deploy.workers import WorkerPool
     from payouts.services.jobs import challenge_resolve
 
     evening_ids = seeded["evening"]
-    pool = WorkerPool(dict(os.environ), log_dir=log_dir)
+    pool = WorkerPool(worker_env or dict(os.environ), log_dir=log_dir)
     try:
         for n in range(worker_processes):
             pool.start("payouts", name=f"evening{n}")

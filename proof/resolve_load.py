@@ -87,6 +87,7 @@ def resolve_under_load(
     samples: int = 100,
     staff: Any,
     worker_processes: int = 2,
+    worker_env: dict[str, str] | None = None,
     log_dir: Path | None = None,
     timeout: float = 1_800,
     log=print,
@@ -101,7 +102,7 @@ def resolve_under_load(
     with expansions_parked():
         idle = resolve_latency(challenge_id=resolved_id, staff=staff, samples=samples)
     log(f"  idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms")
-    pool = WorkerPool(dict(os.environ), log_dir=log_dir)
+    pool = WorkerPool(worker_env or dict(os.environ), log_dir=log_dir)
     try:
         for n in range(worker_processes):
             pool.start("payouts", name=f"resolve-load{n}")
