@@ -291,7 +291,7 @@ PAYOUT_EXPAND_CHUNK = env.int("PAYOUT_EXPAND_CHUNK", default=100_000)
 # Stakes in a job's first slice and entries in its first batch, both sent ahead of the work
 # already queued: kept small so that each of many jobs resolved together pays its first winners
 # within seconds instead of waiting behind the jobs resolved before it.
-PAYOUT_START_SIZE = env.int("PAYOUT_START_SIZE", default=500)
+PAYOUT_START_SIZE = env.int("PAYOUT_START_SIZE", default=100)
 
 # --- Redis and Celery -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
