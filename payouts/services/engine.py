@@ -59,12 +59,12 @@ Pause and cancel need no cooperation from running batches: a batch bumps the job
 meanwhile; so no entry is paid after a pause or cancel commits.
 
 Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts. Fairness:
-a job's start (expansion, a small first slice, a small first batch) is sent at
-``START_PRIORITY``, ahead of the work already queued, so a job resolved while others pay
-starts within seconds; everything that continues a job (later slices, every follow-up batch)
-goes to the back of the ``CONTINUE_PRIORITY`` list, so the batches of several jobs take turns
-on the workers. Priorities change the order only: any of these messages may be lost or run
-twice, as before.
+a job's start (its expansion with a small first slice, then a small first batch) is sent
+ahead of the work already queued (``EXPAND_PRIORITY``, ``START_PRIORITY``), so a job resolved
+while others pay does not wait for them to finish; everything that continues a job (later
+slices, every follow-up batch) goes to the back of the ``CONTINUE_PRIORITY`` list, so the
+batches of several jobs take turns on the workers. Priorities change the order only: any of
+these messages may be lost or run twice, as before.
 """
 
 import logging
