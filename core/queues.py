@@ -87,7 +87,7 @@ def _published_at(raw: bytes | None) -> float | None:
         return None
 
 
-def _priority_lists(name: str) -> list[str]:
+def queue_lists(name: str) -> list[str]:
     """The Redis lists of one queue, one per priority step (the payouts queue uses two)."""
     return [name if step == 0 else f"{name}{Channel.sep}{step}" for step in PRIORITY_STEPS]
 
@@ -100,14 +100,14 @@ def queue_states(*, queues: list[str] | None = None) -> list[QueueState]:
     broker = _broker()
     pipe = broker.pipeline(transaction=False)
     for name in names:
-        for key in _priority_lists(name):
+        for key in queue_lists(name):
             pipe.llen(key)
             pipe.lindex(key, -1)
     answers = iter(pipe.execute())
     depths: list[int] = []
     first_published: list[float | None] = []
     for name in names:
-        lists = [(int(next(answers)), next(answers)) for _ in _priority_lists(name)]
+        lists = [(int(next(answers)), next(answers)) for _ in queue_lists(name)]
         depths.append(sum(depth for depth, _ in lists))
         stamps = [_published_at(last) for depth, last in lists if depth]
         first_published.append(min((t for t in stamps if t is not None), default=None))

@@ -7,6 +7,7 @@ retries and dead letters come from ``core.tasks.BaseTask``.
 from dataclasses import asdict
 
 from celery import shared_task
+from django.conf import settings
 
 from core.errors import DomainError
 from core.tasks import BaseTask
@@ -35,7 +36,8 @@ class PayoutJobTask(BaseTask):
 # Settling a million stakes (one pass and one sort) takes seconds, hence the roomy limits.
 @shared_task(base=PayoutJobTask, time_limit=600, soft_time_limit=540)
 def payout_job_expand_task(job_id: int) -> bool:
-    return payout_job_expand(job_id=int(job_id)) is not None
+    # A small first slice: the job starts paying at once, ahead of the jobs already paying.
+    return payout_job_expand(job_id=int(job_id), start_size=settings.PAYOUT_START_SIZE) is not None
 
 
 @shared_task(base=PayoutJobTask, time_limit=300, soft_time_limit=240)

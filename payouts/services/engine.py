@@ -182,7 +182,7 @@ class Expansion:
     next_stake_id: int | None  # where the next slice starts (its task is sent), or None
 
 
-def payout_job_expand(*, job_id: int) -> Expansion | None:
+def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansion | None:
     """Settle a queued job, create its first slice of entries and start paying them.
 
     Under the job row lock: the settlement's terms (``settlement_terms``), the job's totals,
@@ -191,6 +191,8 @@ def payout_job_expand(*, job_id: int) -> Expansion | None:
     finalizes it). Idempotent: a rerun finds the job running and does nothing -- unless some
     of its entries are missing (a slice's task was lost), in which case it goes through the
     slices again from the first, skipping what exists. None when there was nothing to do.
+    ``start_size``: see ``_slice_expand`` (the task passes it; without it the first slice is
+    a full one, as in-process callers such as the benchmarks' baselines expect).
     """
     PayoutJob.objects.filter(pk=job_id, status=PayoutJob.Status.QUEUED).update(
         status=PayoutJob.Status.EXPANDING, updated_at=Now()
@@ -231,6 +233,7 @@ def payout_job_expand(*, job_id: int) -> Expansion | None:
             job_id=job.pk,
             terms=terms,
             from_stake_id=terms.first_stake_id,
+            start_size=start_size,
             job={
                 "status": job.status,
                 "rail": job.rail,
@@ -273,25 +276,30 @@ def _slice_expand(
     from_stake_id: int,
     job: Mapping[str, Any],
     analyze: bool = False,
+    start_size: int | None = None,
 ) -> int | None:
     """Insert one slice of stakes' entries; after commit, send the next slice's task and, if
     the job is running, batches starting at this slice's first entry, so payment starts after
     the first slice instead of after the last. Slices are created whatever the job's state,
     so that its counters always add up to ``total_entries``.
 
-    The first slice holds ``PAYOUT_START_SIZE`` stakes and sends one batch of at most as many
-    entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds of work, ahead
-    of the jobs already paying) plus the rest of its ``parallelism`` at ``CONTINUE_PRIORITY``
-    (none on the ledger rail when the rest of the job fits one batch); later slices hold
+    Given ``start_size`` (the expansion task passes ``PAYOUT_START_SIZE``; in-process callers
+    get a full first slice), the first slice holds that many stakes and sends one batch of at
+    most as many entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds
+    of work, ahead of the jobs already paying) plus the rest of its ``parallelism`` at
+    ``CONTINUE_PRIORITY`` (none on the ledger rail when the rest fits one batch); later slices
+    hold
     ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
     ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
     job, once its entries are more than a start."""
     first = from_stake_id == terms.first_stake_id
-    limit = settings.PAYOUT_START_SIZE if first else settings.PAYOUT_EXPAND_CHUNK
+    start = first and start_size is not None
+    limit = start_size if start and start_size else settings.PAYOUT_EXPAND_CHUNK
     chunk = payout_entries_insert(
         job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
     )
-    if analyze and terms.entries >= ANALYZE_ENTRIES_THRESHOLD:
+    # The first full-size slice (the first one, or the one after a small start) analyzes.
+    if (analyze or (first and not start)) and terms.entries >= ANALYZE_ENTRIES_THRESHOLD:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE payouts_payoutentry")
     full = chunk.stakes == limit and chunk.last_stake_id is not None
@@ -302,7 +310,7 @@ def _slice_expand(
                 current_app.send_task,
                 EXPAND_CHUNK_TASK,
                 args=[job_id, asdict(terms), next_id],
-                kwargs={"analyze": first},
+                kwargs={"analyze": start},
                 priority=CONTINUE_PRIORITY,
             )
         )
@@ -314,7 +322,7 @@ def _slice_expand(
             after_id=chunk.first_entry_id - 1,
         )
         if first:
-            transaction.on_commit(partial(enqueue, count=1, limit=settings.PAYOUT_START_SIZE))
+            transaction.on_commit(partial(enqueue, count=1, limit=limit if start else 0))
         # A ledger job whose rest fits one batch gains nothing from parallel chains (its start
         # batch's follow-up takes it all); the Stripe rail's parallelism is its calls in flight.
         rest = terms.entries - chunk.inserted

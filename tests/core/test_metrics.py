@@ -113,17 +113,17 @@ def test_queue_depth_and_oldest_message_age_without_any_worker(client, redis_cli
 
 @pytest.mark.django_db
 def test_queue_depth_counts_messages_of_every_priority(client, redis_client):
-    from core.queues import _priority_lists
+    from core.queues import queue_lists
 
     # Given messages at the payouts queue's priorities (one Redis list per priority step)
-    redis_client.delete(*_priority_lists("default"))
+    redis_client.delete(*queue_lists("default"))
     for priority in (0, 3, 6):
         current_app.send_task("tests.slow", args=["metrics", 0], queue="default", priority=priority)
     # Then the queue's depth and age cover all of them
     samples = scrape(client)
     assert value(samples, "stakehold_queue_messages", queue="default") == 3
     assert 0 <= value(samples, "stakehold_queue_oldest_message_age_seconds", queue="default") < 30
-    redis_client.delete(*_priority_lists("default"))
+    redis_client.delete(*queue_lists("default"))
 
 
 @pytest.mark.django_db

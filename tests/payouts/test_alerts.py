@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from core.metrics import SharedMetricsCollector
+from core.queues import queue_lists
 from core.sentry import sentry_init
 from core.services import dead_letter_record
 from notifications.models import Notification
@@ -37,7 +38,7 @@ def _quiet_start(redis_client, settings, staff):
         for key in redis_client.scan_iter(pattern):
             redis_client.delete(key)
     for queue in ("default", "payouts", "payouts_stripe", "scheduler", "notifications"):
-        redis_client.delete(queue)
+        redis_client.delete(*queue_lists(queue))
     PeriodicTask.objects.update(last_run_at=timezone.now())
 
 

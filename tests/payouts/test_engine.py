@@ -421,7 +421,7 @@ def test_a_job_starts_with_a_small_batch_ahead_of_the_queue(
     job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
     # When it expands
     with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk)
+        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
     # Then its first slice holds 2 stakes, paid by one batch of at most 2 at START_PRIORITY,
     # while the next slice and the other parallel batch wait at CONTINUE_PRIORITY
     assert job.entries.count() == 2
@@ -455,6 +455,6 @@ def test_a_job_that_fits_its_start_and_one_batch_sends_no_extra_chain(
         challenge_id=challenge_seed(stakers=5, seed=22).pk, result="draw", actor=staff
     )
     with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk)
+        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
     batches = [c.keywords for c in sent if c.func.__name__ == "payout_batches_enqueue"]
     assert [(kw["count"], kw.get("limit")) for kw in batches] == [(1, 2)]

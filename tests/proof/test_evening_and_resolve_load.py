@@ -3,6 +3,7 @@ run, report every figure, and leave every job settled and the ledger clean."""
 
 import pytest
 
+from core.queues import queue_lists
 from payouts.models import PayoutJob
 from proof.evening_bench import evening_bench_seed, evening_benchmark
 from proof.resolve_load import PARKED_QUEUE, resolve_load_seed, resolve_under_load
@@ -47,5 +48,5 @@ def test_resolve_latency_idle_and_under_load_leaves_the_resolved_challenge_untou
     # The samples' jobs were undone and their expansions parked, then purged: only the paid
     # challenge has a job, and no expansion of an undone job is left anywhere
     assert list(PayoutJob.objects.values_list("challenge_id", flat=True)) == [seeded["paying"]]
-    assert redis_client.llen(PARKED_QUEUE) == 0
+    assert sum(redis_client.llen(key) for key in queue_lists(PARKED_QUEUE)) == 0
     redis_client.flushdb()
