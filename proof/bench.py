@@ -34,6 +34,7 @@ from payouts.services.jobs import challenge_resolve, payout_job_pause
 from proof.baselines import per_transaction_run, task_per_payout_run
 from proof.bench_env import BenchDatabases, load_now, machine_report
 from proof.engine_limits import engine_cost, engine_limits
+from proof.evening_bench import evening_bench_seed, evening_benchmark
 from proof.figures import summarize
 from proof.lifecycle_bench import bench_sweep, bench_warnings
 from proof.payout_bench import (
@@ -43,6 +44,7 @@ from proof.payout_bench import (
     workers_ready,
 )
 from proof.resolve_latency import resolve_latency
+from proof.resolve_load import resolve_load_seed, resolve_under_load
 from proof.seeding import challenge_seed
 from proof.staff import proof_staff
 from proof.stake_load import stake_load
@@ -107,6 +109,10 @@ class BenchSizes:
     stripe_workers: int = 2  # threaded processes, as production runs the Stripe worker
     stripe_threads: int = 8  # per process
     stripe_baseline_workers: int = 8  # single-task processes: the layout before the threads
+    evening_challenges: int = 200  # a busy evening: this many jobs resolved together...
+    evening_winners: int = 5_000  # ...of this many winners each
+    load_stakers: int = 1_000_000  # resolve latency at this size while a job pays...
+    load_paying_winners: int = 1_000_000  # ...this many winners
     stakes: int = 3_000  # stakes through the API per phase (hot challenge, then spread)
     stake_clients: int = 32
     limit_winners: int = 500_000  # entries the database's own limits are timed on
@@ -124,6 +130,10 @@ QUICK = BenchSizes(
     resolve_samples=30,
     stripe_winners=150,
     stakes=300,
+    evening_challenges=20,
+    evening_winners=500,
+    load_stakers=10_000,
+    load_paying_winners=50_000,
     limit_winners=60_000,  # each limit's half must outlast one batch per connection
     explain_batches=1,
     sweep_challenges=20_000,
@@ -252,6 +262,34 @@ def _stripe_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, An
     return figures
 
 
+def _evening_phase(
+    seeded: dict[str, Any], sizes: BenchSizes, log: Callable[[str], None]
+) -> dict[str, Any]:
+    return evening_benchmark(
+        seeded=seeded,
+        worker_processes=sizes.workers,
+        log_dir=run_log_dir("bench-logs"),
+        log=log,
+    )
+
+
+def _resolve_load_phase(
+    seeded: dict[str, Any], sizes: BenchSizes, log: Callable[[str], None]
+) -> dict[str, Any]:
+    log(
+        f"resolve latency at {sizes.load_stakers:,} stakers, idle and while "
+        f"{sizes.load_paying_winners:,} winners are paid..."
+    )
+    return resolve_under_load(
+        seeded=seeded,
+        samples=sizes.resolve_samples,
+        staff=proof_staff("bench-staff"),
+        worker_processes=sizes.workers,
+        log_dir=run_log_dir("bench-logs"),
+        log=log,
+    )
+
+
 def _stakes_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"stakes through the API, {sizes.stake_clients} clients, {sizes.stakes:,} per phase...")
     return stake_load(
@@ -301,6 +339,20 @@ def bench_run(
     }
     with databases.fresh("stripe"):
         report["stripe"] = _stripe_phase(sizes, log)
+    log(
+        f"a busy evening: {sizes.evening_challenges} jobs of {sizes.evening_winners:,} winners "
+        "resolved together, next to one job of them all..."
+    )
+    seed = partial(
+        evening_bench_seed, challenges=sizes.evening_challenges, winners=sizes.evening_winners
+    )
+    with databases.fresh("evening", seed=seed) as seeded:
+        report["evening"] = _evening_phase(seeded, sizes, log)
+    seed = partial(
+        resolve_load_seed, stakers=sizes.load_stakers, paying_winners=sizes.load_paying_winners
+    )
+    with databases.fresh("resolve_load", seed=seed) as seeded:
+        report["resolve_under_load"] = _resolve_load_phase(seeded, sizes, log)
     with databases.fresh("stakes"):
         report["stakes"] = _stakes_phase(sizes, log)
     with databases.fresh("lifecycle"):

@@ -40,6 +40,7 @@ from django.db.models import Max, Min
 from django.test import override_settings
 
 from payouts.models import PayoutEntry, PayoutJob
+from proof.figures import percentile
 from proof.payout_bench import LOSER_RATIO, database_settle, workers_ready
 from proof.seeding import challenge_seed
 
@@ -70,11 +71,6 @@ def _paid_window(job_ids: list[int]) -> dict[int, tuple[datetime, datetime]]:
         .annotate(first=Min("completed_at"), last=Max("completed_at"))
     )
     return {row["job_id"]: (row["first"], row["last"]) for row in rows}
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def _throughput(jobs: list[PayoutJob]) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def _fairness(jobs: list[PayoutJob]) -> dict[str, Any]:
     return {
         "jobs": len(jobs),
         "first_payout_seconds_max": round(max(waits.values()), 3),
-        "first_payout_seconds_p50": round(_percentile(list(waits.values()), 0.5), 3),
+        "first_payout_seconds_p50": round(percentile(list(waits.values()), 0.5), 3),
         "first_payout_goal_seconds": FAIRNESS_GOAL_SECONDS,
         "jobs_over_goal": sum(1 for wait in waits.values() if wait > FAIRNESS_GOAL_SECONDS),
         "jobs_started_after_another_finished": after_another,

@@ -20,6 +20,7 @@ from config.celery import app
 from core.models import AuditEntry
 from payouts.models import PayoutJob
 from payouts.services.engine import EXPAND_TASK
+from proof.figures import percentile
 
 _UNDO_CHALLENGE = """
 UPDATE challenges_challenge
@@ -44,11 +45,6 @@ def _expansions_purge() -> None:
     queue = app.amqp.router.route({}, EXPAND_TASK)["queue"].name
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(queue)
-
-
-def _percentile(samples: list[float], share: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str, float]:
@@ -77,8 +73,8 @@ def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str,
     _expansions_purge()
     return {
         "samples": samples,
-        "p50_ms": round(_percentile(timings, 0.5), 2),
-        "p99_ms": round(_percentile(timings, 0.99), 2),
+        "p50_ms": round(percentile(timings, 0.5), 2),
+        "p99_ms": round(percentile(timings, 0.99), 2),
         "mean_ms": round(statistics.fmean(timings), 2),
         "queries": queries,
         # Django times a statement to the millisecond: enough to see which one waits.
@@ -86,8 +82,8 @@ def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str,
             {
                 "sql": sql,
                 "runs": len(times),
-                "p50_ms": _percentile(times, 0.5),
-                "p99_ms": _percentile(times, 0.99),
+                "p50_ms": percentile(times, 0.5),
+                "p99_ms": percentile(times, 0.99),
             }
             for sql, times in statements.items()
         ],

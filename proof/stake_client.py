@@ -18,6 +18,8 @@ import json
 import sys
 import time
 
+from proof.figures import percentile
+
 _TIMEOUT_SECONDS = 30.0
 
 
@@ -74,10 +76,6 @@ async def _client(host: str, port: int, requests: list, samples: list, errors: d
         writer.close()
 
 
-def _percentile(ordered: list[float], share: float) -> float:
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
-
-
 async def _run(plan: dict) -> dict:
     samples: list[float] = []
     errors: dict[str, int] = {}
@@ -94,8 +92,8 @@ async def _run(plan: dict) -> dict:
         "seconds": round(seconds, 3),
         # Stakes taken (201) per second; refusals and failures are in ``errors``.
         "per_s": round((len(samples) - refused) / seconds, 1),
-        "p50_ms": round(_percentile(ordered, 0.50) * 1000, 1),
-        "p99_ms": round(_percentile(ordered, 0.99) * 1000, 1),
+        "p50_ms": round(percentile(ordered, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
         "errors": errors,
         # This process's own CPU per request: what the load generator takes from the server.

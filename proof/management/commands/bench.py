@@ -106,6 +106,8 @@ class Command(BaseCommand):
         summary, machine = report["summary"], report["machine"]
         ledger, base, stripe = summary["ledger"], summary["baselines"], summary["stripe"]
         limits = summary["limits"]
+        evening, loaded = summary["evening"], summary["resolve_under_load"]
+        fair = evening["fairness"]
         work = limits["work_per_payout"]
         rows = [
             *(
@@ -156,6 +158,23 @@ class Command(BaseCommand):
                     f"{_figure(ledger['share_of_limit'].get(name), '.0%')} of it)",
                 )
                 for name, r in limits["limits"].items()
+            ),
+            (
+                f"busy evening, {_figure(evening['challenges'])} jobs of "
+                f"{_figure(evening['winners_each'])}",
+                f"{_figure(evening['evening']['payouts_per_s'])} payouts/s (one job of them all: "
+                f"{_figure(evening['one_big_job']['payouts_per_s'])}/s, ratio "
+                f"{_figure(evening['throughput_ratio'])}); first payout p50 "
+                f"{_figure(fair['first_payout_seconds_p50'])} s, max "
+                f"{_figure(fair['first_payout_seconds_max'])} s; jobs that waited for another "
+                f"{_figure(fair['jobs_started_after_another_finished'])}",
+            ),
+            (
+                f"resolve, {_figure(loaded['stakers'])} stakers, idle / while "
+                f"{_figure(loaded['paying_winners'])} are paid",
+                f"p50 {_figure(loaded['idle']['p50_ms'])} / "
+                f"{_figure(loaded['loaded']['p50_ms'])} ms, p99 "
+                f"{_figure(loaded['idle']['p99_ms'])} / {_figure(loaded['loaded']['p99_ms'])} ms",
             ),
             *(
                 (
