@@ -361,23 +361,31 @@ def bench_run(
 
 
 def bench_repeat(
-    *, sizes: BenchSizes, repeat: int = 1, log: Callable[[str], None] = print
+    *,
+    sizes: BenchSizes,
+    repeat: int = 1,
+    log: Callable[[str], None] = print,
+    keep: Callable[[dict[str, Any]], None] = lambda report: None,
 ) -> dict[str, Any]:
     """``repeat`` runs of every phase; each figure's median, min and max over the runs, the
-    machine they ran on, and every run's own figures."""
+    machine they ran on, and every run's own figures. ``keep`` gets the report so far after
+    each run, so a long series that is stopped keeps the runs it finished."""
     log(f"worker logs: {run_log_dir('bench-logs')}")
-    runs = []
+    report: dict[str, Any] = {
+        "machine": machine_report(),
+        "sizes": asdict(sizes),
+        "repeat": 0,
+        "summary": None,
+        "runs": [],
+    }
     with BenchDatabases("bench") as databases:
         for n in range(1, repeat + 1):
             log(f"run {n} of {repeat}")
-            runs.append(bench_run(sizes=sizes, databases=databases, log=log))
-    return {
-        "machine": machine_report(),
-        "sizes": asdict(sizes),
-        "repeat": repeat,
-        "summary": summarize(runs),
-        "runs": runs,
-    }
+            report["runs"].append(bench_run(sizes=sizes, databases=databases, log=log))
+            report["repeat"] = n
+            report["summary"] = summarize(report["runs"])
+            keep(report)
+    return report
 
 
 def sizes_from(base: BenchSizes, **overrides: Any) -> BenchSizes:

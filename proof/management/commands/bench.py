@@ -85,17 +85,24 @@ class Command(BaseCommand):
         sizes = sizes_from(sizes, sweep_due=min(sizes.sweep_due, sizes.sweep_challenges))
         proof_limits_lift()
         quiet = options["json"]
+        # Every run leaves its figures and its picture beside its worker logs, rewritten
+        # after each of the runs.
+        record = run_log_dir("bench-logs") / "report.json"
+        plot = options["plot"] or record.with_name("scale.png")
+
+        def keep(report: dict) -> None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(report, indent=1, default=str))
+            scale_plot(report, plot)
+
         # With --json, standard output carries the JSON object alone; progress goes to stderr.
         with contextlib.redirect_stdout(sys.stderr if quiet else sys.stdout):
             report = bench_repeat(
                 sizes=sizes,
                 repeat=max(1, options["repeat"]),
                 log=print if quiet else self.stdout.write,
+                keep=keep,
             )
-        # Every run leaves its figures and its picture beside its worker logs.
-        record = run_log_dir("bench-logs") / "report.json"
-        record.write_text(json.dumps(report, indent=1, default=str))
-        plot = scale_plot(report, options["plot"] or record.with_name("scale.png"))
         if quiet:
             self.stdout.write(json.dumps(report, default=str))
             return
