@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.app.routes import MapRoute
+from django.conf import settings
 
 from challenges.models import Challenge
 from config.celery import app
@@ -57,11 +58,14 @@ def expansions_parked() -> Iterator[None]:
         routes.remove(route)
 
 
-def _wait_paying(job: PayoutJob, timeout: float) -> None:
+def _wait_paying(job: PayoutJob, *, paid_at_least: int, timeout: float) -> None:
+    """Until the job is in its paying phase: a job's start (a small first batch, then the
+    expansion of every entry) is not the load of a job paying, so the clock waits for full
+    batches to have been paid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job.refresh_from_db()
-        if job.completed_count > 0 or job.status not in PayoutJob.ACTIVE_STATUSES:
+        if job.completed_count >= paid_at_least or job.status not in PayoutJob.ACTIVE_STATUSES:
             return
         time.sleep(0.05)
     raise TimeoutError(f"payout job {job.pk} paid nobody within {timeout} s")
@@ -108,7 +112,10 @@ def resolve_under_load(
             pool.start("payouts", name=f"resolve-load{n}")
         workers_ready(worker_processes)
         job = challenge_resolve(challenge_id=seeded["paying"], result="challenger_won", actor=None)
-        _wait_paying(job, timeout)
+        winners = Challenge.objects.values_list("yes_count", flat=True).get(pk=seeded["paying"])
+        _wait_paying(
+            job, paid_at_least=min(2 * settings.PAYOUT_BATCH_SIZE, winners // 4), timeout=timeout
+        )
         paid_before, started = job.completed_count, time.perf_counter()
         with expansions_parked():
             loaded = resolve_latency(challenge_id=resolved_id, staff=staff, samples=samples)
