@@ -314,10 +314,8 @@ CACHES = {
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
 CELERY_RESULT_EXPIRES = 3600
-# Nothing reads a task's return value: Postgres holds every outcome. Storing results only
-# added a Redis write per task, and a failure to store one while Redis restarts took the
-# worker down (kombu closes the broken connection and fails in restore_unacked: "'NoneType'
-# object has no attribute 'hostname'", an unrecoverable error, seen in the chaos run).
+# Nothing reads a task's return value: Postgres holds every outcome, so storing results only
+# added a Redis write per task (and one more thing to fail while Redis restarts).
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
