@@ -55,6 +55,7 @@ from django.test import override_settings
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import LEDGER_BATCH_SQL, payout_job_expand, payout_job_finalize
 from payouts.services.jobs import challenge_resolve, payout_job_pause
+from proof.cpu import process_cpu
 from proof.figures import summarize
 from proof.payout_bench import (
     LOSER_RATIO,
@@ -100,8 +101,6 @@ _XACT_ROWS_SQL = """
 SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd
 FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)
 """
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def engine_limits(
@@ -233,13 +232,13 @@ def _explained_batch(conn: psycopg.Connection, params: dict[str, Any]) -> dict[s
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     start_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
     rows_before = conn.execute(_XACT_ROWS_SQL, [list(BATCH_TABLES)]).fetchall()
-    cpu_before = _backend_cpu(pid)
+    cpu_before = process_cpu(pid)
     plan = conn.execute(
         "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + LEDGER_BATCH_SQL, params
     ).fetchone()[0][0]
     # The deferred foreign-key checks, now, as the engine runs them: part of a payout's cost.
     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    cpu_after = _backend_cpu(pid)
+    cpu_after = process_cpu(pid)
     xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0]
     # Counts not yet flushed to the shared statistics stay in these views after a commit:
     # the batch's own are the difference.
@@ -361,16 +360,6 @@ def _waldump(conn: psycopg.Connection, start: str, end: str, xid: int) -> dict[s
     }
 
 
-def _backend_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a backend, when the server runs on this host."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def _connect() -> psycopg.Connection:
     """A plain connection to the project's database, as Django would open it."""
     return psycopg.connect(**connection.get_connection_params())
@@ -409,7 +398,7 @@ def _parallel(count: int, run: Callable[[psycopg.Connection, Claim], None]) -> d
         with lock:
             paid[0] += n
 
-    cpu_before = [_backend_cpu(pid) for pid in pids]
+    cpu_before = [process_cpu(pid) for pid in pids]
     started = time.perf_counter()
     threads = [threading.Thread(target=run, args=(c, claim)) for c in conns]
     for t in threads:
@@ -417,7 +406,7 @@ def _parallel(count: int, run: Callable[[psycopg.Connection, Claim], None]) -> d
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
-    cpu_after = [_backend_cpu(pid) for pid in pids]
+    cpu_after = [process_cpu(pid) for pid in pids]
     for c in conns:
         c.close()
     cpu = (

@@ -13,7 +13,6 @@ per challenge or per participant from a Python loop, rolled back), and the work 
 PostgreSQL's own counters (WAL bytes, index entries, rows).
 """
 
-import os
 import secrets
 import time
 from datetime import datetime, timedelta
@@ -31,6 +30,7 @@ from challenges.tasks import (
 )
 from notifications.models import Notification
 from notifications.services import DELIVERY_CHUNK
+from proof.cpu import process_cpu
 from users.services import user_create
 
 BASELINE_SAMPLE = 1_000
@@ -99,23 +99,15 @@ class _DatabaseWork:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid(), pg_current_wal_insert_lsn()")
             self._pid, self._lsn = cursor.fetchone()
-        self._cpu = self._backend_cpu()
+        self._cpu = process_cpu(self._pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        cpu = self._backend_cpu()
+        cpu = process_cpu(self._pid)
         self.cpu_s = None if cpu is None or self._cpu is None else cpu - self._cpu
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", [self._lsn])
             self.wal_bytes = int(cursor.fetchone()[0])
-
-    def _backend_cpu(self) -> float | None:
-        try:
-            with open(f"/proc/{self._pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def per(self, rows: int) -> dict[str, Any]:
         return {

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psutil
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -46,6 +45,7 @@ from challenges.services import challenge_create, stake_place
 from core.redis_client import redis_from_url
 from deploy.processes import Dialect, role
 from deploy.run import local_argv
+from proof.cpu import tree_cpu
 from proof.payout_bench import database_settle, database_writes
 from proof.seeding import users_seed
 
@@ -167,24 +167,7 @@ class WebServer:
             self.proc.wait()
 
     def cpu_seconds(self) -> dict[int, float]:
-        return _tree_cpu(self.proc.pid) if self.proc else {}
-
-
-def _tree_cpu(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of a process and each of its live children, by pid."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return {}
-    seconds = {}
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        seconds[proc.pid] = times.user + times.system
-    return seconds
+        return tree_cpu(self.proc.pid) if self.proc else {}
 
 
 def _cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
@@ -231,7 +214,7 @@ class Counters:
             "wal_bytes": wal,
             "redis_commands": self.redis.info("stats")["total_commands_processed"],
             "web_cpu_s": self.server.cpu_seconds(),
-            "pg_cpu_s": _tree_cpu(self.postmaster) if self.postmaster else {},
+            "pg_cpu_s": tree_cpu(self.postmaster) if self.postmaster else {},
         }
 
     @staticmethod

@@ -22,11 +22,11 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from django.conf import settings
 from django.test import override_settings
 
 from payouts.models import PayoutJob
+from proof.cpu import tree_cpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +66,7 @@ def busiest_window(times: list[float], width: float = 1.0) -> tuple[int, float]:
 
 def _cpu_seconds(procs) -> float:
     """User + system CPU of these processes and their children so far (dead ones count 0)."""
-    total = 0.0
-    for proc in procs:
-        try:
-            tree = psutil.Process(proc.pid)
-            for p in [tree, *tree.children(recursive=True)]:
-                times = p.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
+    return sum(sum(tree_cpu(proc.pid).values()) for proc in procs)
 
 
 def stripe_rate_benchmark(

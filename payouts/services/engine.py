@@ -288,8 +288,7 @@ def _slice_expand(
     most as many entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds
     of work, ahead of the jobs already paying) plus the rest of its ``parallelism`` at
     ``CONTINUE_PRIORITY`` (none on the ledger rail when the rest fits one batch); later slices
-    hold
-    ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
+    hold ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
     ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
     job, once its entries are more than a start."""
     first = from_stake_id == terms.first_stake_id
