@@ -70,7 +70,8 @@ _POOLS_SQL = """
 SELECT coalesce(sum(amount) FILTER (WHERE side = %(side)s), 0),
        coalesce(sum(amount) FILTER (WHERE side <> %(side)s), 0),
        count(*) FILTER (WHERE side = %(side)s),
-       min(id) FILTER (WHERE side = %(side)s)
+       min(id) FILTER (WHERE side = %(side)s),
+       max(amount) FILTER (WHERE side = %(side)s)
 FROM challenges_stake
 WHERE challenge_id = %(challenge_id)s
 """
@@ -96,19 +97,26 @@ SELECT l.units,
 FROM leftover AS l
 """
 
-# stake * distributable in bigint when it cannot overflow (stake <= winning pool), which is
-# several times faster; in numeric otherwise.
-_BIGINT_SHARE = "(amount * %(distributable)s::bigint) / %(winning)s::bigint"
-_BIGINT_REMAINDER = "(amount * %(distributable)s::bigint) %% %(winning)s::bigint"
-_NUMERIC_SHARE = "div(amount * %(distributable)s::numeric, %(winning)s::numeric)"
-_NUMERIC_REMAINDER = "mod(amount * %(distributable)s::numeric, %(winning)s::numeric)"
+# stake * distributable in bigint when no winner's product can overflow (the largest winning
+# stake times distributable fits), which is several times faster, and its remainders sort as
+# bigints; in numeric otherwise. The bound is the largest stake, not the winning pool: with the
+# pool, three million stakes of up to 10,000 units already took the numeric path, and the
+# settlement's sort of every remainder took 17 s instead of about 1.
+_BIGINT = {
+    "share": "(amount * %(distributable)s::bigint) / %(winning)s::bigint",
+    "remainder": "(amount * %(distributable)s::bigint) %% %(winning)s::bigint",
+    "type": "bigint",
+}
+_NUMERIC = {
+    "share": "div(amount * %(distributable)s::numeric, %(winning)s::numeric)",
+    "remainder": "mod(amount * %(distributable)s::numeric, %(winning)s::numeric)",
+    "type": "numeric",
+}
 BIGINT_MAX = 2**63 - 1
 
 
-def _share_sql(winning: int, distributable: int) -> dict[str, str]:
-    if winning * distributable <= BIGINT_MAX:
-        return {"share": _BIGINT_SHARE, "remainder": _BIGINT_REMAINDER}
-    return {"share": _NUMERIC_SHARE, "remainder": _NUMERIC_REMAINDER}
+def _share_sql(largest_stake: int, distributable: int) -> dict[str, str]:
+    return _BIGINT if largest_stake * distributable <= BIGINT_MAX else _NUMERIC
 
 
 _REFUND_TERMS_SQL = """
@@ -134,6 +142,13 @@ class SettlementTerms:
     leftover: int = 0
     cut_remainder: int | None = None
     cut_id: int | None = None
+    # The largest winning stake (bounds every product in the share SQL). Terms sent before it
+    # existed lack it: the winning pool, which bounds every stake too, stands in.
+    largest_stake: int = 0
+
+    @property
+    def share_bound(self) -> int:
+        return self.largest_stake or self.winning_pool
 
 
 def settlement_terms(
@@ -147,12 +162,13 @@ def settlement_terms(
     with connection.cursor() as cursor:
         if winning_side is not None:
             cursor.execute(_POOLS_SQL, params)
-            winning, losing, winners, first_id = (int(v or 0) for v in cursor.fetchone())
+            winning, losing, winners, first_id, largest = (int(v or 0) for v in cursor.fetchone())
             if winners:
                 fee = losing * fee_bps // 10_000
                 distributable = losing - fee
                 params.update(winning=winning, distributable=distributable)
-                cursor.execute(_LEFTOVER_SQL.format(**_share_sql(winning, distributable)), params)
+                share = _share_sql(largest, distributable)
+                cursor.execute(_LEFTOVER_SQL.format(**share), params)
                 leftover, cut_rem, cut_id = cursor.fetchone()
                 return SettlementTerms(
                     challenge_id=challenge_id,
@@ -167,6 +183,7 @@ def settlement_terms(
                     leftover=leftover,
                     cut_remainder=None if cut_rem is None else int(cut_rem),
                     cut_id=cut_id,
+                    largest_stake=largest,
                 )
         cursor.execute(_REFUND_TERMS_SQL, params)
         count, first_id, total = cursor.fetchone()
@@ -207,7 +224,7 @@ SELECT (SELECT count(*) FROM slice), (SELECT max(id) FROM slice),
 _PAYOUT_AMOUNT = """
 amount + {share}
 + CASE WHEN %(leftover)s > 0
-        AND ({remainder}, -id) >= (%(cut_remainder)s::numeric, -%(cut_id)s::bigint)
+        AND ({remainder}, -id) >= (%(cut_remainder)s::{type}, -%(cut_id)s::bigint)
        THEN 1 ELSE 0 END
 """
 
@@ -242,7 +259,7 @@ def _amount_sql(terms: SettlementTerms) -> dict[str, str]:
     the preview, so what staff are shown is computed by what pays."""
     if terms.refund:
         return {"side_filter": "", "amount": "amount"}
-    share = _share_sql(terms.winning_pool, terms.distributable)
+    share = _share_sql(terms.share_bound, terms.distributable)
     return {"side_filter": "AND s.side = %(side)s", "amount": _PAYOUT_AMOUNT.format(**share)}
 
 

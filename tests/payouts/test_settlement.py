@@ -13,6 +13,7 @@ from ledger.models import Account
 from ledger.services import account_create
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.settlement import (
+    BIGINT_MAX,
     StakeRow,
     payout_entries_insert,
     settlement_compute,
@@ -156,3 +157,33 @@ def test_sql_settlement_matches_the_oracle_to_the_unit(
     if terms.refund:
         assert terms.fee == 0
         assert paid == stake_of
+
+
+@pytest.mark.parametrize(
+    ("winners", "loser"),
+    [
+        # The pool times distributable overflows bigint, each stake's product does not: the
+        # bigint path, which the pool alone would have refused.
+        ([4 * 10**9, 4 * 10**9 + 1, 3 * 10**9 + 7], 2 * 10**9 + 3),
+        # The largest stake's product lands just past the bound (distributable 950,000,000
+        # after the 5% fee): the numeric path.
+        ([BIGINT_MAX // 950_000_000 + 1, 5, 3], 10**9),
+    ],
+)
+def test_sql_settlement_at_the_bigint_bound_matches_the_oracle(stakers, winners, loser):
+    # Given winners whose pool times the distributable amount is past bigint
+    stakes = [("yes", amount) for amount in winners] + [("no", loser)]
+    with transaction.atomic():
+        rows, terms, paid = _settle_in_sql(stakers, stakes, "yes", 500, 2)
+        transaction.set_rollback(True)
+    assert terms.winning_pool * terms.distributable > BIGINT_MAX
+    assert terms.largest_stake == max(winners)
+    # Then the amounts are the oracle's to the unit, whichever arithmetic the SQL chose
+    expected = settlement_compute(
+        stakes=[StakeRow(i, side, amount) for i, _, side, amount in rows],
+        winning_side="yes",
+        fee_bps=500,
+    )
+    user_of = {stake_id: user_id for stake_id, user_id, _, _ in rows}
+    assert paid == {user_of[i]: amount for i, amount in expected.amounts.items()}
+    assert terms.fee == expected.fee
