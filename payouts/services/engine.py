@@ -33,8 +33,8 @@ Who moves what:
   ``payout:<entry_id>`` escrow -> wallet and the wallet credits in one statement, marks them
   ``completed``, bumps the job's counters and debits the escrow -- one transaction, so a
   crash at any line pays a whole batch or none of it. The entry never shows ``processing`` on
-  this rail. Then it sends itself again (after commit) while it found work; a batch that
-  finds nothing tries to finalize.
+  this rail. Then it sends itself again (after commit) while entries are open; the batch
+  that pays the last open entries, or one that finds nothing, tries to finalize.
 - ``payout_job_counters_bump`` and ``payout_job_finalize`` are the rail-independent helpers
   (the Stripe rail calls them too). The counters are the truth about progress: an entry is
   terminal when it is counted in ``completed_count``, ``failed_count`` or ``cancelled_count``,
@@ -77,7 +77,6 @@ import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -332,6 +331,17 @@ def _slice_expand(
     return next_id
 
 
+_COUNTERS_BUMP_SQL = """
+UPDATE payouts_payoutjob
+SET completed_count = completed_count + %(completed)s,
+    failed_count = failed_count + %(failed)s,
+    paid_amount = paid_amount + %(paid_amount)s,
+    updated_at = now()
+WHERE id = %(job_id)s AND (NOT %(require_running)s OR status = %(running)s)
+RETURNING total_entries - completed_count - failed_count - cancelled_count
+"""
+
+
 def payout_job_counters_bump(
     *,
     job_id: int,
@@ -339,25 +349,30 @@ def payout_job_counters_bump(
     failed: int = 0,
     paid_amount: int = 0,
     require_running: bool = False,
-) -> bool:
+) -> int | None:
     """Add to a job's counters; call it inside the transaction that made the entries terminal.
+    Returns how many of the job's entries are still open (not completed, failed or cancelled)
+    after the bump, or None when nothing changed.
 
-    With ``require_running`` nothing changes and False comes back unless the job is
+    With ``require_running`` nothing changes and None comes back unless the job is
     ``running`` (re-checked on the latest row version, so a pause committed a moment ago
     counts): the ledger batch then rolls back. Rails whose money already left (a Stripe
     transfer) record regardless of the job state.
     """
-    jobs = PayoutJob.objects.filter(pk=job_id)
-    if require_running:
-        jobs = jobs.filter(status=PayoutJob.Status.RUNNING)
-    return bool(
-        jobs.update(
-            completed_count=F("completed_count") + completed,
-            failed_count=F("failed_count") + failed,
-            paid_amount=F("paid_amount") + paid_amount,
-            updated_at=Now(),
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _COUNTERS_BUMP_SQL,
+            {
+                "job_id": job_id,
+                "completed": completed,
+                "failed": failed,
+                "paid_amount": paid_amount,
+                "require_running": require_running,
+                "running": PayoutJob.Status.RUNNING,
+            },
         )
-    )
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,8 +432,9 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
     ``payout:<entry_id>`` escrow -> wallet, wallet credits, entries ``completed``, job counters,
     escrow debit. Idempotent (a duplicate message claims other entries or none; the unique
     transfer key pays nobody twice) and crash-safe (nothing commits halfway). After commit it
-    sends the next batch of its chain if it found work, or tries to finalize if it found none,
-    and publishes progress at most once a second per job. Does nothing unless the job is
+    sends the next batch of its chain while the job has open entries, and tries to finalize
+    when it paid the last of them or found none; it publishes progress at most once a second
+    per job. Does nothing unless the job is
     ``running``; a pause or cancel committed during the batch rolls it back.
     """
     job = (
@@ -437,6 +453,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
         # The job kinds are also transfer kinds: "payout" or "refund".
         "kind": job["kind"],
     }
+    still_open: int | None = None
     with transaction.atomic(durable=True):
         with connection.cursor() as cursor:
             cursor.execute(LEDGER_BATCH_SQL, params)
@@ -447,9 +464,10 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
                 # the job row and the escrow are locked: at commit they would hold those hot
                 # rows while checking, and parallel batches of the job would queue on them.
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            if not payout_job_counters_bump(
+            still_open = payout_job_counters_bump(
                 job_id=job_id, completed=claimed, paid_amount=paid, require_running=True
-            ):
+            )
+            if still_open is None:
                 # Paused or cancelled meanwhile: this batch must not pay anyone.
                 transaction.set_rollback(True)
                 return BatchOutcome(0, 0, after_id)
@@ -458,16 +476,20 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
             transaction.on_commit(
                 partial(payouts_paid_count, rail=job["rail"], entries=claimed, amount=paid)
             )
-            transaction.on_commit(
-                partial(
-                    current_app.send_task,
-                    BATCH_TASKS[job["rail"]],
-                    args=[job_id],
-                    kwargs={"after_id": last_id},
-                    priority=CONTINUE_PRIORITY,
+            # The batch that pays the job's last open entries finalizes it itself: a
+            # follow-up would only find nothing and finalize, one task later (a small job's
+            # fixed cost on a busy evening).
+            if still_open:
+                transaction.on_commit(
+                    partial(
+                        current_app.send_task,
+                        BATCH_TASKS[job["rail"]],
+                        args=[job_id],
+                        kwargs={"after_id": last_id},
+                        priority=CONTINUE_PRIORITY,
+                    )
                 )
-            )
-    if not claimed:
+    if not claimed or still_open == 0:
         payout_job_finalize(job_id=job_id)
     payout_progress_publish(job_id=job_id)
     return BatchOutcome(int(claimed), int(paid), int(last_id) or after_id)

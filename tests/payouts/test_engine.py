@@ -16,8 +16,10 @@ from ledger.services import system_account_id
 from notifications.models import Notification
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import (
+    BATCH_TASKS,
     CONTINUE_PRIORITY,
     EXPAND_PRIORITY,
+    NOTIFY_TASK,
     START_PRIORITY,
     payout_batch_ledger,
     payout_job_counters_bump,
@@ -458,3 +460,24 @@ def test_a_job_that_fits_its_start_and_one_batch_sends_no_extra_chain(
         payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
     batches = [c.keywords for c in sent if c.func.__name__ == "payout_batches_enqueue"]
     assert [(kw["count"], kw.get("limit")) for kw in batches] == [(1, 2)]
+
+
+def test_the_batch_that_pays_the_last_open_entries_finalizes_with_no_follow_up(
+    staff, django_capture_on_commit_callbacks
+):
+    # Given a job of 5 stakers whose entries all exist, 2 of them already paid
+    challenge = challenge_seed(stakers=5, seed=23)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    expand_inline(job.pk)
+    assert payout_batch_ledger(job_id=job.pk, limit=2).claimed == 2
+    # When a batch pays the last 3 (batches of 3)
+    with django_capture_on_commit_callbacks() as sent:
+        assert payout_batch_ledger(job_id=job.pk).claimed == 3
+    # Then it sends no follow-up batch that would only find nothing: it finalized the job
+    sent_tasks = [c.args[0] for c in sent if getattr(c.func, "__name__", "") == "send_task"]
+    assert BATCH_TASKS[PayoutJob.Rail.LEDGER] not in sent_tasks
+    assert NOTIFY_TASK in sent_tasks
+    job.refresh_from_db()
+    assert job.status == PayoutJob.Status.COMPLETED
+    assert_settled(job, winning_side=None, wallets_before=before)
