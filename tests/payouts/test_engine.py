@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from challenges.models import Challenge
@@ -481,3 +481,28 @@ def test_the_batch_that_pays_the_last_open_entries_finalizes_with_no_follow_up(
     job.refresh_from_db()
     assert job.status == PayoutJob.Status.COMPLETED
     assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_the_database_refuses_to_delete_a_job_with_entries(staff):
+    # Given a job whose entries exist (entries carry no per-row foreign-key check), and one
+    # resolved but not yet expanded
+    expanded = challenge_resolve(
+        challenge_id=challenge_seed(stakers=3, seed=24).pk, result="draw", actor=staff
+    )
+    expand_inline(expanded.pk)
+    bare = challenge_resolve(
+        challenge_id=challenge_seed(stakers=3, seed=25).pk, result="draw", actor=staff
+    )
+    # When each is deleted behind the ORM's back
+    delete = "DELETE FROM payouts_payoutjob WHERE id = %s"
+    with (
+        pytest.raises(IntegrityError, match="has entries"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(delete, [expanded.pk])
+    # Then the one with entries stays, with them; the one without can go
+    assert PayoutEntry.objects.filter(job_id=expanded.pk).count() == 3
+    with connection.cursor() as cursor:
+        cursor.execute(delete, [bare.pk])
+        assert cursor.rowcount == 1
