@@ -34,17 +34,12 @@ class Challenge(models.Model):
     challenger = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="challenges_made"
     )
-    # No index on ``challenged`` nor on ``resolved_by``: no query reads challenges by either,
-    # and the deadline sweep (like every status change) writes a new row version into each of
-    # the table's indexes, about 65 bytes of WAL apiece. Only deleting a user would look them
-    # up, and the application deletes none.
     challenged = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         related_name="challenges_received",
-        db_index=False,
     )
     escrow = models.OneToOneField(
         "ledger.Account", on_delete=models.PROTECT, related_name="escrow_challenge"
@@ -65,7 +60,6 @@ class Challenge(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
-        db_index=False,
     )
     completed_at = models.DateTimeField(null=True, blank=True)
     # What the parties (or staff) offer as proof of the outcome: text and/or links.
