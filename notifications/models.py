@@ -33,19 +33,32 @@ class Notification(models.Model):
     # No index of its own: ``notification_user_idx`` starts with the user and serves every
     # lookup by user (the API's list, the cascade of a user deletion). A second index would
     # only add an entry to every insert of a fan-out.
+    #
+    # No foreign-key constraint in the database either, here and on ``challenge``: each
+    # inserted row would run one deferred check per key at commit (a lookup, plus a lock on the
+    # user's row that writes WAL), about 8 of the 19 us of database CPU a fan-out row cost.
+    # Every producer selects its user and challenge ids from those tables in the same
+    # statement, neither table's rows are ever deleted by the application, and Django's
+    # ``on_delete=CASCADE`` (which the ORM carries out, not the database) still removes a
+    # deleted user's or challenge's notifications. No money depends on these rows.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
         related_name="notifications",
         db_index=False,
+        db_constraint=False,
     )
     kind = models.CharField(max_length=32, choices=Kind.choices)
+    # No index: nothing reads notifications by challenge (the API and delivery go by user and
+    # id), and each fan-out row would add an entry to it.
     challenge = models.ForeignKey(
         "challenges.Challenge",
         null=True,
         blank=True,
         on_delete=models.CASCADE,
         related_name="notifications",
+        db_index=False,
+        db_constraint=False,
     )
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)

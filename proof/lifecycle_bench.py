@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -221,6 +222,9 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
         pending_admin = mine.filter(status=Challenge.Status.PENDING_ADMIN).count()
         cancelled = mine.filter(status=Challenge.Status.CANCELLED).count()
         notifications = Notification.objects.filter(challenge__challenger_id=challenger.pk).count()
+        # Every active staff user is told of each challenge awaiting a result, not only the
+        # bench's two: the figure per due challenge depends on this count.
+        staff_users = get_user_model().objects.filter(is_staff=True, is_active=True).count()
         if (pending_admin, cancelled) != (due - due // 10, due // 10):
             raise RuntimeError(f"the sweep moved {pending_admin} + {cancelled}, not {due}")
     finally:
@@ -234,6 +238,8 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
         "moved_to_pending_admin": pending_admin,
         "cancelled": cancelled,
         "notifications_created": notifications,
+        "staff_users": staff_users,
+        "notifications_per_due_challenge": round(notifications / moved, 2) if moved else None,
         "queries": len(queries),
         "challenges_per_s": round(moved / sweep_s) if sweep_s else None,
         "idle_sweep_ms": idle_ms,
