@@ -6,6 +6,9 @@ from hmac import compare_digest
 
 from axes.backends import AxesStandaloneBackend
 from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -94,3 +97,55 @@ class AdminLockoutBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+# Whether a user holds one permission, directly or through a group: what ModelBackend answers by
+# loading every permission the user holds, in two queries, on each request that asks.
+_PERMISSION_HELD_SQL = f"""
+SELECT EXISTS (
+    SELECT 1
+    FROM {Permission._meta.db_table} AS p
+    JOIN {ContentType._meta.db_table} AS ct ON ct.id = p.content_type_id
+    WHERE ct.app_label = %(app_label)s AND p.codename = %(codename)s AND (
+        EXISTS (
+            SELECT 1 FROM {User.user_permissions.through._meta.db_table} AS up
+            WHERE up.permission_id = p.id AND up.user_id = %(user_id)s
+        ) OR EXISTS (
+            SELECT 1
+            FROM {Group.permissions.through._meta.db_table} AS gp
+            JOIN {User.groups.through._meta.db_table} AS ug ON ug.group_id = gp.group_id
+            WHERE gp.permission_id = p.id AND ug.user_id = %(user_id)s
+        )
+    )
+)
+"""  # noqa: S608 - names from the models, values as parameters
+
+
+class PermissionBackend(ModelBackend):
+    """Django's ``ModelBackend`` (passwords, permissions), except that ``has_perm`` on a user
+    whose permissions are not loaded yet asks for that one permission in one statement.
+
+    Each API request has a fresh user, so ModelBackend's per-user cache never served a second
+    question: every staff request paid two queries (user and group permissions, all of them)
+    for one answer. The answer is the same: an active user holding ``app_label.codename``
+    directly or through a group; superusers and object permissions go to ModelBackend, and a
+    user whose permissions are loaded (the admin asks many questions) is answered from them.
+    """
+
+    def has_perm(self, user_obj, perm: str, obj=None) -> bool:
+        if (
+            obj is not None
+            or not user_obj.is_active
+            or user_obj.is_superuser
+            or user_obj.is_anonymous
+            or hasattr(user_obj, "_perm_cache")
+            or "." not in perm
+        ):
+            return super().has_perm(user_obj, perm, obj)
+        app_label, codename = perm.split(".", 1)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _PERMISSION_HELD_SQL,
+                {"app_label": app_label, "codename": codename, "user_id": user_obj.pk},
+            )
+            return bool(cursor.fetchone()[0])
