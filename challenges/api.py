@@ -192,9 +192,7 @@ class StakeCreateApi(APIView):
         return Response(
             {
                 "stake": StakeOutputSerializer(stake).data,
-                "challenge": ChallengeOutputSerializer(
-                    challenge_get(challenge_id=challenge_id)
-                ).data,
+                "challenge": ChallengeOutputSerializer(stake.challenge).data,
             },
             status=status.HTTP_201_CREATED,
         )

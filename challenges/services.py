@@ -24,13 +24,13 @@ from django.utils import timezone
 
 from challenges.models import Challenge, Stake
 from challenges.signals import challenges_cancelled
-from core.db import advisory_xact_lock
+from core.db import advisory_xact_lock, columns_sql, row_model
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.money import MAX_AMOUNT, amounts_in_range
 from core.permissions import staff_action_allowed
 from core.services import audit_record
 from ledger.models import Account, Transfer
-from ledger.selectors import wallet_get
+from ledger.selectors import WALLET_ID_SQL
 from ledger.services import account_create, transfer_post
 from notifications.services import notifications_insert_select, staff_event_publish_on_commit
 
@@ -168,12 +168,14 @@ def challenge_notes_update(
 # The stake row, unless this user has one on this challenge already (then no row comes back,
 # without an error that would end the transaction). The challenge need not be open yet: that is
 # decided under its row lock by the totals update, which follows in the same transaction.
-_STAKE_INSERT_SQL = """
+# The staker's wallet comes back with it (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes), so
+# finding it costs no statement of its own.
+_STAKE_INSERT_SQL = f"""
 INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
 SELECT id, %(user_id)s, %(side)s, %(amount)s FROM challenges_challenge WHERE id = %(challenge_id)s
 ON CONFLICT (challenge_id, user_id) DO NOTHING
-RETURNING id, created_at
-"""
+RETURNING id, created_at, ({WALLET_ID_SQL})
+"""  # noqa: S608 - names from the models, values as parameters
 
 # Adds the stake to its side's totals and turns a pending challenge active once both sides have
 # a stake -- only while the challenge takes stakes. The row lock this UPDATE takes is the one the
@@ -181,18 +183,41 @@ RETURNING id, created_at
 # and then re-checks its WHERE clause against the committed row (READ COMMITTED re-evaluation).
 # So a stake either commits before the challenge closes, or finds it closed and returns no row.
 # SET expressions read the row as it was before this stake, hence ``+ %(yes)s`` in the check.
-_STAKE_TOTALS_SQL = """
-UPDATE challenges_challenge
-SET yes_total = yes_total + %(yes_amount)s,
-    no_total = no_total + %(no_amount)s,
-    yes_count = yes_count + %(yes)s,
-    no_count = no_count + %(no)s,
-    status = CASE WHEN status = 'pending' AND yes_count + %(yes)s > 0 AND no_count + %(no)s > 0
-                  THEN 'active' ELSE status END,
-    updated_at = %(now)s
-WHERE id = %(challenge_id)s AND status IN ('pending', 'active') AND due_date > %(now)s
-RETURNING escrow_id
-"""
+# It returns the whole challenge row as this stake left it, with the two parties' usernames, so
+# the API answers with the challenge without reading it again.
+_STAKE_TOTALS_SQL = f"""
+WITH staked AS (
+    UPDATE challenges_challenge
+    SET yes_total = yes_total + %(yes_amount)s,
+        no_total = no_total + %(no_amount)s,
+        yes_count = yes_count + %(yes)s,
+        no_count = no_count + %(no)s,
+        status = CASE WHEN status = 'pending' AND yes_count + %(yes)s > 0 AND no_count + %(no)s > 0
+                      THEN 'active' ELSE status END,
+        updated_at = %(now)s
+    WHERE id = %(challenge_id)s AND status IN ('pending', 'active') AND due_date > %(now)s
+    RETURNING {columns_sql(Challenge, "challenges_challenge")}
+)
+SELECT staked.*, challenger.username, challenged.username
+FROM staked
+JOIN auth_user AS challenger ON challenger.id = staked.challenger_id
+LEFT JOIN auth_user AS challenged ON challenged.id = staked.challenged_id
+"""  # noqa: S608 - names from the models, values as parameters
+
+
+def _challenge_from_row(row: tuple) -> Challenge:
+    """The challenge ``_STAKE_TOTALS_SQL`` returned, its two parties loaded with their id and
+    username (what the API shows of them; any other field is read on first use)."""
+    challenge = row_model(Challenge, row)
+    challenger_name, challenged_name = row[-2:]
+    challenge.challenger = User.from_db(
+        connection.alias, ["id", "username"], [challenge.challenger_id, challenger_name]
+    )
+    if challenge.challenged_id is not None:
+        challenge.challenged = User.from_db(
+            connection.alias, ["id", "username"], [challenge.challenged_id, challenged_name]
+        )
+    return challenge
 
 
 def _stake_refusal(*, challenge_id: int, now: datetime) -> Conflict | NotFound:
@@ -216,13 +241,14 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
     statements, so that stakes on one challenge queue for as short a time as possible; a
     challenge that closes (sweep, decline, cancel) takes the same row lock, so no stake lands
     after it. Any refusal (``invalid_side``, ``invalid_amount``, ``challenge_not_found``,
-    ``challenge_not_open``, ``already_staked``, ``insufficient_funds``) changes nothing.
+    ``challenge_not_open``, ``already_staked``, ``wallet_not_found``, ``insufficient_funds``)
+    changes nothing. The stake returned carries its ``challenge`` as this stake left it (totals,
+    status, the parties' ids and usernames), read by the same UPDATE.
     """
     if side not in Stake.Side.values:
         raise InvalidInput("side must be 'yes' or 'no'.", code="invalid_side")
     if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
         raise InvalidInput("Amounts are positive integers of minor units.", code="invalid_amount")
-    wallet = wallet_get(user_id=user.pk)
     now = timezone.now()
     yes = side == Stake.Side.YES
     params = {
@@ -241,22 +267,25 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
         inserted = cursor.fetchone()
         if inserted is None:
             raise _stake_refusal(challenge_id=challenge_id, now=now)
-        stake_id, created_at = inserted
+        stake_id, created_at, wallet_id = inserted
+        if wallet_id is None:
+            raise NotFound("This user has no wallet.", code="wallet_not_found")
         with amounts_in_range():
             cursor.execute(_STAKE_TOTALS_SQL, params)
-            opened = cursor.fetchone()
-        if opened is None:
+            row = cursor.fetchone()
+        if row is None:
             raise Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
+        challenge = _challenge_from_row(row)
         transfer_post(
-            debit_account_id=wallet.pk,
-            credit_account_id=opened[0],
+            debit_account_id=wallet_id,
+            credit_account_id=challenge.escrow_id,
             amount=amount,
             kind=Transfer.Kind.STAKE,
             idempotency_key=f"stake:{stake_id}",
         )
     return Stake(
         id=stake_id,
-        challenge_id=challenge_id,
+        challenge=challenge,
         user=user,
         side=side,
         amount=amount,

@@ -156,7 +156,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # django-axes first: it refuses a locked-out admin login before any password is hashed.
 AUTHENTICATION_BACKENDS = [
     "users.auth.AdminLockoutBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, with a one-statement permission check (users/auth.py).
+    "users.auth.PermissionBackend",
 ]
 
 AUTH_PASSWORD_VALIDATORS = [

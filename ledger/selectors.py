@@ -11,6 +11,13 @@ from django.db.models.functions import Now
 from core.errors import NotFound
 from ledger.models import Account, Checkpoint, Transfer
 
+# The id of the user's wallet (``%(user_id)s``), the row ``wallet_get`` reads: for a statement
+# that needs the wallet to embed as a subquery instead of asking for it in a round trip first.
+WALLET_ID_SQL = (
+    "SELECT id FROM payouts_account WHERE kind = 'user_wallet' AND user_id = %(user_id)s "
+    "ORDER BY id LIMIT 1"
+)
+
 
 def wallet_get(*, user_id: int) -> Account:
     wallet = Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).first()

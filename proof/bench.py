@@ -290,7 +290,7 @@ def _resolve_load_phase(
     )
 
 
-def _stakes_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
+def stakes_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"stakes through the API, {sizes.stake_clients} clients, {sizes.stakes:,} per phase...")
     return stake_load(
         clients=sizes.stake_clients,
@@ -354,7 +354,7 @@ def bench_run(
     with databases.fresh("resolve_load", seed=seed) as seeded:
         report["resolve_under_load"] = _resolve_load_phase(seeded, sizes, log)
     with databases.fresh("stakes"):
-        report["stakes"] = _stakes_phase(sizes, log)
+        report["stakes"] = stakes_phase(sizes, log)
     with databases.fresh("lifecycle"):
         report["lifecycle"] = _lifecycle_phase(sizes, log)
     return report
