@@ -8,7 +8,9 @@ import pytest
 import redis
 import requests
 import stripe
+from urllib3.connection import HTTPConnection
 
+from payouts.services import stripe_http
 from payouts.services.ratelimit import token_bucket_reset, token_take
 from payouts.services.stripe_client import (
     ACCOUNT_NOT_CONNECTED,
@@ -169,6 +171,35 @@ def test_every_stripe_request_of_every_kind_takes_exactly_one_token(fake, counte
     # 2 list pages, 1 account, 1 link, 1 account page
     assert fake.stats()["requests"] == 107
     assert counted_bucket() == 107
+
+
+def test_a_slow_connect_lies_before_the_token_not_between_it_and_stripe(fake, monkeypatch):
+    # Given connections that take a second to open (as a TLS handshake far away can), and
+    # the moment each token is granted written down
+    connect = HTTPConnection.connect
+
+    def slow_connect(self):
+        time.sleep(1.0)
+        connect(self)
+
+    granted: list[float] = []
+    take = stripe_http.stripe_token_take
+
+    def recorded_take() -> float:
+        waited = take()
+        granted.append(time.time())
+        return waited
+
+    monkeypatch.setattr(HTTPConnection, "connect", slow_connect)
+    monkeypatch.setattr(stripe_http, "stripe_token_take", recorded_take)
+    # When a thread without a connection yet (its own session) sends a transfer
+    thread = threading.Thread(target=_create)
+    thread.start()
+    thread.join()
+    # Then its request reached Stripe right after its token, the connect done before it
+    (arrived,) = fake.stats()["post_times"]
+    assert len(granted) == 1
+    assert arrived - granted[0] < 0.5, arrived - granted[0]
 
 
 def test_a_request_the_library_retries_takes_a_token_again(fake, counted_bucket, monkeypatch):
