@@ -4,8 +4,9 @@
 ``workers`` Celery worker processes on the payout queues -- Celery's ``threads`` pool with
 ``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
 resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
-logs when each transfer request arrived; from that log come the busiest one-second window (the
-token bucket allows at most ``rate + burst``) and the throughput against ``rate``.
+logs when each transfer request arrived; from that log come the busiest one-second window of
+arrivals (each request takes its token just before it is sent, so the token bucket allows at
+most ``rate + burst``) and the throughput against ``rate``.
 ``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
 with the former layout (single-task ``solo`` processes); ``--repeat`` gives each figure's
 median, min and max. Run it alone through the embedded stack::
@@ -49,6 +50,10 @@ class StripeRateReport:
 
     @property
     def window_bound(self) -> float:
+        """What the bucket grants in any one second, ends included: a full bucket (``burst``)
+        at its start, then one token every ``1 / rate`` s. ``busiest_window`` counts half-open
+        seconds, in which grants reach one fewer; that one absorbs the differences between
+        the grant-to-arrival delays of a second's requests (scheduling), up to ``1 / rate``."""
         return self.rate + self.burst
 
     @property

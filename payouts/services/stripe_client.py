@@ -4,15 +4,16 @@
 Nothing here touches the database, so callers can (and must) call it outside any transaction.
 The ``stripe`` library is pointed at settings on every call (API key, API base, timeout), never
 at import time, so a process picks up its own configuration and tests can aim it at a fake.
-Its own network retries are off: every request goes through the shared rate limit and every
-retry through the entry's attempt count and backoff.
+Every HTTP request takes a token of the shared rate limit in the HTTP client itself, once its
+connection is open (``stripe_http``). The library's own network retries are off: every retry
+goes through the entry's attempt count and backoff.
 """
 
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
@@ -24,7 +25,7 @@ from django.utils import timezone
 from core.errors import DomainError
 from core.retry import backoff_delay
 from payouts.metrics import STRIPE_REQUESTS
-from payouts.services.ratelimit import stripe_token_take
+from payouts.services.stripe_http import RateLimitedRequestsClient, ratelimit_waited
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +85,24 @@ def stripe_configured() -> bool:
 
 
 class CallTimer:
-    """Wall-clock start and end of one exchange, and its duration on the monotonic clock."""
+    """Wall-clock start and end of one exchange, and its duration on the monotonic clock, not
+    counting the time its requests waited for the rate limit (``waited``)."""
 
     def __init__(self) -> None:
         self.started_at = timezone.now()
         self._start = time.monotonic()
+        self._waited_before = ratelimit_waited()
+
+    def waited(self) -> float:
+        """Seconds this thread's requests waited for rate-limit tokens since the timer started."""
+        return ratelimit_waited() - self._waited_before
 
     def call(self, *, http_status: int | None, request_id: str | None, lookup=False) -> StripeCall:
+        waited = self.waited()
         return StripeCall(
-            started_at=self.started_at,
+            started_at=self.started_at + timedelta(seconds=waited),
             finished_at=timezone.now(),
-            duration_ms=max(0, round((time.monotonic() - self._start) * 1000)),
+            duration_ms=max(0, round((time.monotonic() - self._start - waited) * 1000)),
             http_status=http_status,
             request_id=request_id or "",
             lookup=lookup,
@@ -112,7 +120,7 @@ def transfer_group(job_id: int) -> str:
 
 @cache
 def _http_client(timeout: float) -> stripe.HTTPClient:
-    return stripe.RequestsClient(timeout=timeout)
+    return RateLimitedRequestsClient(timeout=timeout)
 
 
 def _configure() -> None:
@@ -162,11 +170,11 @@ def transfer_create(
     """Ask Stripe for one transfer, always with the entry's own idempotency key.
 
     Safe to call again for the same entry (within Stripe's 24 hours of key memory): the same
-    key and parameters give back the first transfer instead of a second one. Waits for a token
-    of the shared rate limit first. Never raises for Stripe errors; they come back classified.
+    key and parameters give back the first transfer instead of a second one. Its request waits
+    for a token of the shared rate limit. Never raises for Stripe errors; they come back
+    classified.
     """
     _configure()
-    waited = stripe_token_take()
     timer = CallTimer()
     try:
         transfer = stripe.Transfer.create(
@@ -190,7 +198,7 @@ def transfer_create(
     _outcome_record(
         "transfer_create",
         result,
-        waited=waited,
+        waited=timer.waited(),
         job_id=job_id,
         entry_id=entry_id,
         amount=amount,
@@ -245,18 +253,18 @@ def _list_page(
     operation = f"{lister.__self__.OBJECT_NAME}_list"  # type: ignore[attr-defined]
     failures = 0
     while True:
-        waited = stripe_token_take()
+        timer = CallTimer()
         try:
             page = lister(api_key=settings.STRIPE_API_KEY, **params)
         except stripe.StripeError as exc:
             result = error_classify(exc)
-            _outcome_record(operation, result, waited=waited)
+            _outcome_record(operation, result, waited=timer.waited())
             failures += 1
             if failures == LOOKUP_PAGE_TRIES or result.outcome != Outcome.TRANSIENT:
                 raise
             time.sleep(backoff_delay(failures - 1, base=0.2, cap=2.0))
         else:
-            _outcome_record(operation, _OK, waited=waited)
+            _outcome_record(operation, _OK, waited=timer.waited())
             return page
 
 
@@ -323,7 +331,7 @@ def account_create(*, user_id: int) -> AccountState:
     requests are looked up with ``account_find`` first). Raises ``StripeUnavailable``.
     """
     _configure()
-    waited = stripe_token_take()
+    timer = CallTimer()
     try:
         account = stripe.Account.create(
             api_key=settings.STRIPE_API_KEY,
@@ -333,9 +341,11 @@ def account_create(*, user_id: int) -> AccountState:
             metadata={"user_id": str(user_id)},
         )
     except stripe.StripeError as exc:
-        _outcome_record("account_create", error_classify(exc), waited=waited, user_id=user_id)
+        _outcome_record(
+            "account_create", error_classify(exc), waited=timer.waited(), user_id=user_id
+        )
         raise _unavailable(exc) from exc
-    _outcome_record("account_create", _OK, waited=waited, user_id=user_id)
+    _outcome_record("account_create", _OK, waited=timer.waited(), user_id=user_id)
     return account_state_parse(account)
 
 
@@ -367,7 +377,7 @@ def account_onboarding_link(*, account_id: str) -> str:
     onboarding (``account_onboarding``), back to ``STRIPE_CONNECT_RETURN_URL`` when done or to
     ``STRIPE_CONNECT_REFRESH_URL`` when the link expired. Raises ``StripeUnavailable``."""
     _configure()
-    waited = stripe_token_take()
+    timer = CallTimer()
     try:
         link = stripe.AccountLink.create(
             api_key=settings.STRIPE_API_KEY,
@@ -377,8 +387,8 @@ def account_onboarding_link(*, account_id: str) -> str:
             refresh_url=settings.STRIPE_CONNECT_REFRESH_URL,
         )
     except stripe.StripeError as exc:
-        _outcome_record("account_link_create", error_classify(exc), waited=waited)
+        _outcome_record("account_link_create", error_classify(exc), waited=timer.waited())
         raise _unavailable(exc) from exc
     # The link itself is a bearer credential for the user's onboarding: never logged.
-    _outcome_record("account_link_create", _OK, waited=waited)
+    _outcome_record("account_link_create", _OK, waited=timer.waited())
     return str(link.url)

@@ -5,12 +5,13 @@ How an entry is paid exactly once (DESIGN.md section 4, step 4):
 1. **Claim** (short transaction, ``FOR UPDATE SKIP LOCKED``): up to ``STRIPE_CLAIM_SIZE``
    entries that are ``pending``, ``retryable`` and due, or ``processing`` with an expired lease
    (their worker died) become ``processing`` with ``lease_until`` and ``attempt_count + 1``.
-2. **Call Stripe outside any transaction**, after a token from the Redis bucket shared by all
-   workers, with the idempotency key ``payout:<entry_id>``: whatever happened to an earlier
-   attempt (a timeout, a lost response, a worker killed before it saved the result), the same
-   key gives back the same transfer instead of a second one. Stripe forgets keys after 24
-   hours, so an entry first attempted more than 23 hours ago is first looked up in its job's
-   transfer group (by ``metadata.entry_id``) and only created when Stripe has none.
+2. **Call Stripe outside any transaction**, its request taking a token from the Redis bucket
+   shared by all workers once its connection is open (``stripe_http``), with the idempotency
+   key ``payout:<entry_id>``: whatever happened to an earlier attempt (a timeout, a lost
+   response, a worker killed before it saved the result), the same key gives back the same
+   transfer instead of a second one. Stripe forgets keys after 24 hours, so an entry first
+   attempted more than 23 hours ago is first looked up in its job's transfer group (by
+   ``metadata.entry_id``) and only created when Stripe has none.
 3. **Record** (second short transaction per entry): success -> ``completed`` with the
    ``stripe_transfer_id``, the ledger transfer escrow -> ``stripe_clearing`` (key
    ``payout:<entry_id>``, unique) and the job counters; a transient error -> ``retryable`` with

@@ -5,16 +5,23 @@ import threading
 import time
 
 import pytest
+import redis
 import requests
 import stripe
+from urllib3.connection import HTTPConnection
 
-from payouts.services.ratelimit import token_take
+from payouts.services import stripe_http
+from payouts.services.ratelimit import token_bucket_reset, token_take
 from payouts.services.stripe_client import (
     ACCOUNT_NOT_CONNECTED,
     Outcome,
+    account_create,
+    account_find,
+    account_onboarding_link,
     transfer_create,
     transfers_find,
 )
+from payouts.services.stripe_http import RateLimitedRequestsClient
 
 
 @pytest.fixture
@@ -134,6 +141,113 @@ def test_transfers_are_found_by_group_and_metadata_across_pages(fake):
     fake.configure(seed=1, faults={"server_error": 0.4})
     assert transfers_find(job_id=7, entry_ids={1, 404}) == {1: by_entry[1]}
     assert fake.stats()["faults"]["server_error"] > 0
+
+
+@pytest.fixture
+def counted_bucket(fake, settings, redis_client):
+    """A full Stripe bucket of 1,000 tokens that hardly refills; yields how many were taken."""
+    settings.STRIPE_RATE_LIMIT = 0.001
+    settings.STRIPE_RATE_BURST = 1000
+    token_bucket_reset(bucket="stripe")
+
+    def taken() -> int:
+        return round(1000 - float(redis_client.hget("ratelimit:stripe", "tokens")))
+
+    yield taken
+    token_bucket_reset(bucket="stripe")
+
+
+def test_every_stripe_request_of_every_kind_takes_exactly_one_token(fake, counted_bucket):
+    # Given 101 transfers in job 7's group (two list pages), one sent twice (a replay)
+    for entry_id in range(1, 102):
+        assert _create(entry_id=entry_id).outcome == Outcome.PAID
+    assert _create(entry_id=1).outcome == Outcome.PAID
+    # When the transfers are looked up, an account created, linked and looked up
+    assert len(transfers_find(job_id=7, entry_ids={1, 404})) == 1
+    account = account_create(user_id=5)
+    assert account_onboarding_link(account_id=account.id)
+    assert account_find(user_id=5) == account
+    # Then the bucket gave exactly one token per request Stripe received: 102 creations,
+    # 2 list pages, 1 account, 1 link, 1 account page
+    assert fake.stats()["requests"] == 107
+    assert counted_bucket() == 107
+
+
+def test_a_slow_connect_lies_before_the_token_not_between_it_and_stripe(fake, monkeypatch):
+    # Given connections that take a second to open (as a TLS handshake far away can), and
+    # the moment each token is granted written down
+    connect = HTTPConnection.connect
+
+    def slow_connect(self):
+        time.sleep(1.0)
+        connect(self)
+
+    granted: list[float] = []
+    take = stripe_http.stripe_token_take
+
+    def recorded_take() -> float:
+        waited = take()
+        granted.append(time.time())
+        return waited
+
+    monkeypatch.setattr(HTTPConnection, "connect", slow_connect)
+    monkeypatch.setattr(stripe_http, "stripe_token_take", recorded_take)
+    # When a thread without a connection yet (its own session) sends a transfer
+    thread = threading.Thread(target=_create)
+    thread.start()
+    thread.join()
+    # Then its request reached Stripe right after its token, the connect done before it
+    (arrived,) = fake.stats()["post_times"]
+    assert len(granted) == 1
+    assert arrived - granted[0] < 0.5, arrived - granted[0]
+
+
+def test_a_request_the_library_retries_takes_a_token_again(fake, counted_bucket, monkeypatch):
+    # Given the library set to retry connection errors twice, and Stripe resetting every one
+    monkeypatch.setattr(stripe, "api_base", fake.url)
+    monkeypatch.setattr(stripe, "max_network_retries", 2)
+    monkeypatch.setattr(stripe, "default_http_client", RateLimitedRequestsClient(timeout=2))
+    fake.configure(faults={"reset": 1.0})
+    # When a transfer is asked for
+    with pytest.raises(stripe.APIConnectionError):
+        stripe.Transfer.create(
+            api_key="sk_test_fake",
+            idempotency_key="payout:1",
+            amount=500,
+            currency="usd",
+            destination="acct_on",
+        )
+    # Then each of the three requests that reached Stripe took its own token
+    assert fake.stats()["faults"]["reset"] == 3
+    assert counted_bucket() == 3
+
+
+def test_the_wait_for_a_token_is_not_part_of_the_recorded_exchange(fake, settings):
+    # Given a bucket of one token refilled twice a second
+    settings.STRIPE_RATE_LIMIT = 2.0
+    settings.STRIPE_RATE_BURST = 1
+    token_bucket_reset(bucket="stripe")
+    # When two transfers are sent one after the other, the second waiting about 0.5 s
+    assert _create(entry_id=1).outcome == Outcome.PAID
+    started = time.monotonic()
+    second = _create(entry_id=2)
+    # Then the second's exchange, as recorded, starts after its wait and lasts only the call
+    assert time.monotonic() - started >= 0.4
+    assert second.call is not None
+    assert second.call.duration_ms < 300
+    assert (second.call.finished_at - second.call.started_at).total_seconds() < 0.3
+    token_bucket_reset(bucket="stripe")
+
+
+def test_redis_down_while_taking_a_token_is_a_redis_error_and_nothing_is_sent(fake, settings):
+    # Given the rate limit's Redis unreachable
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    # When a transfer is sent, the Redis error comes out as itself (a transient error of the
+    # task), not as a Stripe connection error that would count as an attempt at Stripe
+    with pytest.raises(redis.ConnectionError):
+        _create()
+    # And Stripe received nothing
+    assert fake.stats()["requests"] == 0
 
 
 def test_control_endpoints_work_over_http(fake):
