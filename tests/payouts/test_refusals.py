@@ -285,14 +285,15 @@ def test_a_refused_service_call_changes_nothing(world, case):
     ],
 )
 def test_finalize_refuses_an_escrow_that_does_not_hold_the_unpaid_money(staff, direction, reported):
-    # Given a job whose every entry is paid, but whose escrow gained or lost 1 unit by a
-    # transfer no entry explains, before its last batch finalizes it
+    # Given a job with one entry left to pay, whose escrow gained or lost 1 unit by a transfer
+    # no entry explains
     challenge = challenge_seed(stakers=4, seed=37)
     job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
     expand_inline(job.pk)
     after = 0
-    while PayoutEntry.objects.filter(job=job, status="pending").exists():
-        after = payout_batch_ledger(job_id=job.pk, after_id=after).last_id
+    while PayoutEntry.objects.filter(job=job, status="pending").count() > 1:
+        after = payout_batch_ledger(job_id=job.pk, after_id=after, limit=1).last_id
+    last = PayoutEntry.objects.get(job=job, status="pending")
     accounts = [challenge.escrow_id, _wallet(challenge)]
     transfer_post(
         debit_account_id=accounts[direction == "in"],
@@ -301,9 +302,15 @@ def test_finalize_refuses_an_escrow_that_does_not_hold_the_unpaid_money(staff, d
         kind="transfer",
         idempotency_key="stray",
     )
+    transfers = set(Transfer.objects.values_list("idempotency_key", flat=True))
+    # When the last batch pays the last entry, which makes the job's last batch finalize it
+    assert payout_batch_ledger(job_id=job.pk, after_id=after).claimed == 1
+    # Then the finalize refused (LedgerMismatch): the last payout is the only money that moved,
+    # no fee was taken, the challenge is not completed, and the job is failed with the reason
+    # for staff; finalizing again changes nothing
+    moved = set(Transfer.objects.values_list("idempotency_key", flat=True)) - transfers
+    assert moved == {f"payout:{last.pk}"}
     money = snapshot()[:3]
-    # When it finalizes, Then it refuses (LedgerMismatch): no money moved, no fee taken, the
-    # challenge is not completed, and the job is failed with the reason for staff
     assert payout_job_finalize(job_id=job.pk) is False
     assert snapshot()[:3] == money
     assert not Transfer.objects.filter(idempotency_key=f"fee:{job.pk}").exists()
