@@ -13,13 +13,16 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install lock browser test lint format up demo bench chaos stack-stop clean
 
+# Everything the install says goes to standard error: on a fresh clone `make bench ARGS=--json`
+# installs first, and its standard output must carry the JSON object alone.
 $(STAMP): pyproject.toml $(LOCKS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@echo "installing the project and its pinned dependencies into $(VENV)" >&2
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock >&2
+	@$(BIN)/python -m pip install --quiet --no-deps -e . >&2
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 install: $(STAMP)
 
