@@ -72,7 +72,7 @@ browser:
 test: lint browser
 	$(call on_stack,$(TEST_STACK)) python -m pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
-	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 10000 --stripe-winners 300 --kills 5 --seed 7
+	$(call on_stack,.devstack/chaos-ci) python manage.py chaos --winners 50000 --stripe-winners 300 --kills 5 --seed 7
 	$(call on_stack,.devstack/bench-ci) python manage.py bench --quick
 
 # The proof: `make chaos ARGS="--seed 2 --json"`, `make bench ARGS="--repeat 3 --json"`.

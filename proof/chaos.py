@@ -456,9 +456,16 @@ class ChaosRun:
             self._supervise()
             rows = _retrying("job status", lambda: _job_rows(list(jobs.values())))
             by_rail = {rail: rows[job_id] for rail, job_id in jobs.items()}
-            for event in events:
-                if event.done_at is None and _settled(by_rail[event.rail]) >= event.at_share:
-                    self._inject(event, time.monotonic() - t0, jobs)
+            due = [
+                e for e in events if e.done_at is None and _settled(by_rail[e.rail]) >= e.at_share
+            ]
+            if due:
+                # One fault per look at the jobs, and the one whose job is nearest its end
+                # first: a fault takes seconds (a server restart, the wait for a Stripe worker
+                # in mid-call), and a short job can finish while another fault holds the run.
+                event = max(due, key=lambda e: (_settled(by_rail[e.rail]), -e.at_share))
+                self._inject(event, time.monotonic() - t0, jobs)
+                continue
             progress = ", ".join(
                 f"{rail} {row['completed_count']}/{row['total_entries']} paid"
                 for rail, row in by_rail.items()
