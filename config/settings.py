@@ -27,24 +27,6 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key"  # noqa: S105 - only reachable with DEBUG on
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# HTTPS in production (what `manage.py check --deploy` asks for): cookies only over HTTPS, and
-# HSTS, which Django sends on requests it knows came over HTTPS. `make up` serves plain HTTP on
-# loopback and turns the cookie flags off.
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
-SILENCED_SYSTEM_CHECKS = [
-    # HSTS for every subdomain, and the browsers' preload list, bind the operator's whole
-    # domain for months: the operator opts in with the two settings above.
-    "security.W005",
-    "security.W021",
-    # SECURE_SSL_REDIRECT: TLS ends at the load balancer or reverse proxy, which redirects plain
-    # HTTP itself; behind it Django is reached over plain HTTP (by that proxy and by health
-    # checks), so a redirect here would send every health check to a port without TLS.
-    "security.W008",
-]
 
 # --- HTTPS ----------------------------------------------------------------------------------
 # With DEBUG off, cookies travel only over HTTPS and browsers are told (HSTS) to use nothing
