@@ -7,5 +7,5 @@ from payouts.services.jobs import refund_jobs_create_for_cancelled
 
 def refund_cancelled_challenges(*, challenge_ids: list[int], **kwargs: Any) -> None:
     """Challenges were cancelled without staff: open their refund jobs now, not at the
-    watchdog's next minute. Set-based over every cancelled challenge still without a job."""
-    refund_jobs_create_for_cancelled()
+    watchdog's next minute. Set-based over the challenges the signal names."""
+    refund_jobs_create_for_cancelled(challenge_ids=challenge_ids)

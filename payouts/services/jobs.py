@@ -239,14 +239,17 @@ def challenge_cancel(*, challenge_id: int, actor: Any, note: str = "") -> Payout
     return job
 
 
+# ``{among}`` narrows the challenges looked at: every cancelled one (the watchdog), or the ids
+# a cancellation names (one index probe each, whatever the number of cancelled challenges).
 _REFUND_JOBS_SQL = """
 INSERT INTO payouts_payoutjob
     (challenge_id, kind, rail, status, winning_side, fee_bps, batch_size, parallelism,
      total_entries, completed_count, failed_count, cancelled_count, total_amount, paid_amount,
      fee_amount)
-SELECT c.id, 'refund', %s, 'queued', '', %s, %s, %s, 0, 0, 0, 0, 0, 0, 0
+SELECT c.id, 'refund', %(rail)s, 'queued', '', %(fee_bps)s, %(batch_size)s, %(parallelism)s,
+       0, 0, 0, 0, 0, 0, 0
 FROM challenges_challenge AS c
-WHERE c.status = 'cancelled'
+WHERE c.status = 'cancelled' {among}
   AND EXISTS (SELECT 1 FROM challenges_stake AS s WHERE s.challenge_id = c.id)
   AND NOT EXISTS (SELECT 1 FROM payouts_payoutjob AS j WHERE j.challenge_id = c.id)
 ORDER BY c.id
@@ -255,23 +258,28 @@ RETURNING id
 """
 
 
-def refund_jobs_create_for_cancelled() -> list[int]:
-    """Create a refund job for every cancelled challenge that has stakes and no job yet.
+def refund_jobs_create_for_cancelled(*, challenge_ids: list[int] | None = None) -> list[int]:
+    """Create a refund job for every cancelled challenge that has stakes and no job yet, among
+    ``challenge_ids`` when given.
 
     One statement whatever the number of challenges; idempotent and safe to run twice at once
     (the unique challenge makes a concurrent run insert nothing). The ``challenges_cancelled``
-    signal calls it when the sweep cancels expired challenges, and the watchdog every minute.
-    Returns the new job ids; their expansion is sent after commit.
+    signal calls it with the challenges just cancelled, so a cancellation's cost does not grow
+    with every challenge ever cancelled; the watchdog calls it without ids every minute, which
+    catches any a lost signal missed. Returns the new job ids; their expansion is sent after
+    commit.
     """
+    among = "" if challenge_ids is None else "AND c.id = ANY(%(ids)s)"
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            _REFUND_JOBS_SQL,
-            [
-                REFUND_RAIL,
-                settings.PLATFORM_FEE_BPS,
-                settings.PAYOUT_BATCH_SIZE,
-                rail_parallelism(REFUND_RAIL),
-            ],
+            _REFUND_JOBS_SQL.format(among=among),
+            {
+                "rail": REFUND_RAIL,
+                "fee_bps": settings.PLATFORM_FEE_BPS,
+                "batch_size": settings.PAYOUT_BATCH_SIZE,
+                "parallelism": rail_parallelism(REFUND_RAIL),
+                "ids": challenge_ids,
+            },
         )
         job_ids = [row[0] for row in cursor.fetchall()]
         for job_id in job_ids:

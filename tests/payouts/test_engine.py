@@ -9,6 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from challenges.models import Challenge
+from challenges.signals import challenges_cancelled
 from core.errors import Conflict
 from core.models import AuditEntry
 from ledger.models import Account, Transfer
@@ -268,6 +269,18 @@ def test_refund_jobs_for_cancelled_challenges_are_created_once(staff):
         before = wallet_balances(job.challenge)
         run_job_inline(job.pk)
         assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_a_cancellation_opens_refund_jobs_for_the_challenges_it_names_only():
+    # Given two cancelled challenges with stakes, of which the signal names one
+    named, missed = (challenge_seed(stakers=3, status="cancelled") for _ in range(2))
+    # When the signal's receiver runs for the named one
+    challenges_cancelled.send(sender=Challenge, challenge_ids=[named.pk])
+    # Then only that challenge has its refund job: the cost of a cancellation does not grow
+    # with every challenge ever cancelled
+    assert list(PayoutJob.objects.values_list("challenge_id", flat=True)) == [named.pk]
+    # And the watchdog's pass over every cancelled challenge opens the one the signal missed
+    assert payout_watchdog().refund_jobs == [PayoutJob.objects.get(challenge_id=missed.pk).pk]
 
 
 def test_watchdog_restarts_stalled_jobs_once(staff, django_capture_on_commit_callbacks):
