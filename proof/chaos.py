@@ -147,6 +147,15 @@ def schedule_build(config: ChaosConfig, rng: random.Random) -> list[Event]:
     return sorted(events, key=lambda e: (e.at_share, e.rail))
 
 
+def fault_next(events: list[Event], by_rail: dict[str, dict[str, Any]]) -> Event | None:
+    """The fault to fire now, given each job's row, or None: one per look at the jobs, and of
+    those due, the one whose job is nearest its end. A fault takes seconds (a server restart,
+    the wait for a Stripe worker in mid-call), and a short job can finish while another fault
+    holds the run."""
+    due = [e for e in events if e.done_at is None and _settled(by_rail[e.rail]) >= e.at_share]
+    return max(due, key=lambda e: (_settled(by_rail[e.rail]), -e.at_share), default=None)
+
+
 def _worker_env(fake: FakeStripe, config: ChaosConfig) -> dict[str, str]:
     return {
         **os.environ,
@@ -456,14 +465,8 @@ class ChaosRun:
             self._supervise()
             rows = _retrying("job status", lambda: _job_rows(list(jobs.values())))
             by_rail = {rail: rows[job_id] for rail, job_id in jobs.items()}
-            due = [
-                e for e in events if e.done_at is None and _settled(by_rail[e.rail]) >= e.at_share
-            ]
-            if due:
-                # One fault per look at the jobs, and the one whose job is nearest its end
-                # first: a fault takes seconds (a server restart, the wait for a Stripe worker
-                # in mid-call), and a short job can finish while another fault holds the run.
-                event = max(due, key=lambda e: (_settled(by_rail[e.rail]), -e.at_share))
+            event = fault_next(events, by_rail)
+            if event is not None:
                 self._inject(event, time.monotonic() - t0, jobs)
                 continue
             progress = ", ".join(
