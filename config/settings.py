@@ -356,7 +356,9 @@ STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_RATE_LIMIT = env.float("STRIPE_RATE_LIMIT", default=25.0)
-STRIPE_RATE_BURST = env.int("STRIPE_RATE_BURST", default=5)
+# Requests that may start together after a pause; 1 paces them evenly, 1 / STRIPE_RATE_LIMIT
+# apart (payouts/services/ratelimit.py).
+STRIPE_RATE_BURST = env.int("STRIPE_RATE_BURST", default=1)
 STRIPE_MAX_ATTEMPTS = env.int("STRIPE_MAX_ATTEMPTS", default=8)
 # The currency of Stripe transfers; one platform coin (minor unit) is one minor unit of it.
 STRIPE_CURRENCY = env.str("STRIPE_CURRENCY", default="usd")

@@ -5,8 +5,8 @@
 ``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
 resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
 logs when each transfer request arrived; from that log come the busiest one-second window of
-arrivals (each request takes its token just before it is sent, so the token bucket allows at
-most ``rate + burst``) and the throughput against ``rate``.
+arrivals (each request takes its token just before it is sent, so the bucket grants at most
+``rate + burst``) and the throughput against ``rate``.
 ``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
 with the former layout (single-task ``solo`` processes); ``--repeat`` gives each figure's
 median, min and max. Run it alone through the embedded stack::
@@ -81,7 +81,7 @@ def stripe_rate_benchmark(
     threads: int | None = None,
     pool: str = "threads",
     rate: float = 20.0,
-    burst: int = 5,
+    burst: int | None = None,
     latency: float = 0.0,
     worker_env: dict[str, str] | None = None,
     app: str = "config",
@@ -91,8 +91,9 @@ def stripe_rate_benchmark(
     """Pay ``winners`` Stripe transfers with ``workers`` processes of ``threads`` threads
     (by default ``STRIPE_WORKER_CONCURRENCY`` in all, shared out between the processes;
     ``pool="solo"``: one task per process, ``threads`` ignored) under a ``rate``/s limit,
-    each Stripe request taking ``latency`` seconds at the fake. The job runs one batch per
-    thread (``STRIPE_PARALLELISM``).
+    each Stripe request taking ``latency`` seconds at the fake, with a bucket of ``burst``
+    (``STRIPE_RATE_BURST`` by default, as production runs). The job runs one batch per thread
+    (``STRIPE_PARALLELISM``).
 
     ``worker_env`` is the workers' environment (the database and Redis they share with this
     process; this process's environment by default); their output goes to ``log_dir`` when
@@ -106,6 +107,8 @@ def stripe_rate_benchmark(
     from proof.seeding import challenge_seed
     from tests.fakes.stripe_server import FakeStripe
 
+    if burst is None:
+        burst = settings.STRIPE_RATE_BURST
     if pool == "solo":
         threads = 1
     elif threads is None:

@@ -1,9 +1,17 @@
-"""A token bucket in Redis, shared by every worker process on every machine.
+"""A rate limit in Redis, shared by every worker process on every machine.
 
 Stripe refuses requests above its rate limit (25/s in test mode, 100/s live) with 429s; a 429
-still costs an attempt and a backoff, so the workers keep below the limit themselves. The bucket
-holds at most ``burst`` tokens and refills at ``rate`` tokens per second, so in any interval of
-``T`` seconds at most ``burst + rate * T`` requests start, however many workers take tokens.
+still costs an attempt and a backoff, so the workers keep below the limit themselves. The limit
+is a token bucket of ``burst`` tokens refilled at ``rate`` per second, kept as the generic cell
+rate algorithm (GCRA) keeps it: one timestamp, the theoretical arrival time of the next request.
+In any interval of ``T`` seconds at most ``burst + rate * T`` requests start, however many
+workers take tokens.
+
+Each caller reserves the next free slot and sleeps until it, instead of being told when a token
+is due and racing the others for it. Racing callers wake together and all but one go back to
+sleep; a token that falls due while none is awake is lost when the bucket is full, so a bucket
+of one token delivered 92% of its rate to 16 threads. Reserved slots are never lost, so the
+bucket can be small (a burst of 1 paces requests evenly) and still be used to the full.
 """
 
 import time
@@ -15,27 +23,21 @@ from django.conf import settings
 from core.redis_client import redis_from_url
 from payouts.metrics import STRIPE_RATELIMIT_WAIT
 
-# Refill, then take one token if there is one; otherwise report in milliseconds how long until
-# one is due. One script, so concurrent callers never both see the same token. The clock is
-# Redis's own (TIME), so workers on machines with skewed clocks share one timeline.
+# Reserve the next slot and return in milliseconds how long until it (0: now). The state is
+# the theoretical arrival time (``tat``) of the request after the last one reserved: a slot
+# may start up to ``burst - 1`` intervals before it, never before now. One script, so no two
+# callers get the same slot. The clock is Redis's own (TIME), so workers on machines with
+# skewed clocks share one timeline.
 _TAKE_LUA = """
-local rate = tonumber(ARGV[1])
+local interval = 1 / tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait_ms = 0
-if tokens >= 1 then
-    tokens = tokens - 1
-else
-    wait_ms = math.ceil((1 - tokens) / rate * 1000)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return wait_ms
+local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+local slot = math.max(now, tat - (burst - 1) * interval)
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval),
+           'PX', math.ceil((tat + interval - now) * 1000) + 1000)
+return math.ceil((slot - now) * 1000)
 """
 
 
@@ -46,19 +48,18 @@ def _take_script(redis_url: str) -> redis.commands.core.Script:
 
 
 def token_take(*, bucket: str, rate: float, burst: int) -> float:
-    """Block until the bucket gives this caller a token; return the seconds spent waiting.
+    """Reserve this caller's slot in the bucket and sleep until it; return the seconds spent
+    waiting.
 
-    Atomic across processes (one Lua script per try). Callers that lose a race for a token are
-    told how long until the next one and sleep exactly that long, so the bucket stays busy
-    without polling. Redis being down raises ``redis.ConnectionError`` (a transient error).
+    One Lua script, atomic across processes; no polling and no retry. Redis being down raises
+    ``redis.ConnectionError`` (a transient error) before anything is sent.
     """
-    script = _take_script(settings.REDIS_URL)
     started = time.monotonic()
-    while True:
-        wait_ms = int(script(keys=[f"ratelimit:{bucket}"], args=[rate, burst]))
-        if wait_ms == 0:
-            return time.monotonic() - started
+    script = _take_script(settings.REDIS_URL)
+    wait_ms = int(script(keys=[f"ratelimit:{bucket}"], args=[rate, burst]))
+    if wait_ms:
         time.sleep(wait_ms / 1000)
+    return time.monotonic() - started
 
 
 def stripe_token_take() -> float:
