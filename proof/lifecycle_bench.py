@@ -21,7 +21,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from challenges.models import Challenge
@@ -32,6 +31,7 @@ from challenges.tasks import (
 from notifications.models import Notification
 from notifications.services import DELIVERY_CHUNK
 from proof.cpu import process_cpu
+from proof.queries import queries_captured
 from users.services import user_create
 
 BASELINE_SAMPLE = 1_000
@@ -210,7 +210,7 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
         build_s = _seconds_since(start)
         baseline_rate = _per_row_sweep(now=now, staff_ids=staff_ids)
 
-        with CaptureQueriesContext(connection) as queries, _DatabaseWork() as work:
+        with queries_captured() as queries, _DatabaseWork() as work:
             start = time.perf_counter()
             challenges_sweep_deadlines_task()
             sweep_s = _seconds_since(start)
@@ -314,7 +314,7 @@ def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
         build_s = _seconds_since(start)
         baseline_rate = _per_row_warnings(challenge_id=challenge_id, user_ids=user_ids[1:])
 
-        with CaptureQueriesContext(connection) as queries, _DatabaseWork() as work:
+        with queries_captured() as queries, _DatabaseWork() as work:
             start = time.perf_counter()
             created = challenges_send_deadline_warnings_task()
             fan_out_s = _seconds_since(start)

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from config.celery import app
@@ -21,6 +20,7 @@ from core.models import AuditEntry
 from payouts.models import PayoutJob
 from payouts.services.engine import EXPAND_TASK
 from proof.figures import percentile
+from proof.queries import queries_captured
 
 _UNDO_CHALLENGE = """
 UPDATE challenges_challenge
@@ -59,7 +59,7 @@ def resolve_latency(*, challenge_id: int, staff: Any, samples: int) -> dict[str,
     statements: dict[str, list[float]] = {}
     queries = 0
     for _ in range(samples):
-        with CaptureQueriesContext(connection) as captured:
+        with queries_captured() as captured:
             started = time.perf_counter()
             response = client.post(url, {"result": "challenger_won"}, format="json")
             timings.append((time.perf_counter() - started) * 1000)

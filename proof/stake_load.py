@@ -35,7 +35,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.crypto import create_token_string, hash_token
 from knox.models import AuthToken
@@ -47,6 +46,7 @@ from deploy.processes import Dialect, role
 from deploy.run import local_argv
 from proof.cpu import tree_cpu
 from proof.payout_bench import database_settle, database_writes
+from proof.queries import queries_captured
 from proof.seeding import users_seed
 
 User = get_user_model()
@@ -246,7 +246,7 @@ def _floor(user_ids: list[int], challenge_id: int) -> dict[str, float]:
     """``stake_place`` in this process, one after another: stakes/s without HTTP, and the
     queries of one stake."""
     users = list(User.objects.filter(pk__in=user_ids).order_by("pk"))
-    with CaptureQueriesContext(connection) as captured:
+    with queries_captured() as captured:
         stake_place(user=users[0], challenge_id=challenge_id, side="yes", amount=STAKE_AMOUNT)
     started = time.perf_counter()
     for n, user in enumerate(users[1:]):
@@ -267,7 +267,7 @@ def _request_queries(tokens: list[str], challenge_id: int) -> int:
     url = f"/api/challenges/{challenge_id}/stakes/"
     queries = 0
     for n, token in enumerate(tokens):
-        with CaptureQueriesContext(connection) as captured:
+        with queries_captured() as captured:
             answer = client.post(
                 url,
                 {"side": "yes" if n % 2 else "no", "amount": STAKE_AMOUNT},
