@@ -30,7 +30,7 @@ from core.money import MAX_AMOUNT, amounts_in_range
 from core.permissions import staff_action_allowed
 from core.services import audit_record
 from ledger.models import Account, Transfer
-from ledger.selectors import WALLET_ID_SQL
+from ledger.selectors import WALLET_ID_SQL, wallet_missing
 from ledger.services import account_create, transfer_post
 from notifications.services import notifications_insert_select, staff_event_publish_on_commit
 
@@ -269,7 +269,7 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
             raise _stake_refusal(challenge_id=challenge_id, now=now)
         stake_id, created_at, wallet_id = inserted
         if wallet_id is None:
-            raise NotFound("This user has no wallet.", code="wallet_not_found")
+            raise wallet_missing()
         with amounts_in_range():
             cursor.execute(_STAKE_TOTALS_SQL, params)
             row = cursor.fetchone()

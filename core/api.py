@@ -2,7 +2,6 @@
 throttles, health. (The JSON parser is ``core.parsers``, the schema's conventions
 ``core.schema``.)"""
 
-import functools
 import hashlib
 import logging
 import math
@@ -15,7 +14,6 @@ from django.db import connection
 from django.http import Http404, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from redis.commands.core import Script
 from rest_framework import exceptions, permissions, serializers, throttling
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -24,7 +22,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from core.errors import DomainError
 from core.money import MAX_AMOUNT
 from core.permissions import staff_action_allowed
-from core.redis_client import redis_from_url
+from core.redis_client import redis_script
 from core.requestid import request_id_get
 
 logger = logging.getLogger(__name__)
@@ -226,21 +224,15 @@ return redis.call('INCR', KEYS[1])
 """
 
 
-@functools.cache
-def _window_script(location: str) -> Script:
-    """One client and one loaded script per process for the shared cache's Redis (the server
-    it writes to, the first listed): the cache itself builds a new client on each call, which
-    cost as much CPU as the round trip."""
-    return redis_from_url(location.split(",")[0]).register_script(_WINDOW_COUNT_LUA)
-
-
 def _window_count(key: str, *, timeout: int) -> int:
     """Count one more request in the window ``key`` of the shared cache; return the count.
 
     One command (``_WINDOW_COUNT_LUA``), atomic, under the cache's key (its prefix and version)
-    and on its server, with the socket timeouts of every Redis client here.
+    and on the server it writes to (the first of ``LOCATION``), on one client kept per process:
+    the cache itself builds a new client on each call.
     """
-    script = _window_script(settings.CACHES["default"]["LOCATION"])
+    location = settings.CACHES["default"]["LOCATION"].split(",")[0]
+    script = redis_script(location, _WINDOW_COUNT_LUA)
     return int(script(keys=[cache.make_and_validate_key(key)], args=[timeout]))
 
 

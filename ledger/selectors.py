@@ -19,10 +19,15 @@ WALLET_ID_SQL = (
 )
 
 
+def wallet_missing() -> NotFound:
+    """The refusal for a user without a wallet, wherever the lookup was made."""
+    return NotFound("This user has no wallet.", code="wallet_not_found")
+
+
 def wallet_get(*, user_id: int) -> Account:
     wallet = Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).first()
     if wallet is None:
-        raise NotFound("This user has no wallet.", code="wallet_not_found")
+        raise wallet_missing()
     return wallet
 
 

@@ -30,14 +30,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
 
-import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from core.queues import queue_states
+from core.redis_client import redis_script
 from core.selectors import dead_letters_open_by_task, periodic_task_states
 from core.sentry import sentry_message_capture
 from notifications.models import Notification
@@ -212,11 +211,6 @@ return 1
 """
 
 
-@cache
-def _claim_script(url: str):
-    return redis.Redis.from_url(url).register_script(_CLAIM_LUA)
-
-
 def alert_send(*, alert: Alert, now: datetime | None = None) -> bool:
     """Send one alert unless it went out in the last ``ALERT_REPEAT_SECONDS``; True if sent.
 
@@ -224,7 +218,7 @@ def alert_send(*, alert: Alert, now: datetime | None = None) -> bool:
     fails, the claim is given back so the next evaluation tries again.
     """
     now = now or timezone.now()
-    claim = _claim_script(settings.REDIS_URL)
+    claim = redis_script(settings.REDIS_URL, _CLAIM_LUA)
     key = f"alert:sent:{alert.rule}:{alert.subject}"
     if not claim(keys=[key], args=[now.timestamp(), settings.ALERT_REPEAT_SECONDS]):
         return False

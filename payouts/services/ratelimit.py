@@ -15,12 +15,10 @@ bucket can be small (a burst of 1 paces requests evenly) and still be used to th
 """
 
 import time
-from functools import cache
 
-import redis
 from django.conf import settings
 
-from core.redis_client import redis_from_url
+from core.redis_client import redis_script
 from payouts.metrics import STRIPE_RATELIMIT_WAIT
 
 # Reserve the next slot and return in milliseconds how long until it (0: now). The state is
@@ -41,12 +39,6 @@ return math.ceil((slot - now) * 1000)
 """
 
 
-@cache
-def _take_script(redis_url: str) -> redis.commands.core.Script:
-    """One client and one loaded script per process (and per URL, for tests that switch)."""
-    return redis_from_url(redis_url).register_script(_TAKE_LUA)
-
-
 def token_take(*, bucket: str, rate: float, burst: int) -> float:
     """Reserve this caller's slot in the bucket and sleep until it; return the seconds spent
     waiting.
@@ -55,7 +47,7 @@ def token_take(*, bucket: str, rate: float, burst: int) -> float:
     ``redis.ConnectionError`` (a transient error) before anything is sent.
     """
     started = time.monotonic()
-    script = _take_script(settings.REDIS_URL)
+    script = redis_script(settings.REDIS_URL, _TAKE_LUA)
     wait_ms = int(script(keys=[f"ratelimit:{bucket}"], args=[rate, burst]))
     if wait_ms:
         time.sleep(wait_ms / 1000)
@@ -74,4 +66,4 @@ def stripe_token_take() -> float:
 
 def token_bucket_reset(*, bucket: str) -> None:
     """Forget a bucket's state, so it starts full (benchmarks start from an idle system)."""
-    _take_script(settings.REDIS_URL).registered_client.delete(f"ratelimit:{bucket}")
+    redis_script(settings.REDIS_URL, _TAKE_LUA).registered_client.delete(f"ratelimit:{bucket}")
