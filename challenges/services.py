@@ -12,6 +12,7 @@ re-checks each row after the row lock, and every notification has a unique ``ded
 ``ON CONFLICT DO NOTHING`` honours.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -366,20 +367,44 @@ WHERE status IN ('pending', 'active') AND due_date <= %s
 RETURNING id, status
 """
 
-# MATERIALIZED: the body and data are built once per challenge, not once per staff member.
+# One notification per active staff user for a whole sweep, however many challenges it moved:
+# the first of them (lowest id) names it, the rest are counted and listed (capped like the
+# live event). A sweep moving one challenge tells exactly what it told per challenge before;
+# a sweep moving 9,000 no longer leaves 9,000 rows in every staff member's list. The dedup key
+# is the first challenge's: each challenge is moved by one sweep only (the UPDATE re-checks the
+# status under the row lock), so two sweeps never share it and a repeat inserts nothing.
 _NEEDS_RESOLUTION_SELECT = """
-WITH c AS MATERIALIZED (
-    SELECT id,
-           left('"' || title || '" passed its deadline and waits for a result.', 1000) AS body,
-           jsonb_build_object('challenge_id', id, 'due_date', due_date) AS data
-    FROM challenges_challenge
-    WHERE id = ANY(%s)
-)
-SELECT u.id, 'needs_resolution', c.id, 'Challenge needs resolution', c.body, 'normal', c.data,
+SELECT u.id, 'needs_resolution', c.id, %(title)s,
+       left('"' || c.title || '" ' || %(rest)s, 1000), 'normal',
+       jsonb_build_object('challenge_id', c.id, 'due_date', c.due_date,
+                          'count', %(count)s::int, 'challenge_ids', %(ids)s::jsonb),
        'needs_resolution:' || c.id || ':' || u.id
-FROM c CROSS JOIN auth_user AS u
-WHERE u.is_staff AND u.is_active
+FROM challenges_challenge AS c CROSS JOIN auth_user AS u
+WHERE c.id = %(first)s AND u.is_staff AND u.is_active
 """
+
+# Challenge ids carried by the staff notification and its live event: far below Pusher's
+# 10 kB event limit; the console's "awaiting resolution" list has them all.
+NEEDS_RESOLUTION_IDS_SHOWN = 100
+
+
+def _needs_resolution_params(ids: list[int]) -> dict[str, Any]:
+    """The staff notification's parameters for the challenges (ascending ids) one sweep moved
+    to staff."""
+    count = len(ids)
+    if count == 1:
+        title, rest = "Challenge needs resolution", "passed its deadline and waits for a result."
+    else:
+        title = f"{count:,} challenges need resolution"
+        rest = f"and {count - 1:,} more passed their deadline and wait for a result."
+    return {
+        "first": ids[0],
+        "title": title,
+        "rest": rest,
+        "count": count,
+        "ids": json.dumps(ids[:NEEDS_RESOLUTION_IDS_SHOWN]),
+    }
+
 
 # Parameters: ids (the challenges), why (the body after the title), reason (a code for
 # clients), skip (a user not to tell: the one who cancelled, or NULL).
@@ -408,34 +433,41 @@ def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
 
     One ``UPDATE`` moves expired ``active`` challenges to ``pending_admin`` and expired
     ``pending`` ones (one side never staked) to ``cancelled``; then every active staff user gets
-    a ``needs_resolution`` notification per challenge and every participant of a cancelled one a
-    ``challenge_cancelled`` notification, each one ``INSERT ... SELECT``, and a live alert goes
-    to the staff channel after commit. Three statements whatever the number of challenges.
+    one ``needs_resolution`` notification for all the challenges this run moved to them, and
+    every participant of a cancelled one a ``challenge_cancelled`` notification, each one
+    ``INSERT ... SELECT``, and a live alert goes to the staff channel after commit. Three
+    statements whatever the number of challenges.
 
     Idempotent and safe to run concurrently: a second run finds the rows no longer open (the
     row lock makes it re-check them) and moves nothing; notification dedup keys
-    (``<kind>:<challenge>:<user>``) make any repeat insert nothing. Refunds of cancelled
-    challenges are created by the payout engine, not here.
+    (``<kind>:<challenge>:<user>``, the staff one's named by its first challenge) make any
+    repeat insert nothing. Refunds of cancelled challenges are created by the payout engine,
+    not here.
     """
     now = now or timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(_SWEEP_SQL, [now, now])
             moved = cursor.fetchall()
+        moved.sort()
         pending_admin = [pk for pk, status in moved if status == Challenge.Status.PENDING_ADMIN]
         cancelled = [pk for pk, status in moved if status == Challenge.Status.CANCELLED]
         notified = 0
         if pending_admin:
             notified += len(
                 notifications_insert_select(
-                    select_sql=_NEEDS_RESOLUTION_SELECT, params=[pending_admin]
+                    select_sql=_NEEDS_RESOLUTION_SELECT,
+                    params=_needs_resolution_params(pending_admin),
                 )
             )
             # Stored notifications reach each staff member; this is the live signal for open
-            # dashboards. The id list is capped to stay far below Pusher's 10 kB event limit.
+            # dashboards.
             staff_event_publish_on_commit(
                 event="challenges.needs_resolution",
-                data={"count": len(pending_admin), "challenge_ids": pending_admin[:100]},
+                data={
+                    "count": len(pending_admin),
+                    "challenge_ids": pending_admin[:NEEDS_RESOLUTION_IDS_SHOWN],
+                },
             )
         if cancelled:
             notified += len(

@@ -115,9 +115,39 @@ def test_the_sweep_issues_a_constant_number_of_queries(
     ):
         result = challenges_sweep_deadlines()
 
-    # Then all of them moved and were notified
+    # Then all of them moved; each staff member got one notification for them all, and the
+    # challenger one per cancelled challenge
     assert len(result.pending_admin) == len(result.cancelled) == count // 2
-    assert result.notifications == 2 * (count // 2) + count // 2
+    assert result.notifications == 2 + count // 2
+
+
+@pytest.mark.django_db
+def test_staff_get_one_notification_for_all_the_challenges_a_sweep_moves(make_user):
+    # Given two staff members and 150 active challenges past their deadline
+    admins = [make_user("admin_a", staff=True), make_user("admin_b", staff=True)]
+    challenges = [active_challenge(make_user, due_in=timedelta(minutes=30))[0] for _ in range(150)]
+    ids = sorted(c.pk for c in challenges)
+
+    # When one sweep moves them all, and a second one runs
+    with time_machine.travel(challenges[-1].due_date + timedelta(minutes=1), tick=False):
+        result = challenges_sweep_deadlines()
+        again = challenges_sweep_deadlines()
+
+    # Then each staff member has one notification naming the first, the count and the first
+    # hundred ids (all of them are in the console's "awaiting resolution" list)
+    assert result.pending_admin == ids
+    assert (result.notifications, again.notifications) == (2, 0)
+    first = Challenge.objects.get(pk=ids[0])
+    for admin in admins:
+        (note,) = Notification.objects.filter(user=admin)
+        assert (note.kind, note.challenge_id) == ("needs_resolution", ids[0])
+        assert note.title == "150 challenges need resolution"
+        assert note.body == (
+            f'"{first.title}" and 149 more passed their deadline and wait for a result.'
+        )
+        assert note.data["count"] == 150
+        assert note.data["challenge_ids"] == ids[:100]
+        assert note.dedup_key == f"needs_resolution:{ids[0]}:{admin.pk}"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -135,8 +165,17 @@ def test_two_sweeps_at_the_same_moment_move_and_notify_each_challenge_once(make_
     with time_machine.travel(challenges[-1].due_date + timedelta(seconds=30), tick=False):
         results = run_together(challenges_sweep_deadlines, challenges_sweep_deadlines)
 
-    # Then between them each challenge moved once and each notification was created once
+    # Then between them each challenge moved once, the staff heard of each once, and each
+    # cancellation was told once
     assert len(results) == 2
     assert sorted(pk for r in results for pk in r.pending_admin) == [c.pk for c in challenges[:10]]
     assert sorted(pk for r in results for pk in r.cancelled) == [c.pk for c in challenges[10:]]
-    assert sum(r.notifications for r in results) == 20 == Notification.objects.count()
+    told = Notification.objects.filter(kind="needs_resolution")
+    assert sorted(pk for n in told for pk in n.data["challenge_ids"]) == [
+        c.pk for c in challenges[:10]
+    ]
+    cancelled = Notification.objects.filter(kind="challenge_cancelled")
+    assert sorted(cancelled.values_list("challenge_id", flat=True)) == [
+        c.pk for c in challenges[10:]
+    ]
+    assert sum(r.notifications for r in results) == Notification.objects.count()
