@@ -34,12 +34,15 @@ class Challenge(models.Model):
     challenger = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="challenges_made"
     )
+    # Indexed only where set (``challenge_challenged_idx`` below): the index serves the check a
+    # user's deletion makes, and an open challenge with no named opponent has nothing to find.
     challenged = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         related_name="challenges_received",
+        db_index=False,
     )
     escrow = models.OneToOneField(
         "ledger.Account", on_delete=models.PROTECT, related_name="escrow_challenge"
@@ -54,12 +57,14 @@ class Challenge(models.Model):
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # Indexed only where set (``challenge_resolved_by_idx``), for the same reason.
     resolved_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        db_index=False,
     )
     completed_at = models.DateTimeField(null=True, blank=True)
     # What the parties (or staff) offer as proof of the outcome: text and/or links.
@@ -105,6 +110,20 @@ class Challenge(models.Model):
                 fields=["due_date"],
                 condition=Q(status="pending_admin"),
                 name="challenge_awaiting_idx",
+            ),
+            # Read by nothing but a user's deletion (PROTECT and SET_NULL look the user up
+            # here). The status is indexed, so every move of a challenge (the sweep's, a
+            # resolve's) writes a new row version into each index whose predicate it meets:
+            # a row without a challenged user or a resolver skips these two.
+            models.Index(
+                fields=["challenged"],
+                condition=Q(challenged__isnull=False),
+                name="challenge_challenged_idx",
+            ),
+            models.Index(
+                fields=["resolved_by"],
+                condition=Q(resolved_by__isnull=False),
+                name="challenge_resolved_by_idx",
             ),
         ]
 
