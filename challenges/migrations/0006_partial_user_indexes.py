@@ -12,15 +12,30 @@ from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 TABLE = "challenges_challenge"
-OLD_INDEXES = {
-    "challenged": "challenges_challenge_challenged_id_e703367b",
-    "resolved_by": "challenges_challenge_resolved_by_id_1f801e3e",
+# field: (its on_delete, its related_name, the full index Django gave it in 0001)
+FIELDS = {
+    "challenged": (
+        models.deletion.PROTECT,
+        "challenges_received",
+        "challenges_challenge_challenged_id_e703367b",
+    ),
+    "resolved_by": (models.deletion.SET_NULL, "+", "challenges_challenge_resolved_by_id_1f801e3e"),
 }
 
 
-def _drop_full_index(field: str, on_delete) -> migrations.SeparateDatabaseAndState:
-    name = OLD_INDEXES[field]
-    related_name = "challenges_received" if field == "challenged" else "+"
+def _add_partial_index(field: str) -> AddIndexConcurrently:
+    return AddIndexConcurrently(
+        model_name="challenge",
+        index=models.Index(
+            condition=models.Q((f"{field}__isnull", False)),
+            fields=[field],
+            name=f"challenge_{field}_idx",
+        ),
+    )
+
+
+def _drop_full_index(field: str) -> migrations.SeparateDatabaseAndState:
+    on_delete, related_name, name = FIELDS[field]
     return migrations.SeparateDatabaseAndState(
         state_operations=[
             migrations.AlterField(
@@ -56,22 +71,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        AddIndexConcurrently(
-            model_name="challenge",
-            index=models.Index(
-                condition=models.Q(("challenged__isnull", False)),
-                fields=["challenged"],
-                name="challenge_challenged_idx",
-            ),
-        ),
-        AddIndexConcurrently(
-            model_name="challenge",
-            index=models.Index(
-                condition=models.Q(("resolved_by__isnull", False)),
-                fields=["resolved_by"],
-                name="challenge_resolved_by_idx",
-            ),
-        ),
-        _drop_full_index("challenged", models.deletion.PROTECT),
-        _drop_full_index("resolved_by", models.deletion.SET_NULL),
+        *(_add_partial_index(field) for field in FIELDS),
+        *(_drop_full_index(field) for field in FIELDS),
     ]
