@@ -23,15 +23,43 @@ from core.db import columns_sql, row_model
 AuthToken = get_token_model()
 User = get_user_model()
 
+# The permissions a user holds, directly or through a group, as "app_label.codename" (what
+# ModelBackend loads in two queries): the one definition the token lookup and the
+# one-permission check below build on. ``{user_id}`` is the SQL naming the user.
+_PERMISSIONS_HELD_SQL = f"""
+SELECT ct.app_label || '.' || p.codename
+FROM {Permission._meta.db_table} AS p
+JOIN {ContentType._meta.db_table} AS ct ON ct.id = p.content_type_id
+WHERE p.id IN (
+    SELECT up.permission_id FROM {User.user_permissions.through._meta.db_table} AS up
+    WHERE up.user_id = {{user_id}}
+    UNION ALL
+    SELECT gp.permission_id
+    FROM {Group.permissions.through._meta.db_table} AS gp
+    JOIN {User.groups.through._meta.db_table} AS ug ON ug.group_id = gp.group_id
+    WHERE ug.user_id = {{user_id}}
+)
+"""  # noqa: S608 - names from the models, values as parameters
+
 # knox's lookup (the tokens sharing the presented token's key, each with its user), written
 # by hand: it runs on every authenticated request, and the ORM's compilation of it cost more
-# CPU than the whole rest of the authentication.
+# CPU than the whole rest of the authentication. An active staff member's permissions come
+# with it (NULL for anyone else): every staff request asks for one, which was a second round
+# trip (under a payout's load, the slowest part of a resolve after its commit).
 _TOKEN_SQL = f"""
-SELECT {columns_sql(AuthToken, "t")}, {columns_sql(User, "u")}
+SELECT {columns_sql(AuthToken, "t")}, {columns_sql(User, "u")},
+    CASE WHEN u.is_staff AND u.is_active AND NOT u.is_superuser
+        THEN ARRAY({_PERMISSIONS_HELD_SQL.format(user_id="u.id")})
+    END
 FROM {AuthToken._meta.db_table} AS t
 JOIN {User._meta.db_table} AS u ON u.{User._meta.pk.column} = t.user_id
 WHERE t.token_key = %s
 """  # noqa: S608 - names from the models, values as parameters
+
+# Whether a user holds one permission.
+_PERMISSION_HELD_SQL = f"""
+SELECT %(perm)s IN ({_PERMISSIONS_HELD_SQL.format(user_id="%(user_id)s")})
+"""
 
 
 class TokenAuthentication(KnoxTokenAuthentication):
@@ -52,6 +80,9 @@ class TokenAuthentication(KnoxTokenAuthentication):
         for row in rows:
             auth_token = row_model(AuthToken, row)
             auth_token.user = row_model(User, row, len(AuthToken._meta.concrete_fields))
+            if row[-1] is not None:
+                # Where ModelBackend keeps the permissions it loaded: has_perm answers from it.
+                auth_token.user._perm_cache = set(row[-1])
             if self._cleanup_token(auth_token):
                 continue
             try:
@@ -99,28 +130,6 @@ class AdminLockoutBackend(AxesStandaloneBackend):
         return super().authenticate(request, username=username, password=password, **kwargs)
 
 
-# Whether a user holds one permission, directly or through a group: what ModelBackend answers by
-# loading every permission the user holds, in two queries, on each request that asks.
-_PERMISSION_HELD_SQL = f"""
-SELECT EXISTS (
-    SELECT 1
-    FROM {Permission._meta.db_table} AS p
-    JOIN {ContentType._meta.db_table} AS ct ON ct.id = p.content_type_id
-    WHERE ct.app_label = %(app_label)s AND p.codename = %(codename)s AND (
-        EXISTS (
-            SELECT 1 FROM {User.user_permissions.through._meta.db_table} AS up
-            WHERE up.permission_id = p.id AND up.user_id = %(user_id)s
-        ) OR EXISTS (
-            SELECT 1
-            FROM {Group.permissions.through._meta.db_table} AS gp
-            JOIN {User.groups.through._meta.db_table} AS ug ON ug.group_id = gp.group_id
-            WHERE gp.permission_id = p.id AND ug.user_id = %(user_id)s
-        )
-    )
-)
-"""  # noqa: S608 - names from the models, values as parameters
-
-
 class PermissionBackend(ModelBackend):
     """Django's ``ModelBackend`` (passwords, permissions), except that ``has_perm`` on a user
     whose permissions are not loaded yet asks for that one permission in one statement.
@@ -129,7 +138,8 @@ class PermissionBackend(ModelBackend):
     question: every staff request paid two queries (user and group permissions, all of them)
     for one answer. The answer is the same: an active user holding ``app_label.codename``
     directly or through a group; superusers and object permissions go to ModelBackend, and a
-    user whose permissions are loaded (the admin asks many questions) is answered from them.
+    user whose permissions are loaded (the admin asks many questions; a staff member's token
+    lookup brings them) is answered from them.
     """
 
     def has_perm(self, user_obj, perm: str, obj=None) -> bool:
@@ -142,10 +152,6 @@ class PermissionBackend(ModelBackend):
             or "." not in perm
         ):
             return super().has_perm(user_obj, perm, obj)
-        app_label, codename = perm.split(".", 1)
         with connection.cursor() as cursor:
-            cursor.execute(
-                _PERMISSION_HELD_SQL,
-                {"app_label": app_label, "codename": codename, "user_id": user_obj.pk},
-            )
+            cursor.execute(_PERMISSION_HELD_SQL, {"perm": perm, "user_id": user_obj.pk})
             return bool(cursor.fetchone()[0])

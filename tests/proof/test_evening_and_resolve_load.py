@@ -43,8 +43,8 @@ def test_resolve_latency_idle_and_under_load_leaves_the_resolved_challenge_untou
     assert report["stakers"] == 50
     for phase in ("idle", "loaded"):
         assert report[phase]["samples"] == 5
-        # The staff permission check, then the resolve's transaction: BEGIN, its one
-        # statement, COMMIT
+        # The token lookup, which brings the staff member's permissions, then the resolve's
+        # transaction: BEGIN, its one statement, COMMIT
         assert report[phase]["queries"] == 4
         assert 0 < report[phase]["p50_ms"] <= report[phase]["p99_ms"]
     # The samples' jobs were undone and their expansions parked, then purged: only the paid
