@@ -27,12 +27,12 @@ from challenges.models import Challenge, Stake
 from challenges.signals import challenges_cancelled
 from core.db import advisory_xact_lock, columns_sql, row_model
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from core.money import MAX_AMOUNT, amounts_in_range
+from core.money import MAX_AMOUNT
 from core.permissions import staff_action_allowed
 from core.services import audit_record
 from ledger.models import Account, Transfer
 from ledger.selectors import WALLET_ID_SQL, wallet_missing
-from ledger.services import account_create, transfer_post
+from ledger.services import account_create, posting_ctes, posting_errors
 from notifications.services import notifications_insert_select, staff_event_publish_on_commit
 
 User = get_user_model()
@@ -166,28 +166,33 @@ def challenge_notes_update(
     return challenge
 
 
-# The stake row, unless this user has one on this challenge already (then no row comes back,
-# without an error that would end the transaction). The challenge need not be open yet: that is
-# decided under its row lock by the totals update, which follows in the same transaction.
-# The staker's wallet comes back with it (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes), so
-# finding it costs no statement of its own.
-_STAKE_INSERT_SQL = f"""
-INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
-SELECT id, %(user_id)s, %(side)s, %(amount)s FROM challenges_challenge WHERE id = %(challenge_id)s
-ON CONFLICT (challenge_id, user_id) DO NOTHING
-RETURNING id, created_at, ({WALLET_ID_SQL})
-"""  # noqa: S608 - names from the models, values as parameters
-
-# Adds the stake to its side's totals and turns a pending challenge active once both sides have
-# a stake -- only while the challenge takes stakes. The row lock this UPDATE takes is the one the
-# sweep, decline, cancel and resolve take: whichever comes second waits for the first to commit
-# and then re-checks its WHERE clause against the committed row (READ COMMITTED re-evaluation).
-# So a stake either commits before the challenge closes, or finds it closed and returns no row.
-# SET expressions read the row as it was before this stake, hence ``+ %(yes)s`` in the check.
-# It returns the whole challenge row as this stake left it, with the two parties' usernames, so
-# the API answers with the challenge without reading it again.
-_STAKE_TOTALS_SQL = f"""
-WITH staked AS (
+# A stake in one statement: the stake row, the challenge's totals, and the money wallet ->
+# escrow (the ledger's own posting, key ``stake:<stake_id>``).
+# - The stake row is inserted unless this user has one on this challenge already (then nothing
+#   at all is written and no row comes back, without an error that would end the transaction),
+#   or has no wallet (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes).
+# - The totals UPDATE adds it to its side's total and count, and turns a pending challenge
+#   active once both sides have a stake -- only while the challenge takes stakes. Its row lock
+#   is the one the sweep, decline, cancel and resolve take: whichever comes second waits for the
+#   first to commit and then re-checks its WHERE clause against the committed row (READ
+#   COMMITTED re-evaluation). So a stake either commits before the challenge closes, or finds
+#   it closed: the row comes back without the challenge, and the caller rolls the stake back.
+#   SET expressions read the row as it was before this stake, hence ``+ %(yes)s`` in the check.
+# - The money moves only once the totals did (the posting selects from the UPDATE), so the
+#   challenge row is locked before the escrow, as every closing of a challenge locks them.
+# One round trip holds the challenge row from its lock to the commit: stakes on one challenge
+# queue for as short a time as possible. The challenge comes back whole as this stake left it,
+# with the two parties' usernames, so the API answers without reading it again.
+_STAKE_SQL = f"""
+WITH wallet AS ({WALLET_ID_SQL}),
+stake AS (
+    INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
+    SELECT c.id, %(user_id)s, %(side)s, %(amount)s
+    FROM challenges_challenge AS c
+    WHERE c.id = %(challenge_id)s AND EXISTS (SELECT FROM wallet)
+    ON CONFLICT (challenge_id, user_id) DO NOTHING
+    RETURNING id, created_at
+), staked AS (
     UPDATE challenges_challenge
     SET yes_total = yes_total + %(yes_amount)s,
         no_total = no_total + %(no_amount)s,
@@ -197,18 +202,26 @@ WITH staked AS (
                       THEN 'active' ELSE status END,
         updated_at = %(now)s
     WHERE id = %(challenge_id)s AND status IN ('pending', 'active') AND due_date > %(now)s
+      AND EXISTS (SELECT FROM stake)
     RETURNING {columns_sql(Challenge, "challenges_challenge")}
-)
-SELECT staked.*, challenger.username, challenged.username
-FROM staked
-JOIN auth_user AS challenger ON challenger.id = staked.challenger_id
+), {
+    posting_ctes(
+        "SELECT wallet.id, staked.escrow_id, %(amount)s, %(kind)s, 'stake:' || stake.id "
+        "FROM wallet, staked, stake"
+    )
+}
+SELECT stake.id, stake.created_at, staked.*, challenger.username, challenged.username
+FROM stake
+LEFT JOIN staked ON true
+LEFT JOIN auth_user AS challenger ON challenger.id = staked.challenger_id
 LEFT JOIN auth_user AS challenged ON challenged.id = staked.challenged_id
 """  # noqa: S608 - names from the models, values as parameters
 
 
 def _challenge_from_row(row: tuple) -> Challenge:
-    """The challenge ``_STAKE_TOTALS_SQL`` returned, its two parties loaded with their id and
-    username (what the API shows of them; any other field is read on first use)."""
+    """The challenge ``_STAKE_SQL`` returned (from its first column on), its two parties
+    loaded with their id and username (what the API shows of them; any other field is read on
+    first use)."""
     challenge = row_model(Challenge, row)
     challenger_name, challenged_name = row[-2:]
     challenge.challenger = User.from_db(
@@ -221,30 +234,35 @@ def _challenge_from_row(row: tuple) -> Challenge:
     return challenge
 
 
-def _stake_refusal(*, challenge_id: int, now: datetime) -> Conflict | NotFound:
-    """Why a stake found nothing to do: no such challenge, closed, or staked before."""
+def _stake_refusal(*, user_id: int, challenge_id: int, now: datetime) -> Conflict | NotFound:
+    """Why a stake inserted nothing: no such challenge, no wallet, closed, or staked before."""
     challenge = Challenge.objects.filter(pk=challenge_id).only("status", "due_date").first()
     if challenge is None:
         return NotFound("No such challenge.", code="challenge_not_found")
+    if not Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).exists():
+        return wallet_missing()
     if challenge.status not in Challenge.OPEN_STATUSES or challenge.due_date <= now:
-        return Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
+        return _challenge_closed_to_stakes()
     return Conflict("You already have a stake here.", code="already_staked")
+
+
+def _challenge_closed_to_stakes() -> Conflict:
+    return Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
 
 
 def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stake:
     """Stake ``amount`` of the user's wallet on ``side`` of an open challenge.
 
-    One durable transaction: insert the stake (one per user and challenge), add it to the
-    side's total and count and turn a ``pending`` challenge ``active`` once both sides have a
-    stake -- in one UPDATE that holds only while the challenge is open and before its
-    ``due_date`` -- then move the money wallet -> escrow with key ``stake:<stake_id>``. The
-    challenge row and the escrow account are locked from that UPDATE to the commit, three
-    statements, so that stakes on one challenge queue for as short a time as possible; a
-    challenge that closes (sweep, decline, cancel) takes the same row lock, so no stake lands
-    after it. Any refusal (``invalid_side``, ``invalid_amount``, ``challenge_not_found``,
-    ``challenge_not_open``, ``already_staked``, ``wallet_not_found``, ``insufficient_funds``)
-    changes nothing. The stake returned carries its ``challenge`` as this stake left it (totals,
-    status, the parties' ids and usernames), read by the same UPDATE.
+    One durable transaction of one statement (``_STAKE_SQL``): insert the stake (one per user
+    and challenge), add it to the side's total and count and turn a ``pending`` challenge
+    ``active`` once both sides have a stake -- in one UPDATE that holds only while the
+    challenge is open and before its ``due_date`` -- and move the money wallet -> escrow with
+    key ``stake:<stake_id>``. A challenge that closes (sweep, decline, cancel) takes the same
+    row lock, so no stake lands after it. Any refusal (``invalid_side``, ``invalid_amount``,
+    ``challenge_not_found``, ``wallet_not_found``, ``challenge_not_open``, ``already_staked``,
+    ``insufficient_funds``, ``amount_out_of_range``) changes nothing. The stake returned
+    carries its ``challenge`` as this stake left it (totals, status, the parties' ids and
+    usernames).
     """
     if side not in Stake.Side.values:
         raise InvalidInput("side must be 'yes' or 'no'.", code="invalid_side")
@@ -262,31 +280,20 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
         "yes_amount": amount if yes else 0,
         "no_amount": 0 if yes else amount,
         "now": now,
+        "kind": Transfer.Kind.STAKE,
     }
-    with transaction.atomic(durable=True), connection.cursor() as cursor:
-        cursor.execute(_STAKE_INSERT_SQL, params)
-        inserted = cursor.fetchone()
-        if inserted is None:
-            raise _stake_refusal(challenge_id=challenge_id, now=now)
-        stake_id, created_at, wallet_id = inserted
-        if wallet_id is None:
-            raise wallet_missing()
-        with amounts_in_range():
-            cursor.execute(_STAKE_TOTALS_SQL, params)
-            row = cursor.fetchone()
+    with posting_errors(), transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(_STAKE_SQL, params)
+        row = cursor.fetchone()
         if row is None:
-            raise Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
-        challenge = _challenge_from_row(row)
-        transfer_post(
-            debit_account_id=wallet_id,
-            credit_account_id=challenge.escrow_id,
-            amount=amount,
-            kind=Transfer.Kind.STAKE,
-            idempotency_key=f"stake:{stake_id}",
-        )
+            raise _stake_refusal(user_id=user.pk, challenge_id=challenge_id, now=now)
+        stake_id, created_at = row[:2]
+        if row[2] is None:
+            # Closed before this stake held its row: the stake row goes with the rollback.
+            raise _challenge_closed_to_stakes()
     return Stake(
         id=stake_id,
-        challenge=challenge,
+        challenge=_challenge_from_row(row[2:]),
         user=user,
         side=side,
         amount=amount,

@@ -8,7 +8,8 @@ Invariants (DESIGN.md section 3), true after every committed transaction:
 in one SQL statement, and ``ledger.selectors.ledger_check`` verifies them from the rows.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,27 +42,65 @@ _LOCK_SQL = """
 SELECT id FROM payouts_account WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE
 """
 
-# Insert the transfers, skip keys that were already posted, and apply the net balance change of
-# the rows actually inserted -- all in one statement, so a duplicate moves no money.
-_POST_SQL = """
-WITH ins AS (
+
+def posting_ctes(source: str) -> str:
+    """The CTEs that post the transfers ``source`` selects, for a statement of the caller's own
+    that must move money in the same round trip as its other writes (one stake is a single
+    statement). ``transfers_post`` is made of them too: they are the ledger's one posting.
+
+    ``source`` is a SELECT of (debit_account_id, credit_account_id, amount, kind,
+    idempotency_key). The CTEs are ``posted``, the transfers inserted (a key posted before is
+    skipped and moves no money), and ``moved``, one row per account whose balance changed by
+    the net of them: both invariants hold whatever else the statement does. Run it under
+    ``posting_errors``. Accounts are locked in the order the plan meets them; a caller posting
+    over accounts that concurrent postings share in another order locks them first, in id
+    order, as ``transfers_post`` does.
+    """
+    return f"""
+posted AS (
     INSERT INTO payouts_transfer
         (debit_account_id, credit_account_id, amount, kind, idempotency_key)
-    SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[])
+    {source}
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING debit_account_id, credit_account_id, amount
-), moves AS (
-    SELECT debit_account_id AS account_id, -amount AS delta FROM ins
-    UNION ALL
-    SELECT credit_account_id, amount FROM ins
-), upd AS (
+), moved AS (
     UPDATE payouts_account AS a SET balance = a.balance + d.delta
-    FROM (SELECT account_id, sum(delta) AS delta FROM moves GROUP BY account_id) AS d
+    FROM (
+        SELECT account_id, sum(delta) AS delta
+        FROM (
+            SELECT debit_account_id AS account_id, -amount AS delta FROM posted
+            UNION ALL
+            SELECT credit_account_id, amount FROM posted
+        ) AS moves
+        GROUP BY account_id
+    ) AS d
     WHERE a.id = d.account_id
     RETURNING 1
-)
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)
-"""
+)"""  # noqa: S608 - the caller's SQL, its values as parameters
+
+
+_POST_SQL = f"""
+WITH {
+    posting_ctes(
+        "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[])"
+    )
+}
+SELECT (SELECT count(*) FROM posted), (SELECT count(*) FROM moved)
+"""  # noqa: S608 - no value in the text: they are parameters
+
+
+@contextmanager
+def posting_errors() -> Iterator[None]:
+    """A posting refused by the database as the ledger's errors (409): a balance that would
+    go negative is ``InsufficientFunds``, one that would overflow ``AmountOutOfRange``. The
+    statement failed, so its transaction wrote nothing."""
+    try:
+        with amounts_in_range():
+            yield
+    except IntegrityError as exc:
+        if "account_balance_non_negative" in str(exc):
+            raise InsufficientFunds() from exc
+        raise
 
 
 def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
@@ -87,15 +126,10 @@ def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
         [t.kind for t in transfers],
         [t.idempotency_key for t in transfers],
     )
-    try:
-        with amounts_in_range(), transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_LOCK_SQL, [account_ids])
-            cursor.execute(_POST_SQL, list(columns))
-            inserted, _ = cursor.fetchone()
-    except IntegrityError as exc:
-        if "account_balance_non_negative" in str(exc):
-            raise InsufficientFunds() from exc
-        raise
+    with posting_errors(), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [account_ids])
+        cursor.execute(_POST_SQL, list(columns))
+        inserted, _ = cursor.fetchone()
     return int(inserted)
 
 

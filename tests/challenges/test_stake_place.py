@@ -10,7 +10,7 @@ from django.utils import timezone
 from challenges.models import Challenge, Stake
 from challenges.services import challenges_sweep_deadlines, stake_place
 from core.errors import DomainError
-from ledger.models import Transfer
+from ledger.models import Account, Transfer
 from ledger.selectors import wallet_get
 from tests.challenges.helpers import active_challenge, open_challenge
 from tests.conftest import run_together, wait_for
@@ -79,6 +79,32 @@ def test_bad_stakes_change_nothing(make_user, side, amount, code):
 
     assert error.value.code == code
     assert _snapshot(challenge, staker) == before
+
+
+@pytest.mark.django_db
+def test_a_stake_is_one_statement_in_its_transaction(make_user, django_assert_num_queries):
+    staker = make_user(balance=500)
+    challenge = open_challenge(make_user())
+    # BEGIN, the stake with its totals and its transfer, COMMIT
+    with django_assert_num_queries(3):
+        stake = stake_place(user=staker, challenge_id=challenge.pk, side="no", amount=40)
+    assert (stake.challenge.no_total, stake.challenge.no_count) == (40, 1)
+    # The escrow, the transfers (the deposit and the stake), the stakes, the wallet
+    assert _snapshot(challenge, staker)[5:] == (40, 2, 1, 460)
+
+
+@pytest.mark.django_db
+def test_a_stake_from_a_user_without_a_wallet_is_refused(make_user):
+    staker, creator = make_user(), make_user()
+    challenge = open_challenge(creator)
+    Account.objects.filter(kind=Account.Kind.USER_WALLET, user=staker).delete()
+    before = _snapshot(challenge, creator)
+
+    with pytest.raises(DomainError) as error:
+        stake_place(user=staker, challenge_id=challenge.pk, side="yes", amount=10)
+
+    assert error.value.code == "wallet_not_found"
+    assert _snapshot(challenge, creator) == before
 
 
 @pytest.mark.django_db
