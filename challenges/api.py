@@ -26,6 +26,7 @@ from core.api import (
     ErrorSerializer,
     MoneyThrottle,
     StrictCharField,
+    serialized,
 )
 from core.errors import InvalidInput
 
@@ -191,8 +192,8 @@ class StakeCreateApi(APIView):
         stake = stake_place(user=request.user, challenge_id=challenge_id, **data.validated_data)
         return Response(
             {
-                "stake": StakeOutputSerializer(stake).data,
-                "challenge": ChallengeOutputSerializer(stake.challenge).data,
+                "stake": serialized(StakeOutputSerializer, stake),
+                "challenge": serialized(ChallengeOutputSerializer, stake.challenge),
             },
             status=status.HTTP_201_CREATED,
         )

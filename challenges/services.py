@@ -13,6 +13,7 @@ re-checks each row after the row lock, and every notification has a unique ``ded
 """
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -166,54 +167,59 @@ def challenge_notes_update(
     return challenge
 
 
-# A stake in one statement: the stake row, the challenge's totals, and the money wallet ->
-# escrow (the ledger's own posting, key ``stake:<stake_id>``).
-# - The stake row is inserted unless this user has one on this challenge already (then nothing
-#   at all is written and no row comes back, without an error that would end the transaction),
-#   or has no wallet (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes).
-# - The totals UPDATE adds it to its side's total and count, and turns a pending challenge
-#   active once both sides have a stake -- only while the challenge takes stakes. Its row lock
-#   is the one the sweep, decline, cancel and resolve take: whichever comes second waits for the
-#   first to commit and then re-checks its WHERE clause against the committed row (READ
-#   COMMITTED re-evaluation). So a stake either commits before the challenge closes, or finds
-#   it closed: the row comes back without the challenge, and the caller rolls the stake back.
-#   SET expressions read the row as it was before this stake, hence ``+ %(yes)s`` in the check.
-# - The money moves only once the totals did (the posting selects from the UPDATE), so the
-#   challenge row is locked before the escrow, as every closing of a challenge locks them.
-# One round trip holds the challenge row from its lock to the commit: stakes on one challenge
-# queue for as short a time as possible. The challenge comes back whole as this stake left it,
-# with the two parties' usernames, so the API answers without reading it again.
+# A stake in one statement, all of whose writes happen or none do, so that it commits on its
+# own (autocommit) without a round trip for BEGIN or COMMIT:
+# - ``open`` locks the challenge row, only while the challenge takes stakes. It is the lock the
+#   sweep, decline, cancel and resolve take: whichever comes second waits for the first to
+#   commit and then re-checks the row as committed (READ COMMITTED re-evaluation). So a stake
+#   either lands before the challenge closes, or finds it closed and writes nothing.
+# - ``stake`` inserts the stake row into that open challenge, unless this user has one there
+#   already or has no wallet (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes).
+# - ``staked`` adds the stake to its side's total and count and turns a pending challenge
+#   active once both sides have a stake. It updates the row ``open`` locked, as committed:
+#   SET expressions read it as it was before this stake, hence the ``+`` in the check.
+# - The money moves wallet -> escrow by the ledger's own posting (key ``stake:<stake_id>``),
+#   after the challenge row was locked, the order every closing of a challenge locks them in.
+# No row comes back when nothing was written. The challenge comes back whole as this stake left
+# it, with the two parties' usernames, so the API answers without reading it again.
 _STAKE_SQL = f"""
-WITH wallet AS ({WALLET_ID_SQL}),
-stake AS (
+WITH input AS (
+    SELECT %(side)s = 'yes' AS yes, %(amount)s::bigint AS amount, %(now)s::timestamptz AS now
+), wallet AS ({WALLET_ID_SQL}),
+open AS (
+    SELECT c.id FROM challenges_challenge AS c, input AS i
+    WHERE c.id = %(challenge_id)s AND c.status IN ('pending', 'active') AND c.due_date > i.now
+    FOR NO KEY UPDATE OF c
+), stake AS (
     INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
-    SELECT c.id, %(user_id)s, %(side)s, %(amount)s
-    FROM challenges_challenge AS c
-    WHERE c.id = %(challenge_id)s AND EXISTS (SELECT FROM wallet)
+    SELECT o.id, %(user_id)s, %(side)s, i.amount
+    FROM open AS o, input AS i
+    WHERE EXISTS (SELECT FROM wallet)
     ON CONFLICT (challenge_id, user_id) DO NOTHING
-    RETURNING id, created_at
+    RETURNING id, challenge_id, created_at
 ), staked AS (
-    UPDATE challenges_challenge
-    SET yes_total = yes_total + %(yes_amount)s,
-        no_total = no_total + %(no_amount)s,
-        yes_count = yes_count + %(yes)s,
-        no_count = no_count + %(no)s,
-        status = CASE WHEN status = 'pending' AND yes_count + %(yes)s > 0 AND no_count + %(no)s > 0
-                      THEN 'active' ELSE status END,
-        updated_at = %(now)s
-    WHERE id = %(challenge_id)s AND status IN ('pending', 'active') AND due_date > %(now)s
-      AND EXISTS (SELECT FROM stake)
-    RETURNING {columns_sql(Challenge, "challenges_challenge")}
+    UPDATE challenges_challenge AS c
+    SET yes_total = c.yes_total + CASE WHEN i.yes THEN i.amount ELSE 0 END,
+        no_total = c.no_total + CASE WHEN i.yes THEN 0 ELSE i.amount END,
+        yes_count = c.yes_count + i.yes::int,
+        no_count = c.no_count + (NOT i.yes)::int,
+        status = CASE WHEN c.status = 'pending'
+                           AND c.yes_count + i.yes::int > 0 AND c.no_count + (NOT i.yes)::int > 0
+                      THEN 'active' ELSE c.status END,
+        updated_at = i.now
+    FROM stake AS s, input AS i
+    WHERE c.id = s.challenge_id
+    RETURNING {columns_sql(Challenge, "c")}
 ), {
     posting_ctes(
-        "SELECT wallet.id, staked.escrow_id, %(amount)s, %(kind)s, 'stake:' || stake.id "
-        "FROM wallet, staked, stake"
+        "SELECT wallet.id, staked.escrow_id, input.amount, %(kind)s, 'stake:' || stake.id "
+        "FROM wallet, staked, stake, input"
     )
 }
 SELECT stake.id, stake.created_at, staked.*, challenger.username, challenged.username
 FROM stake
-LEFT JOIN staked ON true
-LEFT JOIN auth_user AS challenger ON challenger.id = staked.challenger_id
+JOIN staked ON true
+JOIN auth_user AS challenger ON challenger.id = staked.challenger_id
 LEFT JOIN auth_user AS challenged ON challenged.id = staked.challenged_id
 """  # noqa: S608 - names from the models, values as parameters
 
@@ -242,55 +248,47 @@ def _stake_refusal(*, user_id: int, challenge_id: int, now: datetime) -> Conflic
     if not Account.objects.filter(kind=Account.Kind.USER_WALLET, user_id=user_id).exists():
         return wallet_missing()
     if challenge.status not in Challenge.OPEN_STATUSES or challenge.due_date <= now:
-        return _challenge_closed_to_stakes()
+        return Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
     return Conflict("You already have a stake here.", code="already_staked")
-
-
-def _challenge_closed_to_stakes() -> Conflict:
-    return Conflict("This challenge no longer takes stakes.", code="challenge_not_open")
 
 
 def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stake:
     """Stake ``amount`` of the user's wallet on ``side`` of an open challenge.
 
-    One durable transaction of one statement (``_STAKE_SQL``): insert the stake (one per user
-    and challenge), add it to the side's total and count and turn a ``pending`` challenge
-    ``active`` once both sides have a stake -- in one UPDATE that holds only while the
-    challenge is open and before its ``due_date`` -- and move the money wallet -> escrow with
-    key ``stake:<stake_id>``. A challenge that closes (sweep, decline, cancel) takes the same
-    row lock, so no stake lands after it. Any refusal (``invalid_side``, ``invalid_amount``,
-    ``challenge_not_found``, ``wallet_not_found``, ``challenge_not_open``, ``already_staked``,
-    ``insufficient_funds``, ``amount_out_of_range``) changes nothing. The stake returned
-    carries its ``challenge`` as this stake left it (totals, status, the parties' ids and
-    usernames).
+    One statement (``_STAKE_SQL``), committed on its own: lock the challenge while it is open
+    and before its ``due_date``, insert the stake (one per user and challenge), add it to the
+    side's total and count and turn a ``pending`` challenge ``active`` once both sides have a
+    stake, and move the money wallet -> escrow with key ``stake:<stake_id>``. A challenge that
+    closes (sweep, decline, cancel) takes the same row lock, so no stake lands after it. The
+    challenge's row is held for that one statement and its commit, so stakes on a busy
+    challenge queue for as short a time as possible. Any refusal (``invalid_side``,
+    ``invalid_amount``, ``challenge_not_found``, ``wallet_not_found``, ``challenge_not_open``,
+    ``already_staked``, ``insufficient_funds``, ``amount_out_of_range``) changes nothing. The
+    stake returned carries its ``challenge`` as this stake left it (totals, status, the
+    parties' ids and usernames).
     """
     if side not in Stake.Side.values:
         raise InvalidInput("side must be 'yes' or 'no'.", code="invalid_side")
     if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
         raise InvalidInput("Amounts are positive integers of minor units.", code="invalid_amount")
     now = timezone.now()
-    yes = side == Stake.Side.YES
     params = {
         "challenge_id": challenge_id,
         "user_id": user.pk,
         "side": side,
         "amount": amount,
-        "yes": int(yes),
-        "no": int(not yes),
-        "yes_amount": amount if yes else 0,
-        "no_amount": 0 if yes else amount,
         "now": now,
         "kind": Transfer.Kind.STAKE,
     }
-    with posting_errors(), transaction.atomic(durable=True), connection.cursor() as cursor:
+    # On its own the statement commits itself; in a caller's transaction, a refusal by the
+    # database (no funds) rolls back to a savepoint and leaves that transaction usable.
+    in_transaction = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with posting_errors(), in_transaction, connection.cursor() as cursor:
         cursor.execute(_STAKE_SQL, params)
         row = cursor.fetchone()
-        if row is None:
-            raise _stake_refusal(user_id=user.pk, challenge_id=challenge_id, now=now)
-        stake_id, created_at = row[:2]
-        if row[2] is None:
-            # Closed before this stake held its row: the stake row goes with the rollback.
-            raise _challenge_closed_to_stakes()
+    if row is None:
+        raise _stake_refusal(user_id=user.pk, challenge_id=challenge_id, now=now)
+    stake_id, created_at = row[:2]
     return Stake(
         id=stake_id,
         challenge=_challenge_from_row(row[2:]),

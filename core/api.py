@@ -2,11 +2,13 @@
 throttles, health. (The JSON parser is ``core.parsers``, the schema's conventions
 ``core.schema``.)"""
 
+import functools
 import hashlib
 import logging
 import math
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -26,6 +28,24 @@ from core.redis_client import redis_script
 from core.requestid import request_id_get
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _renderer(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    return serializer_class()
+
+
+def serialized(serializer_class: type[serializers.Serializer], instance: Any) -> dict:
+    """What ``serializer_class(instance).data`` gives, for an output serializer that needs no
+    context (no request, no hyperlinks), on a hot path.
+
+    DRF deep-copies every declared field of each serializer it builds (a stake's answer spent
+    about 0.2 ms on it, 0.03 ms on the rendering itself). Rendering only reads the bound
+    fields, so one instance per class, built on first use, renders every instance, from any
+    thread.
+    """
+    return _renderer(serializer_class).to_representation(instance)
+
 
 # DRF's built-in validation codes say nothing a client can branch on; a request failing only
 # with these gets the generic code "invalid_input".

@@ -81,12 +81,12 @@ def test_bad_stakes_change_nothing(make_user, side, amount, code):
     assert _snapshot(challenge, staker) == before
 
 
-@pytest.mark.django_db
-def test_a_stake_is_one_statement_in_its_transaction(make_user, django_assert_num_queries):
+@pytest.mark.django_db(transaction=True)
+def test_a_stake_is_one_statement_that_commits_itself(make_user, django_assert_num_queries):
     staker = make_user(balance=500)
     challenge = open_challenge(make_user())
-    # BEGIN, the stake with its totals and its transfer, COMMIT
-    with django_assert_num_queries(3):
+    # The stake with its totals and its transfer: no BEGIN, no COMMIT
+    with django_assert_num_queries(1):
         stake = stake_place(user=staker, challenge_id=challenge.pk, side="no", amount=40)
     assert (stake.challenge.no_total, stake.challenge.no_count) == (40, 1)
     # The escrow, the transfers (the deposit and the stake), the stakes, the wallet
