@@ -125,6 +125,8 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default="postgres://localhost/stakehold")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Django's PostgreSQL backend, checking a kept connection without a round trip (core/db_backend).
+DATABASES["default"]["ENGINE"] = "core.db_backend"
 # No statement may run longer than this (seconds; 0 = no limit): a slow query fails and frees
 # its connection instead of piling up requests behind it. The proof runs (`make bench`,
 # `make chaos`) seed millions of rows and lift it.

@@ -1,0 +1,53 @@
+"""The web's persistent database connection: a request after PostgreSQL ended it (a restart, a
+terminated backend) is served on a new one, not failed, and checking costs no round trip."""
+
+import pytest
+from django.db import close_old_connections, connection, connections
+
+from users.services import token_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _wallet(client, token: str) -> int:
+    # What the WSGI handler does as a request starts (Django's test client does not): drop the
+    # connection if it is too old, and have it checked before its first statement.
+    close_old_connections()
+    return client.get("/api/wallet/", HTTP_AUTHORIZATION=f"Token {token}").status_code
+
+
+def _backend_pid() -> int:
+    return connection.connection.info.backend_pid
+
+
+def test_a_request_after_postgresql_ended_the_connection_gets_a_new_one(client, make_user):
+    token, _ = token_create(user=make_user())
+    assert _wallet(client, token) == 200
+    ended = _backend_pid()
+    # When PostgreSQL ends the backend the web's connection is on, between two requests
+    other = connections.create_connection("default")
+    with other.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [ended])
+    other.close()
+    # Then the next request is answered, on a new connection
+    assert _wallet(client, token) == 200
+    assert _backend_pid() != ended
+
+
+def test_checking_a_kept_connection_sends_postgresql_nothing(client, make_user, tmp_path):
+    token, _ = token_create(user=make_user())
+    assert _wallet(client, token) == 200
+    kept = connection.connection
+    # When a second request runs on the kept connection, every message to PostgreSQL traced
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+        kept.pgconn.trace(out.fileno())
+        try:
+            assert _wallet(client, token) == 200
+        finally:
+            kept.pgconn.untrace()
+    # Then it was the request's own statements only, on the same connection
+    assert connection.connection is kept
+    sent = trace.read_text()
+    assert 'Query\t "SELECT 1"' not in sent
+    assert "token_key" in sent
