@@ -1,11 +1,12 @@
-"""The double-entry ledger: every money movement on the platform goes through ``transfers_post``;
-wallets are opened and funded here.
+"""The double-entry ledger: money moves through ``transfers_post``, or through its posting
+(``posting_ctes``) inside a caller's own statement (a stake); the payout engine's batch
+statement posts the same way for a batch of winners. Wallets are opened and funded here.
 
 Invariants (DESIGN.md section 3), true after every committed transaction:
 1. the balances of all accounts sum to 0;
 2. each account's balance equals its credits minus its debits.
-``transfers_post`` keeps both by inserting the transfer rows and applying their balance deltas
-in one SQL statement, and ``ledger.selectors.ledger_check`` verifies them from the rows.
+The posting keeps both by inserting the transfer rows and applying their balance deltas in one
+SQL statement, and ``ledger.selectors.ledger_check`` verifies them from the rows.
 """
 
 from collections.abc import Iterator, Sequence
