@@ -45,7 +45,7 @@ WHERE p.id IN (
 # by hand: it runs on every authenticated request, and the ORM's compilation of it cost more
 # CPU than the whole rest of the authentication. An active staff member's permissions come
 # with it (NULL for anyone else): every staff request asks for one, which was a second round
-# trip (under a payout's load, the slowest part of a resolve after its commit).
+# trip.
 _TOKEN_SQL = f"""
 SELECT {columns_sql(AuthToken, "t")}, {columns_sql(User, "u")},
     CASE WHEN u.is_staff AND u.is_active AND NOT u.is_superuser
