@@ -273,21 +273,26 @@ def _evening_phase(
     )
 
 
-def _resolve_load_phase(
-    seeded: dict[str, Any], sizes: BenchSizes, log: Callable[[str], None]
+def resolve_load_phase(
+    databases: BenchDatabases, sizes: BenchSizes, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    log(
-        f"resolve latency at {sizes.load_stakers:,} stakers, idle and while "
-        f"{sizes.load_paying_winners:,} winners are paid..."
+    """Resolve latency idle and while a job pays, in a fresh database of its own."""
+    seed = partial(
+        resolve_load_seed, stakers=sizes.load_stakers, paying_winners=sizes.load_paying_winners
     )
-    return resolve_under_load(
-        seeded=seeded,
-        samples=sizes.resolve_samples,
-        staff=proof_staff("bench-staff"),
-        worker_processes=sizes.workers,
-        log_dir=run_log_dir("bench-logs"),
-        log=log,
-    )
+    with databases.fresh("resolve_load", seed=seed) as seeded:
+        log(
+            f"resolve latency at {sizes.load_stakers:,} stakers, idle and while "
+            f"{sizes.load_paying_winners:,} winners are paid..."
+        )
+        return resolve_under_load(
+            seeded=seeded,
+            samples=sizes.resolve_samples,
+            staff=proof_staff("bench-staff"),
+            worker_processes=sizes.workers,
+            log_dir=run_log_dir("bench-logs"),
+            log=log,
+        )
 
 
 def stakes_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, Any]:
@@ -348,11 +353,7 @@ def bench_run(
     )
     with databases.fresh("evening", seed=seed) as seeded:
         report["evening"] = _evening_phase(seeded, sizes, log)
-    seed = partial(
-        resolve_load_seed, stakers=sizes.load_stakers, paying_winners=sizes.load_paying_winners
-    )
-    with databases.fresh("resolve_load", seed=seed) as seeded:
-        report["resolve_under_load"] = _resolve_load_phase(seeded, sizes, log)
+    report["resolve_under_load"] = resolve_load_phase(databases, sizes, log)
     with databases.fresh("stakes"):
         report["stakes"] = stakes_phase(sizes, log)
     with databases.fresh("lifecycle"):
