@@ -5,8 +5,8 @@
 ``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
 resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
 logs when each transfer request arrived; from that log come the busiest one-second window of
-arrivals (each request takes its token just before it is sent, so the bucket grants at most
-``rate + burst``) and the throughput against ``rate``.
+arrivals (each request is recorded in the limiter's log of sends just before it is sent, and
+no window of that log holds more than ``rate``) and the throughput against ``rate``.
 ``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
 with the former layout (single-task ``solo`` processes); ``--repeat`` gives each figure's
 median, min and max. Run it alone through the embedded stack::
@@ -50,11 +50,11 @@ class StripeRateReport:
 
     @property
     def window_bound(self) -> float:
-        """What the bucket grants in any one second, ends included: a full bucket (``burst``)
-        at its start, then one token every ``1 / rate`` s. ``busiest_window`` counts half-open
-        seconds, in which grants reach one fewer; that one absorbs the differences between
-        the grant-to-arrival delays of a second's requests (scheduling), up to ``1 / rate``."""
-        return self.rate + self.burst
+        """The most requests any one-second window of arrivals may hold: ``rate``. The
+        limiter's log of sends holds at most ``rate`` in any ``1 + SEND_JITTER`` seconds, which
+        leaves that much spread for the delays between a request's entry in the log and its
+        arrival (``payouts.services.ratelimit``)."""
+        return self.rate
 
     @property
     def throughput_share(self) -> float:
