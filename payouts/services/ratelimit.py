@@ -81,7 +81,8 @@ return 0
 def token_take(*, bucket: str, rate: float, burst: int) -> float:
     """Reserve this caller's slot in the bucket (paced at ``rate / (1 + SEND_JITTER)``), sleep
     until it, then record the send in the log (waiting while its last ``1 + SEND_JITTER``
-    seconds hold ``rate`` sends); return the seconds spent waiting.
+    seconds hold ``rate`` sends, or ``burst`` if that is more); return the seconds spent
+    waiting.
 
     Atomic across processes (two Lua scripts); no polling of the bucket. Redis being down
     raises ``redis.ConnectionError`` (a transient error) before anything is sent.
@@ -94,7 +95,9 @@ def token_take(*, bucket: str, rate: float, burst: int) -> float:
     if wait_ms:
         time.sleep(wait_ms / 1000)
     send = redis_script(settings.REDIS_URL, _SEND_LUA)
-    while wait_ms := int(send(keys=[f"{key}:sent"], args=[max(1, int(rate)), window])):
+    # A burst larger than the rate asks for that many at once: the log lets it out.
+    limit = max(1, int(rate), burst)
+    while wait_ms := int(send(keys=[f"{key}:sent"], args=[limit, window])):
         time.sleep(wait_ms / 1000)
     return time.monotonic() - started
 

@@ -11,7 +11,7 @@ import stripe
 from urllib3.connection import HTTPConnection
 
 from payouts.services import stripe_http
-from payouts.services.ratelimit import token_bucket_reset, token_take
+from payouts.services.ratelimit import SEND_JITTER, token_bucket_reset, token_take
 from payouts.services.stripe_client import (
     ACCOUNT_NOT_CONNECTED,
     Outcome,
@@ -146,15 +146,16 @@ def test_transfers_are_found_by_group_and_metadata_across_pages(fake):
 @pytest.fixture
 def counted_bucket(fake, settings, redis_client):
     """A full Stripe bucket of 1,000 tokens that hardly refills; yields how many were taken:
-    how far ahead the next free slot lies, in refill intervals (1,000 s each)."""
+    how far ahead the next free slot lies, in refill intervals (about 1,000 s each)."""
     settings.STRIPE_RATE_LIMIT = 0.001
     settings.STRIPE_RATE_BURST = 1000
     token_bucket_reset(bucket="stripe")
+    interval = (1 + SEND_JITTER) / settings.STRIPE_RATE_LIMIT
 
     def taken() -> int:
         seconds, micros = redis_client.time()
         next_slot = float(redis_client.get("ratelimit:stripe") or seconds)
-        return round((next_slot - seconds - micros / 1e6) * settings.STRIPE_RATE_LIMIT)
+        return round((next_slot - seconds - micros / 1e6) / interval)
 
     yield taken
     token_bucket_reset(bucket="stripe")
@@ -299,14 +300,15 @@ def test_token_bucket_bounds_every_one_second_window(redis_client, burst):
 
 
 def test_requests_granted_together_still_leave_at_most_the_rate_in_any_second(redis_client):
-    # Given a bucket that grants 30 requests at once (as threads that woke late, their slots
-    # long past, all send at the same moment) at a rate of 20/s, and 30 callers
+    # Given a full bucket of 20 at a rate of 20/s, and 30 callers at once: the bucket grants
+    # 20 at once and then one every 50 ms, as when threads woke late, their slots long past,
+    # and all send at the same moment as the threads after them
     redis_client.delete("ratelimit:late-test", "ratelimit:late-test:sent")
     taken: list[float] = []
     lock = threading.Lock()
 
     def caller():
-        token_take(bucket="late-test", rate=20, burst=30)
+        token_take(bucket="late-test", rate=20, burst=20)
         with lock:
             taken.append(time.monotonic())
 
