@@ -15,15 +15,15 @@ bucket can be small (a burst of 1 paces requests evenly) and still be used to th
 
 The bucket bounds when slots fall, not when requests leave: a thread that wakes late (its
 process busy elsewhere, waiting for the GIL) sends together with the threads whose slots come
-after its own. Busy processes at a job's start woke threads 15-30 ms late, and 102-104
-requests reached Stripe within one second at a limit of 100. So a caller whose slot has come
-also records its send in a log of recent sends, and waits while that log holds ``rate`` sends
-in the last ``1 + SEND_JITTER`` seconds, however late its thread woke. The extra
+after its own. Busy processes at a job's start woke threads 15-30 ms late, and the bench's
+fake Stripe counted 102-104 requests within one second at a limit of 100. So a caller whose
+slot has come also records its send in a log of recent sends, and waits while that log holds
+``rate`` sends in the last ``1 + SEND_JITTER`` seconds, however late its thread woke. The extra
 ``SEND_JITTER`` covers what still lies between the log and Stripe's clock: the thread taking
 the GIL back after Redis answers, and the bytes leaving, a few milliseconds apart from one
-request to the next. So no one-second window at Stripe holds more than ``rate`` requests, at
-the price of pacing slots at ``rate / (1 + SEND_JITTER)``: slower pacing would leave the log
-to do the pacing, with every caller waiting twice.
+request to the next. So no one-second window sends more than ``rate`` requests, at the price
+of pacing slots at ``rate / (1 + SEND_JITTER)``: slots paced at the full rate would leave the
+log to do the pacing, with every caller waiting twice.
 """
 
 import time
@@ -52,9 +52,9 @@ return math.ceil((slot - now) * 1000)
 
 
 # Seconds of spread allowed for between a send's entry in the log and its arrival at Stripe.
-# With 2 processes x 8 threads at 100/s, 1-second windows of arrivals held 1-2 more requests
-# than the same windows of the log: a few milliseconds of spread. 30 ms leaves room for a
-# busier machine and costs 3% of the rate.
+# With a log of exactly one second, 2 processes x 8 threads at 100/s still sent 101 and 102
+# requests within one second by the workers' own clocks (two runs): a few milliseconds of
+# spread. 30 ms leaves room for a busier machine and costs 3% of the rate.
 SEND_JITTER = 0.03
 
 # Record a send in the log of recent sends (a sorted set scored by Redis's clock) unless the
