@@ -60,6 +60,11 @@ def _ledger_invariants(request) -> Iterator[None]:
     transactional = "transactional_db" in names or bool(marker and marker.kwargs.get("transaction"))
     request.getfixturevalue("transactional_db" if transactional else "db")
     yield
+    # A test that left its connection dead (the backend ended under it) would otherwise fail
+    # this check and then every later test on that connection: both go on with a new one.
+    kept = connection.connection
+    if kept is not None and (kept.closed or kept.broken):
+        connection.close()
     report = ledger_check()
     assert report.ok, report.violations
 

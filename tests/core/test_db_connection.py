@@ -1,6 +1,8 @@
 """The web's persistent database connection: a request after PostgreSQL ended it (a restart, a
 terminated backend) is served on a new one, not failed, and checking costs no round trip."""
 
+import time
+
 import pytest
 from django.db import close_old_connections, connection, connections
 
@@ -20,15 +22,31 @@ def _backend_pid() -> int:
     return connection.connection.info.backend_pid
 
 
+def _terminate(pid: int) -> None:
+    """End a backend and wait until it is gone: ``pg_terminate_backend`` only signals it, and a
+    request in the next instant would still find its connection open (a restart that has
+    happened, not one under way, is what these tests are about)."""
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            deadline = time.monotonic() + 10
+            while True:
+                cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+                if cursor.fetchone() is None:
+                    return
+                assert time.monotonic() < deadline, f"backend {pid} still running after 10 s"
+                time.sleep(0.01)
+    finally:
+        other.close()
+
+
 def test_a_request_after_postgresql_ended_the_connection_gets_a_new_one(client, make_user):
     token, _ = token_create(user=make_user())
     assert _wallet(client, token) == 200
     ended = _backend_pid()
     # When PostgreSQL ends the backend the web's connection is on, between two requests
-    other = connections.create_connection("default")
-    with other.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [ended])
-    other.close()
+    _terminate(ended)
     # Then the next request is answered, on a new connection
     assert _wallet(client, token) == 200
     assert _backend_pid() != ended
