@@ -1,0 +1,80 @@
+"""Staff notifications find the staff through their own index (``users/0002``), not by reading
+every user: the sweep's "needs resolution" and every platform alert do it, each minute."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from challenges.services import challenges_sweep_deadlines
+from notifications.models import Notification
+from notifications.services import staff_notify
+from tests.challenges.helpers import active_challenge
+
+pytestmark = pytest.mark.django_db
+
+
+def _crowd(count: int) -> None:
+    """``count`` users who are not staff (one statement), and the planner told about them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
+            "email, is_staff, is_active, date_joined) "
+            "SELECT '!', false, 'crowd' || n, '', '', '', false, true, now() "
+            "FROM generate_series(1, %s) AS n",
+            [count],
+        )
+        cursor.execute("ANALYZE auth_user")
+
+
+def _user_scans(sql: str) -> list[str]:
+    """How the plan of ``sql`` reads ``auth_user``: one node type per read."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}")
+        nodes = [cursor.fetchone()[0][0]["Plan"]]
+    scans = []
+    while nodes:
+        node = nodes.pop()
+        if node.get("Relation Name") == "auth_user":
+            scans.append(node["Node Type"])
+        nodes.extend(node.get("Plans", []))
+    return scans
+
+
+def _statement_naming(captured: CaptureQueriesContext, marker: str) -> str:
+    (sql,) = [query["sql"] for query in captured.captured_queries if marker in query["sql"]]
+    return sql
+
+
+def test_a_platform_alert_reads_the_staff_not_every_user(make_user):
+    # Given two staff among 20,000 users
+    staff = [make_user("admin_a", staff=True), make_user("admin_b", staff=True)]
+    _crowd(20_000)
+    # When an alert notifies the staff
+    with CaptureQueriesContext(connection) as captured:
+        staff_notify(kind="platform_alert", title="t", body="b", data={}, dedup_key="alert:x")
+    # Then each of them got it, and the statement looks them up by index, not by a scan
+    assert set(Notification.objects.values_list("user", flat=True)) == {u.pk for u in staff}
+    scans = _user_scans(_statement_naming(captured, "alert:x"))
+    assert scans
+    assert "Seq Scan" not in scans, scans
+
+
+def test_the_sweep_reads_the_staff_not_every_user(make_user):
+    # Given a staff member among 20,000 users, and a challenge that falls due
+    admin = make_user("admin", staff=True)
+    challenge, _ = active_challenge(make_user, due_in=timedelta(hours=1))
+    _crowd(20_000)
+    # When the sweep moves it to staff
+    with (
+        time_machine.travel(challenge.due_date, tick=False),
+        CaptureQueriesContext(connection) as captured,
+    ):
+        assert challenges_sweep_deadlines().pending_admin == [challenge.pk]
+    # Then the staff member is told, and the statement looks the staff up by index
+    assert Notification.objects.filter(user=admin, kind="needs_resolution").count() == 1
+    scans = _user_scans(_statement_naming(captured, "needs_resolution:"))
+    assert scans
+    assert "Seq Scan" not in scans, scans
