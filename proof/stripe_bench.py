@@ -3,8 +3,9 @@
 ``stripe_rate_benchmark`` seeds a challenge, links every winner to a Stripe account, starts
 ``workers`` Celery worker processes on the payout queues -- Celery's ``threads`` pool with
 ``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
-resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe
-logs when each transfer request arrived; from that log come the busiest one-second window of
+resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe,
+in a process of its own so that its clock does not stall with this one, logs when each
+transfer request arrived; from that log come the busiest one-second window of
 arrivals (each request is recorded in the limiter's log of sends just before it is sent, and
 no window of that log holds more than ``rate``) and the throughput against ``rate``.
 ``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
@@ -105,7 +106,7 @@ def stripe_rate_benchmark(
     from payouts.services.ratelimit import token_bucket_reset
     from proof.payout_bench import database_settle, workers_ready
     from proof.seeding import challenge_seed
-    from tests.fakes.stripe_server import FakeStripe
+    from tests.fakes.stripe_server import FakeStripeProcess
 
     if burst is None:
         burst = settings.STRIPE_RATE_BURST
@@ -113,7 +114,7 @@ def stripe_rate_benchmark(
         threads = 1
     elif threads is None:
         threads = max(1, settings.STRIPE_WORKER_CONCURRENCY // workers)
-    fake = FakeStripe().start()
+    fake = FakeStripeProcess().start()
     fake.configure(latency=latency)
     limits = {
         "STRIPE_RATE_LIMIT": str(rate),
