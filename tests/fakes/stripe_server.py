@@ -834,13 +834,19 @@ class FakeStripeProcess:
             cwd=Path(__file__).resolve().parents[2],
         )
         assert self._process.stdout is not None
-        self.url = self._process.stdout.readline().split()[-1]  # "fake Stripe on <url>"
+        started = self._process.stdout.readline()  # "fake Stripe on <url>"
+        if not started:
+            self._process.wait(timeout=10)
+            raise RuntimeError(f"the fake Stripe exited with {self._process.returncode}")
+        self.url = started.split()[-1]
         return self
 
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=10)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
 
     def env(self) -> dict[str, str]:
         return _env(self.url)
