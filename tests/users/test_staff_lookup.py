@@ -11,21 +11,17 @@ from django.test.utils import CaptureQueriesContext
 from challenges.services import challenges_sweep_deadlines
 from notifications.models import Notification
 from notifications.services import staff_notify
+from proof.seeding import users_seed
 from tests.challenges.helpers import active_challenge
 
-pytestmark = pytest.mark.django_db
+# Transactional: the crowd is seeded by ``users_seed``, which commits a transaction of its own.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _crowd(count: int) -> None:
-    """``count`` users who are not staff (one statement), and the planner told about them."""
+    """``count`` users who are not staff (seeded set-based), and the planner told about them."""
+    users_seed(users=count, balance=1)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
-            "email, is_staff, is_active, date_joined) "
-            "SELECT '!', false, 'crowd' || n, '', '', '', false, true, now() "
-            "FROM generate_series(1, %s) AS n",
-            [count],
-        )
         cursor.execute("ANALYZE auth_user")
 
 
