@@ -16,7 +16,6 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -305,9 +304,8 @@ def challenge_decline(*, user: Any, challenge_id: int) -> Challenge:
     Only the user named as challenged may decline (``403 not_challenged_user``), and only while
     the challenge is open (``409 challenge_not_open``). Locks the challenge row (staking takes
     the same lock, so no stake lands after it). The other participants are told; the
-    ``challenges_cancelled`` signal goes out after commit, and the payout engine opens the
-    refund job (the watchdog does it within a minute if that signal is lost). Audited as
-    ``challenge.decline``.
+    ``challenges_cancelled`` signal goes out in the same transaction, so the payout engine's
+    refund job commits with the cancellation. Audited as ``challenge.decline``.
     """
     with transaction.atomic(durable=True):
         challenge = Challenge.objects.select_for_update().filter(pk=challenge_id).first()
@@ -334,9 +332,7 @@ def challenge_decline(*, user: Any, challenge_id: int) -> Challenge:
         audit_record(
             actor=user, action="challenge.decline", target_type="challenge", target_id=challenge.pk
         )
-        transaction.on_commit(
-            partial(challenges_cancelled.send, sender=Challenge, challenge_ids=[challenge.pk])
-        )
+        challenges_cancelled.send(sender=Challenge, challenge_ids=[challenge.pk])
     return challenge
 
 
@@ -446,8 +442,8 @@ def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
     Idempotent and safe to run concurrently: a second run finds the rows no longer open (the
     row lock makes it re-check them) and moves nothing; notification dedup keys
     (``<kind>:<challenge>:<user>``, the staff one's named by its first challenge) make any
-    repeat insert nothing. Refunds of cancelled challenges are created by the payout engine,
-    not here.
+    repeat insert nothing. The cancelled challenges' refund jobs are created by the payout
+    engine, in this transaction (``challenges_cancelled``).
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -487,6 +483,7 @@ def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
                     },
                 )
             )
+            challenges_cancelled.send(sender=Challenge, challenge_ids=cancelled)
     return SweepResult(pending_admin=pending_admin, cancelled=cancelled, notifications=notified)
 
 

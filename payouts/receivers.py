@@ -6,6 +6,6 @@ from payouts.services.jobs import refund_jobs_create_for_cancelled
 
 
 def refund_cancelled_challenges(*, challenge_ids: list[int], **kwargs: Any) -> None:
-    """Challenges were cancelled without staff: open their refund jobs now, not at the
-    watchdog's next minute. Set-based over the challenges the signal names."""
+    """Challenges were cancelled without staff: open their refund jobs in the transaction
+    that cancels them. Set-based over the challenges the signal names."""
     refund_jobs_create_for_cancelled(challenge_ids=challenge_ids)

@@ -79,7 +79,6 @@ def payout_watchdog_task(stale_seconds: int = WATCHDOG_STALE_SECONDS) -> dict:
     # Beat's schedule passes no arguments; the chaos run's fast schedule passes a short one.
     report = payout_watchdog(stale_seconds=int(stale_seconds))
     return {
-        "refund_jobs": report.refund_jobs,
         "expansions": report.expansions,
         "restarted": report.restarted,
         "cancelled_entries": report.cancelled_entries,

@@ -47,12 +47,11 @@ Who moves what:
   stays cancelled), escrow checked to hold exactly the failed entries' money (0 when none
   failed); after commit, ``payout_job_notify`` tells every staker the outcome (paid,
   refunded, lost, account needed, failed) in one statement.
-- ``payout_watchdog`` (beat, every minute): creates refund jobs for cancelled challenges,
-  re-sends the expansion of jobs stuck in ``queued``/``expanding`` or missing entries, and
-  batches of ``running`` jobs with no progress for a while (which also finalizes a job whose
-  last batch died before finalizing, and gives the Stripe rail's due retries and expired
-  leases a batch), cancels the leftover entries of a job whose cancellation was interrupted,
-  and re-sends lost notifications.
+- ``payout_watchdog`` (beat, every minute): re-sends the expansion of jobs stuck in
+  ``queued``/``expanding`` or missing entries, and batches of ``running`` jobs with no
+  progress for a while (which also finalizes a job whose last batch died before finalizing,
+  and gives the Stripe rail's due retries and expired leases a batch), cancels the leftover
+  entries of a job whose cancellation was interrupted, and re-sends lost notifications.
 
 Pause and cancel need no cooperation from running batches: a batch bumps the job counters only
 ``WHERE status = 'running'``, and rolls back the whole batch if the job was paused or cancelled

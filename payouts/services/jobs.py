@@ -300,14 +300,13 @@ def challenge_cancel(*, challenge_id: int, actor: Any, note: str = "") -> Payout
     return job
 
 
-# ``{among}`` narrows the challenges looked at: every cancelled one (the watchdog), or the ids
-# a cancellation names (one index probe each, whatever the number of cancelled challenges).
+# The challenges a cancellation names, one index probe each, however many were ever cancelled.
 _REFUND_JOBS_SQL = f"""
 {_JOB_INSERT}
 SELECT c.id, 'refund', %(rail)s, 'queued', '', %(fee_bps)s, %(batch_size)s, %(parallelism)s,
        NULL, {_JOB_COUNTERS_ZERO}
 FROM challenges_challenge AS c
-WHERE c.status = 'cancelled' {{among}}
+WHERE c.id = ANY(%(ids)s) AND c.status = 'cancelled'
   AND EXISTS (SELECT 1 FROM challenges_stake AS s WHERE s.challenge_id = c.id)
   AND NOT EXISTS (SELECT 1 FROM payouts_payoutjob AS j WHERE j.challenge_id = c.id)
 ORDER BY c.id
@@ -316,21 +315,19 @@ RETURNING id
 """  # noqa: S608 - fragments of this module, values as parameters
 
 
-def refund_jobs_create_for_cancelled(*, challenge_ids: list[int] | None = None) -> list[int]:
-    """Create a refund job for every cancelled challenge that has stakes and no job yet, among
-    ``challenge_ids`` when given.
+def refund_jobs_create_for_cancelled(*, challenge_ids: list[int]) -> list[int]:
+    """Create a refund job for every challenge of ``challenge_ids`` that is cancelled, has
+    stakes and has no job yet; return the new job ids (their expansion is sent after commit).
 
-    One statement whatever the number of challenges; idempotent and safe to run twice at once
+    One statement whatever the number of challenges (so it needs no transaction of its own);
+    idempotent and safe to run twice at once
     (the unique challenge makes a concurrent run insert nothing). The ``challenges_cancelled``
-    signal calls it with the challenges just cancelled, so a cancellation's cost does not grow
-    with every challenge ever cancelled; the watchdog calls it without ids every minute, which
-    catches any a lost signal missed. Returns the new job ids; their expansion is sent after
-    commit.
+    signal calls it inside the transaction that cancels them, so each refund job commits with
+    its cancellation, and only the challenges just cancelled are read.
     """
-    among = "" if challenge_ids is None else "AND c.id = ANY(%(ids)s)"
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
-            _REFUND_JOBS_SQL.format(among=among),
+            _REFUND_JOBS_SQL,
             {
                 "rail": REFUND_RAIL,
                 "fee_bps": settings.PLATFORM_FEE_BPS,
@@ -340,8 +337,8 @@ def refund_jobs_create_for_cancelled(*, challenge_ids: list[int] | None = None) 
             },
         )
         job_ids = [row[0] for row in cursor.fetchall()]
-        for job_id in job_ids:
-            transaction.on_commit(partial(expand_enqueue, job_id=job_id))
+    for job_id in job_ids:
+        transaction.on_commit(partial(expand_enqueue, job_id=job_id))
     return job_ids
 
 

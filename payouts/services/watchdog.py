@@ -1,9 +1,9 @@
 """The watchdog (beat, every minute): the safety net under the self-driving batches.
 
 It is never the main driver -- throughput comes from batches that re-enqueue themselves -- but
-everything that a lost message or a dead worker can leave behind is picked up here: refund
-jobs for cancelled challenges, stalled expansions and batches, interrupted cancellations, lost
-notifications.
+everything that a lost message or a dead worker can leave behind is picked up here: stalled
+expansions and batches, interrupted cancellations, lost notifications. (Refund jobs of
+cancelled challenges need no net: each commits with its cancellation, ``challenges.signals``.)
 """
 
 from dataclasses import dataclass
@@ -22,7 +22,6 @@ from payouts.services.engine import (
     payout_batches_enqueue,
     payout_job_cancel_entries,
 )
-from payouts.services.jobs import refund_jobs_create_for_cancelled
 from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
 # A job that made no progress for this long has no batch in flight (a batch takes well under a
@@ -60,7 +59,6 @@ ORDER BY j.id
 
 @dataclass(frozen=True, slots=True)
 class WatchdogReport:
-    refund_jobs: list[int]
     expansions: list[int]
     restarted: list[int]
     cancelled_entries: int
@@ -70,14 +68,13 @@ class WatchdogReport:
 def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogReport:
     """The safety net under the self-driving batches (beat, every minute).
 
-    Creates refund jobs for cancelled challenges; re-sends the expansion of jobs stuck in
-    ``queued``/``expanding`` or missing entries, and batches of ``running`` jobs without
-    progress for ``stale_seconds``; finishes interrupted cancellations (on the Stripe rail
-    it asks Stripe again about entries still uncertain); re-sends lost notifications. Safe to
-    run twice at once: each stalled job is picked by an UPDATE that refreshes ``updated_at``,
-    so a concurrent run skips it, and everything it sends is idempotent.
+    Re-sends the expansion of jobs stuck in ``queued``/``expanding`` or missing entries, and
+    batches of ``running`` jobs without progress for ``stale_seconds``; finishes interrupted
+    cancellations (on the Stripe rail it asks Stripe again about entries still uncertain);
+    re-sends lost notifications. Safe to run twice at once: each stalled job is picked by an
+    UPDATE that refreshes ``updated_at``, so a concurrent run skips it, and everything it
+    sends is idempotent.
     """
-    refund_jobs = refund_jobs_create_for_cancelled()
     with transaction.atomic(durable=True), connection.cursor() as cursor:
         cursor.execute(_STALE_SQL, [list(EXPANDABLE), stale_seconds])
         expansions = [row[0] for row in cursor.fetchall()]
@@ -106,4 +103,4 @@ def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogR
         cancelled += payout_job_cancel_entries(job_id=job.pk)
         if entries_missing(job):
             expand_enqueue(job_id=job.pk)
-    return WatchdogReport(refund_jobs, expansions, restarted, cancelled, notified)
+    return WatchdogReport(expansions, restarted, cancelled, notified)

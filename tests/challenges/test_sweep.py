@@ -10,6 +10,7 @@ from challenges.models import Challenge
 from challenges.services import challenges_sweep_deadlines, stake_place
 from notifications.models import Notification
 from notifications.tasks import staff_event_publish_task
+from payouts.models import PayoutJob
 from tests.challenges.helpers import active_challenge, open_challenge
 from tests.conftest import run_together
 
@@ -71,6 +72,9 @@ def test_exactly_at_the_deadline_active_goes_to_staff_and_pending_is_cancelled(
     # The money stays in escrow for the refund job; the sweep moves none
     pending.escrow.refresh_from_db()
     assert pending.escrow.balance == 50
+    # And that refund job was opened in the sweep's own transaction
+    job = PayoutJob.objects.get(challenge=pending)
+    assert (job.kind, job.status) == (PayoutJob.Kind.REFUND, PayoutJob.Status.QUEUED)
     # And a live alert for the staff channel is sent after commit
     alerts = [c for c in callbacks if getattr(c, "func", None) == staff_event_publish_task.delay]
     assert [a.args for a in alerts] == [
@@ -108,17 +112,18 @@ def test_the_sweep_issues_a_constant_number_of_queries(
             stake_place(user=no, challenge_id=challenge.pk, side="no", amount=1)
 
     # When the sweep runs after their deadline: the same statements whatever the count
-    # (savepoint, UPDATE, staff INSERT, participants INSERT, release)
+    # (savepoint, UPDATE, staff INSERT, participants INSERT, refund jobs INSERT, release)
     with (
         time_machine.travel(challenges[-1].due_date + timedelta(minutes=1), tick=False),
-        django_assert_num_queries(5),
+        django_assert_num_queries(6),
     ):
         result = challenges_sweep_deadlines()
 
-    # Then all of them moved; each staff member got one notification for them all, and the
-    # challenger one per cancelled challenge
+    # Then all of them moved; each staff member got one notification for them all, the
+    # challenger one per cancelled challenge, and each cancelled challenge its refund job
     assert len(result.pending_admin) == len(result.cancelled) == count // 2
     assert result.notifications == 2 + count // 2
+    assert PayoutJob.objects.filter(kind=PayoutJob.Kind.REFUND).count() == count // 2
 
 
 @pytest.mark.django_db

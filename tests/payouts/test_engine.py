@@ -9,6 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from challenges.models import Challenge
+from challenges.services import challenges_sweep_deadlines
 from challenges.signals import challenges_cancelled
 from core.errors import Conflict
 from core.models import AuditEntry
@@ -247,7 +248,7 @@ def test_refund_jobs_for_cancelled_challenges_are_created_once(staff):
     # without stakes, and one that has its job already
     swept = [challenge_seed(stakers=3, status="cancelled") for _ in range(2)]
     escrow = Account.objects.create(kind="challenge_escrow", currency="coin")
-    Challenge.objects.create(
+    empty = Challenge.objects.create(
         title="empty",
         challenger_id=swept[0].challenger_id,
         escrow=escrow,
@@ -257,9 +258,10 @@ def test_refund_jobs_for_cancelled_challenges_are_created_once(staff):
     staffed = challenge_cancel(
         challenge_id=challenge_seed(stakers=2, status="pending").pk, actor=staff
     )
-    # When refund jobs are created, twice
-    first = refund_jobs_create_for_cancelled()
-    second = refund_jobs_create_for_cancelled()
+    # When refund jobs are created for all four, twice
+    ids = [*(c.pk for c in swept), empty.pk, staffed.challenge_id]
+    first = refund_jobs_create_for_cancelled(challenge_ids=ids)
+    second = refund_jobs_create_for_cancelled(challenge_ids=ids)
     # Then each swept challenge got exactly one refund job, and they refund everyone
     assert second == []
     jobs = PayoutJob.objects.filter(pk__in=first)
@@ -273,14 +275,40 @@ def test_refund_jobs_for_cancelled_challenges_are_created_once(staff):
 
 def test_a_cancellation_opens_refund_jobs_for_the_challenges_it_names_only():
     # Given two cancelled challenges with stakes, of which the signal names one
-    named, missed = (challenge_seed(stakers=3, status="cancelled") for _ in range(2))
+    named, _ = (challenge_seed(stakers=3, status="cancelled") for _ in range(2))
     # When the signal's receiver runs for the named one
     challenges_cancelled.send(sender=Challenge, challenge_ids=[named.pk])
     # Then only that challenge has its refund job: the cost of a cancellation does not grow
     # with every challenge ever cancelled
     assert list(PayoutJob.objects.values_list("challenge_id", flat=True)) == [named.pk]
-    # And the watchdog's pass over every cancelled challenge opens the one the signal missed
-    assert payout_watchdog().refund_jobs == [PayoutJob.objects.get(challenge_id=missed.pk).pk]
+
+
+def test_a_refund_job_commits_with_its_cancellation_or_not_at_all():
+    # Given two challenges past their deadline whose other side nobody took
+    lonely = [challenge_seed(stakers=3, yes_share=1.0, status="pending") for _ in range(2)]
+    ids = [c.pk for c in lonely]
+    Challenge.objects.filter(pk__in=ids).update(due_date=timezone.now() - timedelta(minutes=1))
+
+    # When a sweep cancels them and its transaction then fails (the worker dies before commit)
+    def sweep_then_die() -> None:
+        with transaction.atomic():
+            assert challenges_sweep_deadlines().cancelled == ids
+            assert PayoutJob.objects.filter(challenge_id__in=ids).count() == 2
+            raise RuntimeError("killed before commit")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        sweep_then_die()
+    # Then neither the cancellations nor their refund jobs are left
+    assert set(Challenge.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"pending"}
+    assert not PayoutJob.objects.exists()
+    # And a sweep that commits leaves each with exactly one refund job, which refunds everyone
+    before = {c.pk: wallet_balances(c) for c in lonely}
+    assert challenges_sweep_deadlines().cancelled == ids
+    jobs = PayoutJob.objects.filter(challenge_id__in=ids, kind=PayoutJob.Kind.REFUND)
+    assert sorted(jobs.values_list("challenge_id", flat=True)) == ids
+    for job in jobs:
+        run_job_inline(job.pk)
+        assert_settled(job, winning_side=None, wallets_before=before[job.challenge_id])
 
 
 def test_watchdog_restarts_stalled_jobs_once(staff, django_capture_on_commit_callbacks):
@@ -291,20 +319,17 @@ def test_watchdog_restarts_stalled_jobs_once(staff, django_capture_on_commit_cal
     queued = challenge_resolve(
         challenge_id=challenge_seed(stakers=5).pk, result="draw", actor=staff
     )
-    swept = challenge_seed(stakers=2, status="cancelled")
     long_ago = timezone.now() - timedelta(minutes=5)
     PayoutJob.objects.filter(pk__in=[running.pk, queued.pk]).update(updated_at=long_ago)
     # When the watchdog runs twice
     with django_capture_on_commit_callbacks() as sent:
         report = payout_watchdog()
     again = payout_watchdog()
-    # Then the stalled running job gets batches, the queued one its expansion, the swept
-    # challenge a refund job -- once
+    # Then the stalled running job gets batches and the queued one its expansion -- once
     assert report.restarted == [running.pk]
     assert report.expansions == [queued.pk]
-    assert [PayoutJob.objects.get(pk=i).challenge_id for i in report.refund_jobs] == [swept.pk]
-    assert len(sent) == 3
-    assert (again.restarted, again.expansions, again.refund_jobs) == ([], [], [])
+    assert len(sent) == 2
+    assert (again.restarted, again.expansions) == ([], [])
 
 
 def test_watchdog_finishes_an_interrupted_cancellation(staff):
