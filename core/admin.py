@@ -6,8 +6,12 @@ replay service, and audit entries never change.
 """
 
 from collections.abc import Callable
+from functools import cached_property
 
 from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import QuerySet
 
 from core.errors import DomainError
 from core.models import AuditEntry, DeadLetter
@@ -82,10 +86,56 @@ class ServiceActionsAdminMixin:
         }
 
 
-class ReadOnlyAdmin(ReadOnlyAdminMixin, ServiceActionsAdminMixin, admin.ModelAdmin):
-    # Rows that only services write are the ones that grow to millions: no full count on
-    # every page.
+# Below this many rows a count(*) is cheap enough to be exact; above, it reads every row on
+# every page (about 30 ms a million here, on both cores).
+ESTIMATED_COUNT_FROM = 100_000
+
+
+def _planner_rows(queryset: QuerySet) -> int:
+    """The planner's row count of the queryset's table (``pg_class.reltuples``, kept current
+    by autovacuum and ANALYZE; 0 before the table was first analyzed)."""
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+            [queryset.model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return max(int(row[0]), 0) if row else 0
+
+
+class EstimatedCountPaginator(Paginator):
+    """A changelist paginator for tables that grow with the platform's history: the unfiltered
+    list of a big table takes its count from the planner's estimate instead of a count(*) that
+    reads every row on each page view; a filtered or searched list, or a small table, is
+    counted exactly. ``estimated`` makes the pagination line say "about"
+    (config/templates/admin/pagination.html)."""
+
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if isinstance(queryset, QuerySet) and not queryset.query.where:
+            rows = _planner_rows(queryset)
+            if rows >= ESTIMATED_COUNT_FROM:
+                self.estimated = True
+                return rows
+        return super().count
+
+
+class LargeTableAdminMixin:
+    """For the admins of tables that grow to millions of rows: no count of the whole table on
+    every page (``show_full_result_count``), and the list's own count estimated while nothing
+    filters it."""
+
+    paginator = EstimatedCountPaginator
     show_full_result_count = False
+
+
+class ReadOnlyAdmin(
+    LargeTableAdminMixin, ReadOnlyAdminMixin, ServiceActionsAdminMixin, admin.ModelAdmin
+):
+    """Rows that only services write: the ones that grow to millions."""
 
 
 @admin.register(DeadLetter)

@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from core.admin import ReadOnlyAdminMixin
+from core.admin import LargeTableAdminMixin, ReadOnlyAdminMixin
 from core.permissions import staff_action_allowed
 from notifications.models import Notification
 from notifications.services import notifications_deliver_enqueue
@@ -20,12 +20,11 @@ class DeliveredFilter(admin.SimpleListFilter):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class NotificationAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "user", "kind", "priority", "challenge", "created_at", "delivered_at"]
     list_filter = ["kind", "priority", DeliveredFilter]
     search_fields = ["=id", "user__username", "dedup_key", "=challenge__id"]
     list_select_related = ["user", "challenge"]
-    show_full_result_count = False
     actions = ["deliver_again"]
 
     # Resending is an operator's job: a staff action of its own, as every admin action.
