@@ -7,7 +7,6 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -25,6 +24,7 @@ from core.api import (
     CreateThrottle,
     ErrorSerializer,
     MoneyThrottle,
+    NewestFirstPagination,
     StrictCharField,
     serialized,
 )
@@ -85,13 +85,8 @@ class ChallengeCreateInputSerializer(serializers.Serializer):
     challenged_username = serializers.CharField(max_length=150, required=False, allow_null=True)
 
 
-class ChallengePagination(PageNumberPagination):
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
 class ChallengeListCreateApi(APIView):
-    pagination_class = ChallengePagination
+    pagination_class = NewestFirstPagination
     throttle_classes = [CreateThrottle]
 
     @extend_schema(

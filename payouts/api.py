@@ -3,12 +3,19 @@ from functools import partial
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from core.api import CreateThrottle, ErrorSerializer, IsStaff, StaffThrottle, StrictCharField
+from core.api import (
+    CreateThrottle,
+    ErrorSerializer,
+    IsStaff,
+    NewestFirstPagination,
+    StaffThrottle,
+    StrictCharField,
+)
 from core.services import dead_letter_replay
 from payouts.dashboard import console_dashboard, dashboard_json
 from payouts.models import PayoutEntry
@@ -160,7 +167,7 @@ class JobFilterSerializer(StatusFilterSerializer):
 
 class PayoutJobListApi(StaffApi):
     staff_action = "payout_job.view"
-    pagination_class = PageNumberPagination
+    pagination_class = NewestFirstPagination
 
     @extend_schema(
         parameters=[JobFilterSerializer], responses={200: PayoutJobOutputSerializer(many=True)}
@@ -314,7 +321,7 @@ class DeadLetterOutputSerializer(serializers.Serializer):
 
 class DeadLetterListApi(StaffApi):
     staff_action = "dead_letter.view"
-    pagination_class = PageNumberPagination
+    pagination_class = NewestFirstPagination
 
     @extend_schema(
         parameters=[StatusFilterSerializer], responses={200: DeadLetterOutputSerializer(many=True)}

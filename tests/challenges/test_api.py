@@ -2,6 +2,8 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
@@ -75,11 +77,34 @@ def test_list_filters_by_status_newest_first(make_user, client_for):
     only_active = client.get("/api/challenges/?status=active").json()
 
     assert [c["id"] for c in everything["results"]] == [newest.pk, active.pk, pending.pk]
-    assert everything["count"] == 3
+    assert (everything["next"], everything["previous"]) == (None, None)
     assert [c["id"] for c in only_pending["results"]] == [newest.pk, pending.pk]
     assert [c["id"] for c in only_active["results"]] == [active.pk]
     bad = client.get("/api/challenges/?status=bogus")
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_status")
+
+
+def test_list_pages_by_cursor_and_counts_nothing(make_user, client_for, settings):
+    # Given five challenges
+    settings.CHALLENGE_OPEN_LIMIT = 5
+    user = make_user()
+    made = [open_challenge(user) for _ in range(5)]
+    client = client_for(user)
+    # When a client follows the list two at a time
+    seen, url = [], "/api/challenges/?page_size=2"
+    with CaptureQueriesContext(connection) as captured:
+        while url:
+            page = client.get(url).json()
+            seen += [c["id"] for c in page["results"]]
+            url = page["next"]
+    # Then it sees each once, newest first, and nothing counted the challenges: a page costs
+    # the same however many there are before it
+    assert seen == [c.pk for c in reversed(made)]
+    assert "count" not in page
+    assert [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"].upper()] == []
+    # And a cursor the API never gave is a clean 404
+    bad = client.get("/api/challenges/?cursor=made-up")
+    assert (bad.status_code, bad.json()["code"]) == (404, "not_found")
 
 
 @pytest.mark.parametrize(
