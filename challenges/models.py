@@ -138,7 +138,11 @@ class Stake(models.Model):
         YES = "yes"
         NO = "no"
 
-    challenge = models.ForeignKey(Challenge, on_delete=models.PROTECT, related_name="stakes")
+    # No index of its own: the unique (challenge, user) and ``stake_side_idx`` both start with
+    # the challenge and serve every lookup by it; a third would only cost each stake an entry.
+    challenge = models.ForeignKey(
+        Challenge, on_delete=models.PROTECT, related_name="stakes", db_index=False
+    )
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     side = models.CharField(max_length=3, choices=Side.choices)
     amount = models.BigIntegerField()
