@@ -11,5 +11,6 @@ job to return them, and nothing has to scan every challenge ever cancelled to fi
 from django.dispatch import Signal
 
 # Sent with ``challenge_ids``: the challenges just cancelled, inside the cancelling
-# transaction (a receiver's writes commit or roll back with it).
+# transaction (a receiver's writes commit or roll back with it). A receiver runs while that
+# transaction holds the challenges' rows locked, so it must be short and set-based.
 challenges_cancelled = Signal()
