@@ -1,18 +1,23 @@
-"""Beat's every-minute tasks run for the platform's whole life: what they read must not grow
-with the challenges, stakes, jobs, entries and notifications the platform has finished. Among
-20,000 of each, every statement each task makes reads those tables by index or not at all."""
+"""Beat's every-minute tasks, and the pages opened most, run for the platform's whole life:
+what they read must not grow with the challenges, stakes, jobs, entries and notifications the
+platform has finished. Among 20,000 of each, every statement each task or page makes reads
+those tables by index or not at all."""
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from challenges.services import challenges_send_deadline_warnings, challenges_sweep_deadlines
 from notifications.services import notifications_redeliver_stale
+from payouts.models import PayoutJob
 from payouts.services.alerts import ops_alerts_check
 from payouts.services.watchdog import payout_watchdog
+from users.services import user_create
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +33,8 @@ GROWING = (
 
 # Challenges resolved or cancelled days ago, each with a stake, its finished job (one in a
 # hundred cancelled by staff), the job's two entries (one paid, one cancelled) and a delivered
-# notification.
+# notification (to the other user: a user's own notifications are a small part of everyone's,
+# and the user whose pages are opened must not own the whole table).
 _HISTORY_SQL = """
 WITH escrow AS (
     INSERT INTO payouts_account (kind, currency, balance)
@@ -49,7 +55,7 @@ WITH escrow AS (
     INSERT INTO notifications_notification
         (user_id, kind, challenge_id, title, body, priority, data, dedup_key, created_at,
          delivered_at)
-    SELECT %(user)s, 'payout_completed', id, 'Paid', '', 'normal', '{}', 'history:' || id,
+    SELECT %(other)s, 'payout_completed', id, 'Paid', '', 'normal', '{}', 'history:' || id,
            now() - interval '2 days', now() - interval '2 days'
     FROM challenge
 ), job AS (
@@ -81,7 +87,9 @@ MINUTE_TASKS: dict[str, Callable[[], object]] = {
 
 
 @pytest.fixture
-def history(make_user) -> None:
+def history(make_user) -> dict[str, Any]:
+    """The history, and what a page about it needs: the user who took part in all of it,
+    its newest challenge and that challenge's job."""
     user, other = make_user(), make_user()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -90,6 +98,8 @@ def history(make_user) -> None:
         )
         # The planner told about them, as autovacuum would.
         cursor.execute(f"ANALYZE {', '.join(GROWING)}")
+    job = PayoutJob.objects.order_by("-id").first()
+    return {"user": user, "challenge": job.challenge_id, "job": job.pk}
 
 
 def _scans(sql: str) -> dict[str, str]:
@@ -106,22 +116,55 @@ def _scans(sql: str) -> dict[str, str]:
     return scans
 
 
+def _full_reads(captured: CaptureQueriesContext) -> dict[str, str]:
+    """The statements ``captured`` that read a growing table from end to end: the start of
+    each one -> that table."""
+    plans = {
+        query["sql"]: _scans(query["sql"])
+        for query in captured.captured_queries
+        if query["sql"].lstrip().upper().startswith(("SELECT", "UPDATE", "WITH", "INSERT"))
+    }
+    assert any(plans.values()), plans
+    return {
+        sql[:160]: table
+        for sql, scans in plans.items()
+        for table, how in scans.items()
+        if how == "Seq Scan"
+    }
+
+
 @pytest.mark.parametrize("task", MINUTE_TASKS)
 def test_a_minute_task_reads_no_growing_table_in_full(history, task):
     # When the task makes its minute's pass over the history (nothing in it is due)
     with CaptureQueriesContext(connection) as captured:
         MINUTE_TASKS[task]()
     # Then no statement it made read a growing table from end to end
-    plans = {
-        query["sql"]: _scans(query["sql"])
-        for query in captured.captured_queries
-        if query["sql"].lstrip().upper().startswith(("SELECT", "UPDATE", "WITH", "INSERT"))
-    }
-    assert plans
-    full_reads = {
-        sql[:160]: table
-        for sql, scans in plans.items()
-        for table, how in scans.items()
-        if how == "Seq Scan"
-    }
-    assert full_reads == {}
+    assert _full_reads(captured) == {}
+
+
+# The pages staff and users open most about one thing, or about what is open now. (Lists of a
+# whole table are the admin's, whose counts have their own test: tests/core/test_admin_counts.)
+PAGES = {
+    "staff console": ("staff", "/admin/"),
+    "job page": ("staff", "/admin/payouts/payoutjob/{job}/change/"),
+    "challenge page": ("staff", "/admin/challenges/challenge/{challenge}/change/"),
+    "challenge list": ("user", "/api/challenges/"),
+    "open challenges": ("user", "/api/challenges/?status=active"),
+    "challenge": ("user", "/api/challenges/{challenge}/"),
+    "notifications": ("user", "/api/notifications/"),
+}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_page_reads_no_growing_table_in_full(history, page):
+    who, url = PAGES[page]
+    client = Client()
+    if who == "staff":
+        boss = user_create(username="boss", password="pw-1-boss", is_superuser=True, validate=False)
+        client.force_login(boss)
+    else:
+        client.force_login(history["user"])
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url.format(**history))
+    assert response.status_code == 200
+    assert _full_reads(captured) == {}
