@@ -125,11 +125,13 @@ class EstimatedCountPaginator(Paginator):
 
 class LargeTableAdminMixin:
     """For the admins of tables that grow to millions of rows: no count of the whole table on
-    every page (``show_full_result_count``), and the list's own count estimated while nothing
-    filters it."""
+    every page (``show_full_result_count``), the list's own count estimated while nothing
+    filters it, and no per-filter counts (Django's "Show counts" facets, one pass over the
+    whole list on every page view while they are on)."""
 
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
 
 
 class ReadOnlyAdmin(

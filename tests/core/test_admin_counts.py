@@ -54,8 +54,11 @@ def test_the_unfiltered_list_of_a_big_table_shows_an_estimate_and_counts_nothing
     # When staff open its list with no filter
     page, queries = _get(browser, "/admin/ledger/account/")
     # Then nothing counts its rows, and the line under the list says the figure is an estimate
+    # (the search bar gives no figure of its own, and there are no per-filter counts to show)
     assert _counts(queries, "payouts_account") == []
     assert f"about {accounts} accounts" in page
+    assert f"{accounts} results" not in page
+    assert "Show counts" not in page
 
 
 def test_a_filtered_list_of_a_big_table_is_counted_exactly(browser, accounts, monkeypatch):
@@ -64,6 +67,7 @@ def test_a_filtered_list_of_a_big_table_is_counted_exactly(browser, accounts, mo
     assert len(_counts(queries, "payouts_account")) == 1
     assert "about" not in page
     assert "6 accounts" in page  # the five users' wallets and the superuser's
+    assert "6 results" in page
 
 
 def test_a_small_table_is_counted_exactly(browser, accounts):
