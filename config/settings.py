@@ -107,7 +107,8 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        # The project's overrides of third-party templates (the admin's pagination line).
+        # The project's overrides of third-party templates (the admin's pagination line and
+        # search bar).
         "DIRS": [BASE_DIR / "config" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {

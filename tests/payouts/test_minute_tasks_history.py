@@ -17,6 +17,7 @@ from notifications.services import notifications_redeliver_stale
 from payouts.models import PayoutJob
 from payouts.services.alerts import ops_alerts_check
 from payouts.services.watchdog import payout_watchdog
+from tests.plans import plan_reads
 from users.services import user_create
 
 pytestmark = pytest.mark.django_db
@@ -104,16 +105,7 @@ def history(make_user) -> dict[str, Any]:
 
 def _scans(sql: str) -> dict[str, str]:
     """How the plan of ``sql`` reads each growing table: table -> node type."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}")
-        nodes = [cursor.fetchone()[0][0]["Plan"]]
-    scans = {}
-    while nodes:
-        node = nodes.pop()
-        if node.get("Relation Name") in GROWING:
-            scans[node["Relation Name"]] = node["Node Type"]
-        nodes.extend(node.get("Plans", []))
-    return scans
+    return {table: how for table, how in plan_reads(sql) if table in GROWING}
 
 
 def _full_reads(captured: CaptureQueriesContext) -> dict[str, str]:

@@ -13,6 +13,7 @@ from notifications.models import Notification
 from notifications.services import staff_notify
 from proof.seeding import users_seed
 from tests.challenges.helpers import active_challenge
+from tests.plans import plan_reads
 
 # Transactional: the crowd is seeded by ``users_seed``, which commits a transaction of its own.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,16 +28,7 @@ def _crowd(count: int) -> None:
 
 def _user_scans(sql: str) -> list[str]:
     """How the plan of ``sql`` reads ``auth_user``: one node type per read."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}")
-        nodes = [cursor.fetchone()[0][0]["Plan"]]
-    scans = []
-    while nodes:
-        node = nodes.pop()
-        if node.get("Relation Name") == "auth_user":
-            scans.append(node["Node Type"])
-        nodes.extend(node.get("Plans", []))
-    return scans
+    return [how for table, how in plan_reads(sql) if table == "auth_user"]
 
 
 def _statement_naming(captured: CaptureQueriesContext, marker: str) -> str:
