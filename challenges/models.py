@@ -159,3 +159,38 @@ class Stake(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.side} {self.amount} on #{self.challenge_id}"
+
+
+class DeadlineWarning(models.Model):
+    """Whom one deadline warning of one challenge has reached: the record that makes each
+    participant get it once (``challenges.services.challenges_send_deadline_warnings``).
+
+    The first scan to find the challenge inside the warning's window tells the challenger, the
+    challenged user and every staker, and sets ``last_stake_id`` to the highest stake it saw;
+    later scans tell only the stakers after it (users who joined late) and move it on. A
+    challenge's stakes take their ids while holding its row lock, which they keep until they
+    commit, so once a stake is visible every stake of that challenge with a lower id has
+    committed or failed: nobody below the mark is left out. Scans lock this row, so two at
+    once tell nobody twice.
+    """
+
+    class Kind(models.TextChoices):
+        DEADLINE_1H = "deadline_1h"
+        DEADLINE_10M = "deadline_10m"
+
+    # No index of its own: the unique (challenge, kind) starts with it.
+    challenge = models.ForeignKey(
+        Challenge, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # NULL until the first scan has told everyone; then the highest stake id told.
+    last_stake_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["challenge", "kind"], name="deadline_warning_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of #{self.challenge_id} (through stake {self.last_stake_id})"

@@ -8,8 +8,9 @@ Lifecycle (DESIGN.md section 1)::
 The sweep and the warnings run from beat every minute. Both are set-based: a fixed number of
 statements whatever the number of challenges and participants, with nothing looped over in
 Python. Both are safe to run twice at once: the sweep's ``UPDATE ... WHERE status IN (open)``
-re-checks each row after the row lock, and every notification has a unique ``dedup_key`` that
-``ON CONFLICT DO NOTHING`` honours.
+re-checks each row after the row lock and its notifications have a unique ``dedup_key`` that
+``ON CONFLICT DO NOTHING`` honours; the warnings lock and record whom they told
+(``DeadlineWarning``).
 """
 
 import json
@@ -40,7 +41,7 @@ User = get_user_model()
 # --- Deadline warning policy -------------------------------------------------------------------
 # Beat runs the warning scan every minute, and a scan may run late or be skipped, so each
 # warning has a window rather than an instant; whichever scan first finds a challenge inside a
-# window sends that warning (once per user and challenge, by dedup key):
+# window sends that warning (once per user and challenge, by its ``DeadlineWarning`` mark):
 #
 #   * 10-minute warning (high priority): while 0 < time left <= 10 minutes. It is never
 #     suppressed: everyone who is a participant before the deadline gets it, however late they
@@ -487,43 +488,111 @@ def challenges_sweep_deadlines(*, now: datetime | None = None) -> SweepResult:
     return SweepResult(pending_admin=pending_admin, cancelled=cancelled, notifications=notified)
 
 
-_WARNINGS_SELECT = _PARTICIPANTS_SELECT.format(
-    targets="""
-    SELECT id, challenger_id, challenged_id, kind,
-           CASE kind WHEN 'deadline_10m' THEN 'Less than 10 minutes left'
-                     ELSE 'Less than an hour left' END AS title,
-           left('"' || title || '" closes in ' || minutes_left || ' minutes.', 1000) AS body,
-           CASE kind WHEN 'deadline_10m' THEN 'high' ELSE 'normal' END AS priority,
-           jsonb_build_object('challenge_id', id, 'due_date', due_date,
-                              'minutes_left', minutes_left) AS data
-    FROM (
-        SELECT id, title, due_date, challenger_id, challenged_id,
-               CASE WHEN due_date <= %(t10)s THEN 'deadline_10m' ELSE 'deadline_1h' END AS kind,
-               ceil(extract(epoch FROM due_date - %(now)s) / 60)::int AS minutes_left
-        FROM challenges_challenge
-        WHERE status IN ('pending', 'active')
-          AND due_date > %(now)s AND due_date <= %(t60)s
-          AND (due_date <= %(t10)s OR due_date > %(t40)s)
-    ) AS due
-    """,
-    where="",
+# The marks of the warnings due now, one per challenge inside a window (policy at the top of
+# this module), created if new and locked in challenge order: a concurrent scan waits here
+# until this one commits, then reads what it recorded. The no-op update is what takes the
+# lock on an existing mark and returns its latest ``last_stake_id``.
+_WARNING_MARKS_SQL = """
+INSERT INTO challenges_deadlinewarning (challenge_id, kind)
+SELECT id, CASE WHEN due_date <= %(t10)s THEN 'deadline_10m' ELSE 'deadline_1h' END
+FROM challenges_challenge
+WHERE status IN ('pending', 'active')
+  AND due_date > %(now)s AND due_date <= %(t60)s
+  AND (due_date <= %(t10)s OR due_date > %(t40)s)
+ORDER BY 1
+ON CONFLICT (challenge_id, kind) DO UPDATE SET challenge_id = EXCLUDED.challenge_id
+RETURNING id, challenge_id, kind, last_stake_id
+"""
+
+# Each locked mark moves to its challenge's highest stake id, read in a snapshot taken after
+# the lock (a statement of its own). The two sides' latest stakes are two backward steps in
+# ``stake_side_idx``.
+_WARNING_MARKS_ADVANCE_SQL = """
+UPDATE challenges_deadlinewarning AS m
+SET last_stake_id = coalesce(greatest(
+    (SELECT max(s.id) FROM challenges_stake AS s
+     WHERE s.challenge_id = m.challenge_id AND s.side = 'yes'),
+    (SELECT max(s.id) FROM challenges_stake AS s
+     WHERE s.challenge_id = m.challenge_id AND s.side = 'no')), 0)
+WHERE m.id = ANY(%(marks)s)
+RETURNING m.id, m.last_stake_id
+"""
+
+# Who gets each warning now: on its first scan (``after`` NULL) the challenger, the challenged
+# user and every staker through ``upto``; on a later one the stakers after ``after`` through
+# ``upto``. The two parties are told on the first scan whether or not they staked, so stakes
+# of theirs are never counted again. Keyless rows (``keyed=False``): the marks are the record.
+_WARNINGS_SELECT = """
+WITH marks AS (
+    SELECT * FROM unnest(%(challenges)s::bigint[], %(kinds)s::text[], %(after)s::bigint[],
+                         %(upto)s::bigint[]) AS m (challenge_id, kind, after, upto)
+), targets AS (
+    SELECT c.id, c.challenger_id, c.challenged_id, m.kind, m.after, m.upto,
+           CASE m.kind WHEN 'deadline_10m' THEN 'Less than 10 minutes left'
+                       ELSE 'Less than an hour left' END AS title,
+           left('"' || c.title || '" closes in '
+                || ceil(extract(epoch FROM c.due_date - %(now)s) / 60)::int || ' minutes.',
+                1000) AS body,
+           CASE m.kind WHEN 'deadline_10m' THEN 'high' ELSE 'normal' END AS priority,
+           jsonb_build_object('challenge_id', c.id, 'due_date', c.due_date,
+                              'minutes_left',
+                              ceil(extract(epoch FROM c.due_date - %(now)s) / 60)::int) AS data
+    FROM marks AS m JOIN challenges_challenge AS c ON c.id = m.challenge_id
+    WHERE c.status IN ('pending', 'active') AND c.due_date > %(now)s
+), participants AS (
+    SELECT t.id AS challenge_id, t.challenger_id AS user_id FROM targets AS t
+    WHERE t.after IS NULL
+    UNION ALL
+    SELECT t.id, t.challenged_id FROM targets AS t
+    WHERE t.after IS NULL AND t.challenged_id IS NOT NULL
+    UNION ALL
+    SELECT s.challenge_id, s.user_id
+    FROM targets AS t JOIN challenges_stake AS s ON s.challenge_id = t.id
+    WHERE s.side IN ('yes', 'no') AND s.id > coalesce(t.after, 0) AND s.id <= t.upto
+      AND s.user_id <> t.challenger_id AND s.user_id IS DISTINCT FROM t.challenged_id
 )
+SELECT p.user_id, t.kind, t.id, t.title, t.body, t.priority, t.data, NULL
+FROM participants AS p JOIN targets AS t ON t.id = p.challenge_id
+"""
 
 
 def challenges_send_deadline_warnings(*, now: datetime | None = None) -> int:
     """Create the due 1-hour and 10-minute warnings (policy at the top of this module) for
-    every participant of every open challenge, in one ``INSERT ... SELECT``; return how many
-    were new. Delivery is enqueued after commit in chunks (``notifications_insert_select``).
+    every participant of every open challenge not told yet; return how many were new.
+    Delivery is enqueued after commit in chunks (``notifications_insert_select``).
 
-    Idempotent and safe to run concurrently: each warning's dedup key is
-    ``<kind>:<challenge>:<user>``, so a repeated or parallel run inserts nothing twice.
+    Three statements whatever the number of challenges and participants: lock (or create) the
+    warnings' marks, move each to its challenge's latest stake, insert one keyless row per
+    participant between the old mark and the new (``DeadlineWarning`` says why nobody is left
+    out). Idempotent and safe to run concurrently: a second scan waits for the first's marks
+    and finds nobody new.
     """
     now = now or timezone.now()
-    params = {
+    window = {
         "now": now,
         "t10": now + WARNING_10M_WINDOW,
         "t40": now + WARNING_1H_CLOSES,
         "t60": now + WARNING_1H_WINDOW,
     }
-    with transaction.atomic():
-        return len(notifications_insert_select(select_sql=_WARNINGS_SELECT, params=params))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_WARNING_MARKS_SQL, window)
+        marks = {pk: (challenge_id, kind, after) for pk, challenge_id, kind, after in cursor}
+        if not marks:
+            return 0
+        cursor.execute(_WARNING_MARKS_ADVANCE_SQL, {"marks": list(marks)})
+        upto = dict(cursor.fetchall())
+        due = [(*marks[pk], upto[pk]) for pk in sorted(marks)]
+        challenges, kinds, after, through = (list(column) for column in zip(*due, strict=True))
+        return len(
+            notifications_insert_select(
+                select_sql=_WARNINGS_SELECT,
+                params={
+                    "now": now,
+                    "challenges": challenges,
+                    "kinds": kinds,
+                    "after": after,
+                    "upto": through,
+                },
+                keyed=False,
+            )
+        )

@@ -7,9 +7,11 @@ from django.db.models.functions import Now
 class Notification(models.Model):
     """One message to one user, stored first and delivered (Pusher or log) afterwards.
 
-    ``dedup_key`` is unique: every producer derives it from what the message is about (for
-    example ``deadline_1h:<challenge>:<user>``), so producing the same message twice -- two beats,
-    a retried task -- inserts it once. ``delivered_at`` is set only after the backend accepted it.
+    ``dedup_key`` is unique: a producer derives it from what the message is about (for example
+    ``stake_refunded:<job>:<user>``), so producing the same message twice -- two beats, a
+    retried task -- inserts it once. Deadline warnings have none: their fan-out records whom it
+    told (``challenges.DeadlineWarning``). ``delivered_at`` is set only after the backend
+    accepted it.
     """
 
     class Kind(models.TextChoices):
@@ -70,7 +72,14 @@ class Notification(models.Model):
     # every deterministic collation, and PostgreSQL compares "C" text with memcmp where any
     # other locale (even C.UTF-8) goes through strcoll. Each fan-out row makes about 17 such
     # comparisons descending the unique index: a fifth of a 100,000-row warning's time.
-    dedup_key = models.CharField(max_length=128, db_collation="C")
+    # NULL for a deadline warning: a key per row of a 100,000-user fan-out was an index entry
+    # and a speculative insertion each, about 40% of the row's cost, for what one mark per
+    # challenge and warning records (``challenges.DeadlineWarning``). NULL rather than "": a
+    # lookup ``dedup_key = <expression>`` implies IS NOT NULL, so the planner can use the
+    # partial index for it; it could not prove ``<> ''``.
+    dedup_key = models.CharField(  # noqa: DJ001
+        max_length=128, db_collation="C", null=True, blank=True
+    )
     created_at = models.DateTimeField(db_default=Now())
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
@@ -78,8 +87,13 @@ class Notification(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            # The arbiter of every producer's ``ON CONFLICT (dedup_key) DO NOTHING``.
-            models.UniqueConstraint(fields=["dedup_key"], name="notification_dedup_key_unique"),
+            # The arbiter of every keyed producer's ``ON CONFLICT (dedup_key) DO NOTHING``;
+            # keyless rows take no entry in it.
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                condition=Q(dedup_key__isnull=False),
+                name="notification_dedup_key_set_unique",
+            ),
         ]
         indexes = [
             models.Index(fields=["user", "-id"], name="notification_user_idx"),

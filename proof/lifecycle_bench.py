@@ -15,6 +15,7 @@ PostgreSQL's own counters (WAL bytes, index entries, rows).
 
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -119,17 +120,34 @@ class _DatabaseWork:
         }
 
 
-def _index_count(table: str) -> int:
-    """Indexes on ``table``: the entries one new row adds (every partial index here holds
-    new rows)."""
+def _index_entries(*, kind: str, challenge_ids: Iterable[int]) -> int | None:
+    """Index entries one notification of ``kind`` about these challenges holds: one per index
+    on the table with no predicate or with one the row meets (a warning, keyless, has no
+    entry in the dedup key's)."""
+    table = Notification._meta.db_table
+    row = Notification.objects.filter(kind=kind, challenge_id__in=challenge_ids).first()
+    if row is None:
+        return None
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", [table])
-        return cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indrelid = %s::regclass",
+            [table],
+        )
+        predicates = [predicate for (predicate,) in cursor.fetchall()]
+        entries = 0
+        for predicate in predicates:
+            cursor.execute(
+                f"SELECT EXISTS (SELECT FROM {table} WHERE id = %s AND ({predicate or 'true'}))",  # noqa: S608
+                [row.pk],
+            )
+            entries += cursor.fetchone()[0]
+    return entries
 
 
 def _bench_rows_delete(*, challenger_id: int, user_ids: list[int]) -> None:
-    """Delete what a run committed: its challenges with their stakes, notifications, refund
-    jobs (none: nothing was staked on them) and escrow accounts, then its users and wallets."""
+    """Delete what a run committed: its challenges with their stakes, warning marks,
+    notifications, refund jobs (none: nothing was staked on them) and escrow accounts, then its
+    users and wallets."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "CREATE TEMP TABLE bench_challenges ON COMMIT DROP AS "
@@ -142,6 +160,8 @@ def _bench_rows_delete(*, challenger_id: int, user_ids: list[int]) -> None:
             "WHERE n.challenge_id = b.id",
             "DELETE FROM challenges_stake AS s USING bench_challenges AS b "
             "WHERE s.challenge_id = b.id",
+            "DELETE FROM challenges_deadlinewarning AS w USING bench_challenges AS b "
+            "WHERE w.challenge_id = b.id",
             "DELETE FROM challenges_challenge AS c USING bench_challenges AS b WHERE c.id = b.id",
             "DELETE FROM payouts_account AS a USING bench_challenges AS b WHERE a.id = b.escrow_id",
         ):
@@ -225,6 +245,9 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
         # Every active staff user is told of each challenge awaiting a result, not only the
         # bench's two: the figure per due challenge depends on this count.
         staff_users = get_user_model().objects.filter(is_staff=True, is_active=True).count()
+        index_entries = _index_entries(
+            kind="needs_resolution", challenge_ids=mine.values_list("id", flat=True)
+        )
         if (pending_admin, cancelled) != (due - due // 10, due // 10):
             raise RuntimeError(f"the sweep moved {pending_admin} + {cancelled}, not {due}")
     finally:
@@ -246,7 +269,7 @@ def bench_sweep(*, challenges: int = 1_000_000, due: int = 10_000) -> dict[str, 
         "baseline_per_row_challenges_per_s": baseline_rate,
         "wal_bytes_per_due_challenge": round(work.wal_bytes / moved) if moved else None,
         "db_cpu_us_per_due_challenge": work.per(moved)["db_cpu_us_per_row"],
-        "notification_indexes": _index_count(Notification._meta.db_table),
+        "notification_index_entries": index_entries,
         "delivery_tasks": -(-notifications // DELIVERY_CHUNK),
     }
 
@@ -324,6 +347,7 @@ def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
             repeat_s = _seconds_since(start)
         if again:
             raise RuntimeError("a repeated scan created warnings again")
+        index_entries = _index_entries(kind="deadline_10m", challenge_ids=[challenge_id])
     finally:
         _bench_rows_delete(challenger_id=challenger.pk, user_ids=user_ids)
     return {
@@ -338,5 +362,5 @@ def bench_warnings(*, participants: int = 100_000) -> dict[str, Any]:
         "baseline_per_row_notifications_per_s": baseline_rate,
         **work.per(created),
         "repeat_scan_db_cpu_us_per_participant": repeat_work.per(participants)["db_cpu_us_per_row"],
-        "notification_indexes": _index_count(Notification._meta.db_table),
+        "notification_index_entries": index_entries,
     }

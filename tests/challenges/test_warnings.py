@@ -5,13 +5,15 @@ suppressed; the 1-hour warning while 40 min < time left <= 60 min, so it always 
 10-minute one by more than 30 minutes.
 """
 
+import importlib
 from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection, transaction
 from django.utils import timezone
 
-from challenges.models import Challenge
+from challenges.models import Challenge, DeadlineWarning, Stake
 from challenges.services import (
     challenges_send_deadline_warnings,
     challenges_sweep_deadlines,
@@ -83,7 +85,12 @@ def test_scanning_every_minute_sends_each_warning_once_at_its_window_opening(mak
     warning = rows.get(user=players[0], kind="deadline_10m")
     assert warning.title == "Less than 10 minutes left"
     assert warning.body == '"Will it rain tomorrow?" closes in 10 minutes.'
-    assert warning.dedup_key == f"deadline_10m:{challenge.pk}:{players[0].pk}"
+    # keyless: the challenge's mark per warning records whom it told, through its last stake
+    assert warning.dedup_key is None
+    last_stake = Stake.objects.filter(challenge=challenge).latest("id").pk
+    assert sorted(
+        DeadlineWarning.objects.filter(challenge=challenge).values_list("kind", "last_stake_id")
+    ) == [("deadline_10m", last_stake), ("deadline_1h", last_stake)]
 
 
 def test_missed_beats_inside_a_window_lose_nothing(make_user):
@@ -141,6 +148,76 @@ def test_a_user_who_joins_late_still_gets_the_10_minute_warning(make_user):
     ]
 
 
+def test_the_challenged_user_who_stakes_after_the_first_warning_is_not_warned_again(make_user):
+    # Given a pending challenge warned at 50 minutes, when its challenged user had not staked
+    creator, rival = make_user(balance=10), make_user(balance=10)
+    challenge = open_challenge(creator, due_in=timedelta(minutes=55), challenged=rival)
+    stake_place(user=creator, challenge_id=challenge.pk, side="yes", amount=10)
+    with _at(challenge, 50):
+        assert challenges_send_deadline_warnings() == 2
+
+    # When the challenged user stakes, and beat keeps scanning through the window
+    with _at(challenge, 45):
+        stake_place(user=rival, challenge_id=challenge.pk, side="no", amount=10)
+    for minutes_before in range(44, 39, -1):
+        with _at(challenge, minutes_before):
+            assert challenges_send_deadline_warnings() == 0
+
+    # Then each party has the one 1-hour warning the first scan sent
+    assert _warnings(challenge) == sorted([(creator.pk, "deadline_1h"), (rival.pk, "deadline_1h")])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stake_uncommitted_during_a_scan_is_warned_by_the_next_one(make_user):
+    challenge, players = active_challenge(make_user)
+    latecomer = make_user(balance=10)
+    with _at(challenge, 9):
+        # Given a stake that holds the challenge's row lock, not yet committed
+        with transaction.atomic():
+            stake_place(user=latecomer, challenge_id=challenge.pk, side="yes", amount=10)
+            # When a scan runs meanwhile on another connection
+            [created] = run_together(challenges_send_deadline_warnings)
+            # Then it warns everyone it can see and does not wait for the stake
+            assert created == len(players)
+        # and the next scan, after the stake committed, warns its user
+        assert challenges_send_deadline_warnings() == 1
+    assert _warnings(challenge) == sorted(
+        (user.pk, "deadline_10m") for user in [*players, latecomer]
+    )
+
+
+def test_challenges_warned_through_keys_before_the_upgrade_are_not_warned_again(make_user):
+    # Given a challenge due within the hour whose participants the previous release warned, one
+    # key per row (the migration reads the database's clock)
+    challenge, players = active_challenge(make_user, stakers=2, due_in=timedelta(minutes=30))
+    Notification.objects.bulk_create(
+        Notification(
+            user=user,
+            kind="deadline_10m",
+            challenge=challenge,
+            title="Less than 10 minutes left",
+            dedup_key=f"deadline_10m:{challenge.pk}:{user.pk}",
+        )
+        for user in players[:-1]
+    )
+    # When the upgrade's migration marks what was warned, and a latecomer joins
+    mark_warned = importlib.import_module(
+        "challenges.migrations.0008_deadline_warning_marks"
+    ).MARK_WARNED
+    with _at(challenge, 9):
+        with connection.cursor() as cursor:
+            cursor.execute(mark_warned)
+        latecomer = make_user(balance=10)
+        stake_place(user=latecomer, challenge_id=challenge.pk, side="yes", amount=10)
+        created = challenges_send_deadline_warnings()
+
+    # Then the scan warns the staker after the last one warned, and the latecomer, only
+    assert created == 2
+    assert _warnings(challenge) == sorted(
+        (user.pk, "deadline_10m") for user in [*players, latecomer]
+    )
+
+
 def test_participants_are_counted_once_and_closed_challenges_are_skipped(make_user):
     # Given a pending challenge whose challenger also staked, and whose challenged user did not
     creator, rival = make_user(balance=10), make_user()
@@ -167,8 +244,9 @@ def test_the_fan_out_issues_a_constant_number_of_queries(
     challenge, players = active_challenge(make_user, stakers=participants - 2)
     assert len(players) == participants
 
-    # savepoint, the INSERT ... SELECT, release: whatever the number of participants
-    with _at(challenge, 5), django_assert_num_queries(3):
+    # savepoint, the marks, their advance, the INSERT ... SELECT, release: whatever the number
+    # of participants
+    with _at(challenge, 5), django_assert_num_queries(5):
         created = challenges_send_deadline_warnings()
 
     assert created == participants
@@ -183,4 +261,4 @@ def test_two_scans_at_the_same_moment_send_each_warning_once(make_user):
 
     assert len(created) == 2
     assert sum(created) == 3 * 22 == Notification.objects.count()
-    assert Notification.objects.values("dedup_key").distinct().count() == 66
+    assert Notification.objects.values("user", "challenge", "kind").distinct().count() == 66

@@ -27,15 +27,17 @@ HISTORY = 20_000
 GROWING = (
     "challenges_challenge",
     "challenges_stake",
+    "challenges_deadlinewarning",
     "payouts_payoutjob",
     "payouts_payoutentry",
     "notifications_notification",
 )
 
-# Challenges resolved or cancelled days ago, each with a stake, its finished job (one in a
-# hundred cancelled by staff), the job's two entries (one paid, one cancelled) and a delivered
-# notification (to the other user: a user's own notifications are a small part of everyone's,
-# and the user whose pages are opened must not own the whole table).
+# Challenges resolved or cancelled days ago, each with a stake, its two deadline warnings'
+# marks, its finished job (one in a hundred cancelled by staff), the job's two entries (one
+# paid, one cancelled) and a delivered notification (to the other user: a user's own
+# notifications are a small part of everyone's, and the user whose pages are opened must not
+# own the whole table).
 _HISTORY_SQL = """
 WITH escrow AS (
     INSERT INTO payouts_account (kind, currency, balance)
@@ -52,6 +54,10 @@ WITH escrow AS (
 ), stake AS (
     INSERT INTO challenges_stake (challenge_id, user_id, side, amount)
     SELECT id, %(user)s, 'yes', 1 FROM challenge
+), warned AS (
+    INSERT INTO challenges_deadlinewarning (challenge_id, kind, last_stake_id, created_at)
+    SELECT c.id, k.kind, 0, now() - interval '3 days'
+    FROM challenge AS c CROSS JOIN (VALUES ('deadline_1h'), ('deadline_10m')) AS k (kind)
 ), notification AS (
     INSERT INTO notifications_notification
         (user_id, kind, challenge_id, title, body, priority, data, dedup_key, created_at,

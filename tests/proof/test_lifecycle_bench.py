@@ -2,7 +2,7 @@
 
 import pytest
 
-from challenges.models import Challenge
+from challenges.models import Challenge, DeadlineWarning
 from ledger.models import Account
 from notifications.models import Notification
 from proof.lifecycle_bench import bench_sweep, bench_warnings
@@ -12,8 +12,13 @@ from proof.lifecycle_bench import bench_sweep, bench_warnings
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _rows() -> tuple[int, int, int]:
-    return Challenge.objects.count(), Account.objects.count(), Notification.objects.count()
+def _rows() -> tuple[int, int, int, int]:
+    return (
+        Challenge.objects.count(),
+        Account.objects.count(),
+        Notification.objects.count(),
+        DeadlineWarning.objects.count(),
+    )
 
 
 def test_the_sweep_bench_times_a_tick_and_cleans_up():
@@ -26,6 +31,8 @@ def test_the_sweep_bench_times_a_tick_and_cleans_up():
     assert figures["notifications_created"] == 2 + 5
     assert figures["wal_bytes_per_due_challenge"] > 0
     assert figures["baseline_per_row_challenges_per_s"] > 0
+    # primary key, dedup key, (user, id), undelivered
+    assert figures["notification_index_entries"] == 4
     assert _rows() == before
 
 
@@ -37,4 +44,6 @@ def test_the_warnings_bench_times_a_tick_and_cleans_up():
     assert figures["notifications_created"] == 300
     assert figures["delivery_tasks"] == 1
     assert figures["wal_bytes_per_row"] > 0
+    # keyless: no entry in the dedup key's index
+    assert figures["notification_index_entries"] == 3
     assert _rows() == before
