@@ -65,14 +65,19 @@ def test_a_scrape_without_the_token_is_refused(client):
 
 
 def http_counts(samples: dict) -> dict[tuple[str, str], float]:
-    """Requests by (view, status), and latency observations by (view, "latency")."""
-    counts = {}
+    """Requests by (view, status), and latency observations by (view, "latency"), each summed
+    over the methods (a view an earlier test called with another method has one sample per
+    method)."""
+    counts: dict[tuple[str, str], float] = {}
     for (name, labels), v in samples.items():
         labels = dict(labels)
         if name == "django_http_responses_total_by_status_view_method_total":
-            counts[(labels["view"], labels["status"])] = v
+            key = (labels["view"], labels["status"])
         elif name == "django_http_requests_latency_seconds_by_view_method_count":
-            counts[(labels["view"], "latency")] = v
+            key = (labels["view"], "latency")
+        else:
+            continue
+        counts[key] = counts.get(key, 0) + v
     return counts
 
 
