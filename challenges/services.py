@@ -580,9 +580,9 @@ def challenges_send_deadline_warnings(*, now: datetime | None = None) -> int:
         if not marks:
             return 0
         cursor.execute(_WARNING_MARKS_ADVANCE_SQL, {"marks": list(marks)})
-        upto = dict(cursor.fetchall())
-        due = [(*marks[pk], upto[pk]) for pk in sorted(marks)]
-        challenges, kinds, after, through = (list(column) for column in zip(*due, strict=True))
+        advanced = dict(cursor.fetchall())
+        due = [(*marks[pk], advanced[pk]) for pk in sorted(marks)]
+        challenges, kinds, after, upto = (list(column) for column in zip(*due, strict=True))
         return len(
             notifications_insert_select(
                 select_sql=_WARNINGS_SELECT,
@@ -591,7 +591,7 @@ def challenges_send_deadline_warnings(*, now: datetime | None = None) -> int:
                     "challenges": challenges,
                     "kinds": kinds,
                     "after": after,
-                    "upto": through,
+                    "upto": upto,
                 },
                 keyed=False,
             )
