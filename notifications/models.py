@@ -70,8 +70,9 @@ class Notification(models.Model):
     # ``varchar_pattern_ops`` index for LIKE lookups nobody makes, one more entry per insert.
     # Collation "C": the key is only ever compared for equality, which is byte equality in
     # every deterministic collation, and PostgreSQL compares "C" text with memcmp where any
-    # other locale (even C.UTF-8) goes through strcoll. Each fan-out row makes about 17 such
-    # comparisons descending the unique index: a fifth of a 100,000-row warning's time.
+    # other locale (even C.UTF-8) goes through strcoll. Each keyed row makes about 17 such
+    # comparisons descending the unique index (a fifth of a 100,000-row warning's time, when
+    # warnings had keys).
     # NULL for a deadline warning: a key per row of a 100,000-user fan-out was an index entry
     # and a speculative insertion each, about 40% of the row's cost, for what one mark per
     # challenge and warning records (``challenges.DeadlineWarning``). NULL rather than "": a
