@@ -174,7 +174,10 @@ def challenge_notes_update(
 #   commit and then re-checks the row as committed (READ COMMITTED re-evaluation). So a stake
 #   either lands before the challenge closes, or finds it closed and writes nothing.
 # - ``stake`` inserts the stake row into that open challenge, unless this user has one there
-#   already or has no wallet (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes).
+#   already or has no wallet (``WALLET_ID_SQL``, the lookup ``wallet_get`` makes). It takes its
+#   id from rows ``open`` returns, so after the lock: a challenge's stakes get their ids in
+#   the order they hold its row, which the deadline warnings' marks rely on
+#   (``DeadlineWarning``). Any other way of inserting stakes must lock the challenge first.
 # - ``staked`` adds the stake to its side's total and count and turns a pending challenge
 #   active once both sides have a stake. It updates the row ``open`` locked, as committed:
 #   SET expressions read it as it was before this stake, hence the ``+`` in the check.
