@@ -72,13 +72,18 @@ SELECT
     (SELECT count(*) FROM payouts_transfer),
     (SELECT coalesce(json_agg(json_build_array(id, kind, balance, net)), '[]')
      FROM (SELECT * FROM checked WHERE balance <> net OR (balance < 0 AND kind <> 'world')
-           ORDER BY id LIMIT 100) AS bad)
+           ORDER BY id LIMIT 100) AS bad),
+    (SELECT coalesce(json_agg(account_id), '[]')
+     FROM (SELECT p.account_id FROM per_account AS p
+           WHERE NOT EXISTS (SELECT 1 FROM payouts_account AS a WHERE a.id = p.account_id)
+           ORDER BY p.account_id LIMIT 100) AS missing)
 """
 
 
 def ledger_check(*, incremental: bool = False) -> LedgerReport:
-    """Verify invariants 1 and 2 (balances sum to 0, each balance = credits - debits) and that
-    no account but ``world`` is negative, from the rows themselves.
+    """Verify invariants 1 and 2 (balances sum to 0, each balance = credits - debits), that
+    no account but ``world`` is negative and that every transfer names existing accounts, from
+    the rows themselves.
 
     Full (the default, for audits and the tests): read-only, one consistent snapshot, every
     transfer ever made read -- minutes on a database of millions of accounts. Incremental
@@ -92,8 +97,11 @@ def ledger_check(*, incremental: bool = False) -> LedgerReport:
         return _incremental_check()
     with connection.cursor() as cursor:
         cursor.execute(_CHECK_SQL)
-        total, accounts, transfers, bad = cursor.fetchone()
+        total, accounts, transfers, bad, missing = cursor.fetchone()
     violations = _total_violations(total)
+    violations.extend(
+        f"transfers name account {account_id}, which does not exist" for account_id in missing
+    )
     for account_id, kind, balance, net in bad:
         violations.append(
             f"account {account_id} ({kind}) balance {balance} != credits - debits {net}"

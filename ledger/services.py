@@ -37,8 +37,10 @@ class TransferSpec:
 
 # Lock every touched account in primary-key order first, so that concurrent postings over the
 # same accounts queue up instead of deadlocking. NO KEY UPDATE is the lock an UPDATE of the
-# balance takes anyway, and unlike FOR UPDATE it does not block foreign-key checks of
-# concurrent transfer inserts.
+# balance takes anyway, and unlike FOR UPDATE it does not block foreign-key checks of rows
+# that reference the account (a new challenge's escrow). The ids it returns are also how a
+# posting knows that every account it names exists (transfers carry no foreign-key
+# constraint: ``ledger.models.Transfer``).
 _LOCK_SQL = """
 SELECT id FROM payouts_account WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE
 """
@@ -110,7 +112,8 @@ def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
     Idempotent: a transfer whose ``idempotency_key`` exists already is skipped and moves no
     money. Atomic: either every new transfer and its balance changes commit, or none do; a
     balance that would go negative raises ``InsufficientFunds`` and one that would overflow
-    ``AmountOutOfRange`` (409), and neither posts anything.
+    ``AmountOutOfRange`` (409), an account that does not exist ``NotFound``, and none of them
+    posts anything.
     """
     if not transfers:
         return 0
@@ -129,6 +132,10 @@ def transfers_post(*, transfers: Sequence[TransferSpec]) -> int:
     )
     with posting_errors(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_SQL, [account_ids])
+        if cursor.rowcount != len(account_ids):
+            raise NotFound(
+                "A transfer names an account that does not exist.", code="account_not_found"
+            )
         cursor.execute(_POST_SQL, list(columns))
         inserted, _ = cursor.fetchone()
     return int(inserted)

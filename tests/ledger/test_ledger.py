@@ -4,10 +4,16 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
-from core.errors import InsufficientFunds, InvalidInput
+from core.errors import InsufficientFunds, InvalidInput, NotFound
 from ledger.models import Account, Transfer
 from ledger.selectors import ledger_check, wallet_get
-from ledger.services import TransferSpec, system_account_id, transfer_post, transfers_post
+from ledger.services import (
+    TransferSpec,
+    account_create,
+    system_account_id,
+    transfer_post,
+    transfers_post,
+)
 
 
 @pytest.fixture
@@ -96,6 +102,60 @@ def test_overdraft_raises_and_changes_nothing(wallets):
     assert not Transfer.objects.filter(idempotency_key__in=["ok-part", "too-much"]).exists()
     alice.refresh_from_db()
     assert alice.balance == 1_000
+
+
+def test_posting_to_an_account_that_does_not_exist_is_refused_and_posts_nothing(wallets):
+    alice, _ = wallets
+    missing = Account.objects.order_by("-id").values_list("id", flat=True).first() + 1_000
+    specs = [
+        TransferSpec(alice.pk, missing, 10, "transfer", "nowhere"),
+        TransferSpec(missing, alice.pk, 10, "transfer", "from-nowhere"),
+    ]
+    for spec in specs:
+        with pytest.raises(NotFound) as refused:
+            transfers_post(transfers=[spec])
+        assert refused.value.code == "account_not_found"
+    assert not Transfer.objects.filter(idempotency_key__in=["nowhere", "from-nowhere"]).exists()
+    alice.refresh_from_db()
+    assert alice.balance == 1_000
+
+
+def test_an_account_that_transfers_name_cannot_be_deleted_alone_or_in_bulk(wallets):
+    alice, bob = wallets
+    unused = account_create(kind=Account.Kind.CHALLENGE_ESCROW)
+    spare = account_create(kind=Account.Kind.CHALLENGE_ESCROW)
+    for named in ([bob.pk], [unused.pk, alice.pk]):
+        with (
+            pytest.raises(IntegrityError, match="has transfers"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("DELETE FROM payouts_account WHERE id = ANY(%s)", [named])
+    assert Account.objects.filter(pk__in=[alice.pk, bob.pk, unused.pk]).count() == 3
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM payouts_account WHERE id = ANY(%s)", [[unused.pk, spare.pk]])
+        assert cursor.rowcount == 2
+
+
+def test_ledger_check_names_a_transfer_to_an_account_that_does_not_exist(wallets):
+    alice, _ = wallets
+    missing = Account.objects.order_by("-id").values_list("id", flat=True).first() + 1_000
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO payouts_transfer "
+                "(debit_account_id, credit_account_id, amount, kind, idempotency_key) "
+                "VALUES (%s, %s, 5, 'transfer', 'orphan')",
+                [alice.pk, missing],
+            )
+            cursor.execute(
+                "UPDATE payouts_account SET balance = balance - 5 WHERE id = %s", [alice.pk]
+            )
+        report = ledger_check()
+        # Transfers are immutable: take it back with the whole transaction.
+        transaction.set_rollback(True)
+    assert f"transfers name account {missing}, which does not exist" in report.violations
+    assert ledger_check().ok
 
 
 @pytest.mark.parametrize("amount", [0, -1, 1.5, 2.0, "10", True, None, 10**16])
