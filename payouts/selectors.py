@@ -4,14 +4,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection
+from django.db import connection, models
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from challenges.models import Stake
 from core.errors import NotFound
 from core.models import DeadLetter
-from payouts.models import ConnectedAccount, PayoutAttempt, PayoutEntry, PayoutJob
+from payouts.models import (
+    ENTRY_STATUS_COLUMNS,
+    ConnectedAccount,
+    PayoutAttempt,
+    PayoutEntry,
+    PayoutJob,
+    entries_in,
+)
 
 
 def payout_job_get(*, job_id: int) -> PayoutJob:
@@ -105,10 +112,12 @@ def payout_entry_list(
     *, job_id: int, status: str | None = None, failure_reason: str | None = None
 ) -> QuerySet[PayoutEntry]:
     """A job's entries in id order (cursor-paginated by callers), optionally of one status and
-    one failure reason; the (job, status, id) index serves the status filter."""
+    one failure reason. The (job, id) index serves them; a status that few entries have is
+    found through the index of its own column (``entries_in``) rather than by
+    reading the job's entries until a page is full."""
     entries = PayoutEntry.objects.filter(job_id=job_id).select_related("user").order_by("id")
     if status:
-        entries = entries.filter(status=status)
+        entries = entries.filter(entries_in(status))
     if failure_reason:
         entries = entries.filter(failure_reason=failure_reason)
     return entries
@@ -118,19 +127,13 @@ def payout_entry_list(
 # rows to say exactly how many.
 COUNT_CAP = 10_000
 
-_STATUS_COUNTS_SQL = """
-SELECT s.status,
-       (SELECT count(*) FROM (
-            SELECT 1 FROM payouts_payoutentry AS e
-            WHERE e.job_id = %(job_id)s AND e.status = s.status LIMIT %(cap)s
-        ) AS capped)
-FROM unnest(%(statuses)s::text[]) AS s(status)
-"""
-
+# Failed and retryable entries carry their failure reason, which the job's exception index
+# holds.
 _FAILURE_REASONS_SQL = """
 SELECT failure_reason, count(*) FROM (
     SELECT failure_reason FROM payouts_payoutentry
-    WHERE job_id = %(job_id)s AND status IN ('failed', 'retryable') LIMIT %(cap)s
+    WHERE job_id = %(job_id)s AND status IN ('failed', 'retryable') AND failure_reason <> ''
+    LIMIT %(cap)s
 ) AS capped
 GROUP BY failure_reason ORDER BY count(*) DESC, failure_reason
 """
@@ -152,16 +155,29 @@ def _capped(value: int, cap: int = COUNT_CAP) -> Count:
 
 
 def payout_entry_status_counts(*, job: PayoutJob) -> dict[str, Count]:
-    """How many of a job's entries are in each status. ``completed`` comes from the job's
-    exact counter; every other status is counted with an index lookup that stops at
-    ``COUNT_CAP`` (one query), so the page costs the same for a million entries."""
-    open_statuses = [s for s in PayoutEntry.Status.values if s != PayoutEntry.Status.COMPLETED]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _STATUS_COUNTS_SQL, {"job_id": job.pk, "statuses": open_statuses, "cap": COUNT_CAP}
-        )
-        counted = {status: _capped(count) for status, count in cursor.fetchall()}
-    return {PayoutEntry.Status.COMPLETED: Count(job.completed_count), **counted}
+    """How many of a job's entries are in each status, exactly, at the cost of the entries in
+    flight whatever the job's size: the terminal ones from the job's counters (``completed``
+    includes the entries reversed since), the ones in flight and the reversed ones through the
+    indexes of their own columns (one query), and ``pending``, the rest, by difference
+    (entries still being created count as pending)."""
+    found = [s for s in ENTRY_STATUS_COLUMNS if s != PayoutEntry.Status.FAILED]
+    first, *rest = (
+        PayoutEntry.objects.filter(entries_in(status), job_id=job.pk)
+        .values_list("status")
+        .annotate(count=models.Count("id"))
+        .order_by()
+        for status in found
+    )
+    counted = dict.fromkeys(found, 0) | dict(first.union(*rest, all=True))
+    terminal = {
+        PayoutEntry.Status.COMPLETED: job.completed_count,
+        PayoutEntry.Status.FAILED: job.failed_count,
+        PayoutEntry.Status.CANCELLED: job.cancelled_count,
+    }
+    in_flight = counted[PayoutEntry.Status.PROCESSING] + counted[PayoutEntry.Status.RETRYABLE]
+    pending = max(job.total_entries - sum(terminal.values()) - in_flight, 0)
+    values = {PayoutEntry.Status.PENDING: pending} | terminal | counted
+    return {status: Count(values[status]) for status in PayoutEntry.Status.values}
 
 
 def payout_entry_failure_reasons(*, job_id: int) -> list[tuple[str, Count]]:
@@ -171,7 +187,7 @@ def payout_entry_failure_reasons(*, job_id: int) -> list[tuple[str, Count]]:
         cursor.execute(_FAILURE_REASONS_SQL, {"job_id": job_id, "cap": COUNT_CAP})
         rows = cursor.fetchall()
     capped = sum(count for _, count in rows) >= COUNT_CAP
-    return [(reason or "(none)", Count(count, capped)) for reason, count in rows]
+    return [(reason, Count(count, capped)) for reason, count in rows]
 
 
 def payout_job_dead_letters(*, job_id: int, limit: int = 20) -> list[DeadLetter]:

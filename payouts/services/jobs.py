@@ -18,7 +18,7 @@ from core.db import columns_sql, row_model
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from core.services import audit_record
 from payouts.metrics import JOBS_FINISHED
-from payouts.models import PayoutEntry, PayoutJob
+from payouts.models import PayoutEntry, PayoutJob, entries_in
 from payouts.services.engine import (
     expand_enqueue,
     payout_batches_enqueue,
@@ -495,7 +495,7 @@ def payout_job_retry_failed(
     with transaction.atomic(durable=True):
         job = _job_locked(job_id)
         _state_check(job, "retried", RETRYABLE)
-        failed = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.FAILED)
+        failed = PayoutEntry.objects.filter(entries_in(PayoutEntry.Status.FAILED), job=job)
         if entry_ids is not None:
             failed = failed.filter(pk__in=entry_ids)
         job_failed = job.status == PayoutJob.Status.FAILED
@@ -518,7 +518,7 @@ def payout_entries_requeue_connected(*, user_id: int, event_id: str) -> int:
     ``payout_job.retry_failed`` with the reason and the event id. Returns how many entries.
     """
     failed = PayoutEntry.objects.filter(
-        user_id=user_id, status=PayoutEntry.Status.FAILED, failure_reason=ACCOUNT_NOT_CONNECTED
+        entries_in(PayoutEntry.Status.FAILED), user_id=user_id, failure_reason=ACCOUNT_NOT_CONNECTED
     )
     job_ids = sorted(set(failed.values_list("job_id", flat=True)))
     total = 0

@@ -104,21 +104,31 @@ class ClaimedEntry:
 
 
 # The job must be running (a pause or cancel stops new claims at once); its updated_at is
-# refreshed so the watchdog sees the job being worked on.
+# refreshed so the watchdog sees the job being worked on. Retries that fell due and leases that
+# ran out (their worker died) come first, found through the indexes on their own columns
+# wherever they are in the job; pending entries follow in id order after the caller's keyset
+# position, so a claim reads the job's entries from where its batch left off rather than from
+# the first (no index holds the status: ``PayoutEntry.Meta.indexes``).
 _CLAIM_SQL = """
 WITH job AS (
     UPDATE payouts_payoutjob SET updated_at = statement_timestamp()
     WHERE id = %(job_id)s AND status = 'running'
     RETURNING id
-), picked AS (
-    SELECT e.id FROM payouts_payoutentry AS e
+), due AS (
+    SELECT e.id, false AS fresh FROM payouts_payoutentry AS e
     WHERE e.job_id = (SELECT id FROM job)
-      AND (e.status = 'pending'
-           OR (e.status = 'retryable' AND e.next_attempt_at <= statement_timestamp())
+      AND ((e.status = 'retryable' AND e.next_attempt_at <= statement_timestamp())
            OR (e.status = 'processing' AND e.lease_until < statement_timestamp()))
-    ORDER BY e.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), fresh AS (
+    SELECT e.id, true AS fresh FROM payouts_payoutentry AS e
+    WHERE e.job_id = (SELECT id FROM job) AND e.status = 'pending' AND e.id > %(after_id)s
+    ORDER BY e.id
+    LIMIT %(limit)s - (SELECT count(*) FROM due)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, fresh FROM due UNION ALL SELECT id, fresh FROM fresh
 )
 UPDATE payouts_payoutentry AS e
 SET status = 'processing',
@@ -129,11 +139,14 @@ SET status = 'processing',
 FROM picked
 WHERE e.id = picked.id
 RETURNING e.id, e.user_id, e.amount, e.attempt_count,
-          e.first_attempt_at < statement_timestamp() - make_interval(secs => %(reconcile_after)s)
+          e.first_attempt_at < statement_timestamp() - make_interval(secs => %(reconcile_after)s),
+          picked.fresh
 """
 
 # When nothing is claimable: whether anything is still open, and when the next thing falls due.
-# (A pending entry that was not claimable is being claimed by another batch right now.)
+# (A pending entry that was not claimable is being claimed by another batch right now.) It
+# reads the job's entries, as the claim from the job's first entry just before it did: a
+# batch gets here only once nothing is left to claim.
 _NEXT_DUE_SQL = """
 SELECT EXISTS (SELECT 1 FROM payouts_payoutjob WHERE id = %s AND status = 'running'),
        count(*),
@@ -145,12 +158,19 @@ WHERE job_id = %s AND status IN ('pending', 'retryable', 'processing')
 """
 
 
-def stripe_entries_claim(*, job_id: int) -> tuple[list[ClaimedEntry], float]:
-    """Lease up to ``STRIPE_CLAIM_SIZE`` workable entries of a running job (one transaction).
+def stripe_entries_claim(
+    *, job_id: int, after_id: int = 0
+) -> tuple[list[ClaimedEntry], float, int]:
+    """Lease up to ``STRIPE_CLAIM_SIZE`` workable entries of a running job (one transaction):
+    retries that fell due and expired leases first, then pending entries with ids above
+    ``after_id``.
 
-    Returns the entries and when their lease ends, on this process's monotonic clock.
+    Returns the entries, when their lease ends on this process's monotonic clock, and the
+    keyset position for the next claim (the highest pending entry claimed, or ``after_id``).
     Concurrent batches never claim the same entry (SKIP LOCKED); an entry whose worker died is
     claimable again once its lease expires. Nothing is claimed unless the job is ``running``.
+    A pending entry behind the position (one a concurrent claim skipped past, then rolled
+    back) is found by a claim from 0, which the batch makes before it decides the job is idle.
     """
     lease_end = time.monotonic() + settings.STRIPE_LEASE_SECONDS
     with transaction.atomic(durable=True), connection.cursor() as cursor:
@@ -158,13 +178,15 @@ def stripe_entries_claim(*, job_id: int) -> tuple[list[ClaimedEntry], float]:
             _CLAIM_SQL,
             {
                 "job_id": job_id,
+                "after_id": after_id,
                 "limit": settings.STRIPE_CLAIM_SIZE,
                 "lease": settings.STRIPE_LEASE_SECONDS,
                 "reconcile_after": RECONCILE_AFTER.total_seconds(),
             },
         )
-        rows = cursor.fetchall()
-    return [ClaimedEntry(*row) for row in sorted(rows)], lease_end
+        rows = sorted(cursor.fetchall())
+    position = max((row[0] for row in rows if row[-1]), default=after_id)
+    return [ClaimedEntry(*row[:-1]) for row in rows], lease_end, position
 
 
 def _release(entries: list[ClaimedEntry]) -> None:
@@ -458,12 +480,17 @@ def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:
     """
     deadline = time.monotonic() + (settings.STRIPE_BATCH_SECONDS if budget is None else budget)
     attempted = 0
+    after_id = 0
     while time.monotonic() < deadline:
-        entries, lease_end = stripe_entries_claim(job_id=job_id)
+        entries, lease_end, position = stripe_entries_claim(job_id=job_id, after_id=after_id)
         if entries:
+            after_id = position
             _stripe_entries_pay(job_id=job_id, entries=entries, lease_end=lease_end)
             attempted += len(entries)
             payout_progress_publish(job_id=job_id)
+            continue
+        if after_id:
+            after_id = 0  # nothing after the position: look once from the job's first entry
             continue
         with connection.cursor() as cursor:
             cursor.execute(_NEXT_DUE_SQL, [job_id, job_id])
@@ -485,13 +512,14 @@ def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:
 
 # Entries of a cancelled job that may have reached Stripe: a retryable one (its last answer
 # may have been lost), or a processing one whose worker's lease ran out (it may have died
-# after Stripe answered). A processing entry with a live lease is left to its worker.
+# after Stripe answered). A processing entry with a live lease is left to its worker. Each
+# state is found through the index of its own column (``payouts.models.entries_in``).
 _UNCERTAIN_SQL = """
 SELECT e.id, e.user_id, e.amount, e.attempt_count, false
 FROM payouts_payoutentry AS e
 WHERE e.job_id = %s
   AND EXISTS (SELECT 1 FROM payouts_payoutjob AS j WHERE j.id = e.job_id AND j.status = 'cancelled')
-  AND (e.status = 'retryable'
+  AND ((e.status = 'retryable' AND e.next_attempt_at IS NOT NULL)
        OR (e.status = 'processing' AND e.lease_until < statement_timestamp()))
 ORDER BY e.id
 """

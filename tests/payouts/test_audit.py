@@ -6,6 +6,7 @@ import pytest
 import stripe
 from django.conf import settings
 from django.db.models import F
+from django.utils import timezone
 
 from ledger.models import Account, Transfer
 from ledger.services import transfer_post
@@ -252,7 +253,9 @@ def test_a_paid_entry_stripe_never_saw_is_reported(staff, fake):
     job = stripe_job(fake, staff, unconnected=1)
     payout_batch_stripe(job_id=job.pk)
     failed = PayoutEntry.objects.get(job=job, status="failed")
-    PayoutEntry.objects.filter(pk=failed.pk).update(status=PayoutEntry.Status.RETRYABLE)
+    PayoutEntry.objects.filter(pk=failed.pk).update(
+        status=PayoutEntry.Status.RETRYABLE, next_attempt_at=timezone.now()
+    )
     claimed = ClaimedEntry(failed.pk, failed.user_id, failed.amount, failed.attempt_count, False)
     stripe_entry_record_paid(job_id=job.pk, entry=claimed, transfer_id="tr_nowhere")
     # Then Stripe's side reports it

@@ -217,7 +217,9 @@ def test_failed_entries_end_completed_with_failures_then_retry_pays_them(staff):
     expand_inline(job.pk)
     failed_ids = list(job.entries.order_by("id").values_list("pk", flat=True)[:2])
     with transaction.atomic():
-        PayoutEntry.objects.filter(pk__in=failed_ids).update(status="failed")
+        PayoutEntry.objects.filter(pk__in=failed_ids).update(
+            status="failed", failure_reason="stripe_account_not_connected"
+        )
         payout_job_counters_bump(job_id=job.pk, failed=2)
     # When the rest is paid
     run_job_inline(job.pk)

@@ -110,7 +110,7 @@ def test_pending_entries_are_cancelled_at_once_and_nothing_is_asked(fake, staff)
 def test_a_processing_entry_stays_uncertain_until_its_lease_ends_then_stripe_decides(fake, staff):
     # Given a worker that claimed an entry, got its transfer from Stripe, and died
     job = stripe_job(fake, staff, stakers=2)
-    (claimed,), _ = stripe_entries_claim(job_id=job.pk)
+    (claimed,), _, _ = stripe_entries_claim(job_id=job.pk)
     transfer_create(
         entry_id=claimed.id,
         job_id=job.pk,

@@ -2,9 +2,11 @@
 leases, reconciliation, connected accounts and bad input. Real worker processes are in
 ``test_stripe_workers.py``."""
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -19,6 +21,7 @@ from payouts.services.jobs import challenge_resolve, payout_job_retry_failed
 from payouts.services.stripe_client import transfer_create
 from payouts.services.stripe_rail import payout_batch_stripe, stripe_entries_claim
 from proof.seeding import challenge_seed
+from tests.conftest import run_together, wait_for
 from tests.payouts.helpers import stripe_challenge_seed
 
 pytestmark = pytest.mark.django_db
@@ -216,7 +219,7 @@ def test_before_the_last_attempt_fails_stripe_is_asked_whether_it_paid(
 def test_an_expired_lease_is_reclaimed_and_the_retry_gets_the_same_transfer(fake, staff):
     # Given a worker that claimed an entry and got its transfer from Stripe, then died
     job = stripe_job(fake, staff, stakers=2)
-    (claimed,), _ = stripe_entries_claim(job_id=job.pk)
+    (claimed,), _, _ = stripe_entries_claim(job_id=job.pk)
     first = transfer_create(
         entry_id=claimed.id,
         job_id=job.pk,
@@ -237,6 +240,64 @@ def test_an_expired_lease_is_reclaimed_and_the_retry_gets_the_same_transfer(fake
     assert entry.stripe_transfer_id == first.transfer_id
     assert fake.stats()["created_per_key"] == {f"payout:{entry.pk}": 1}
     assert fake.stats()["replays"] == 1
+
+
+def test_a_claim_takes_due_retries_wherever_they_are_then_pending_entries_after_its_position(
+    fake, staff
+):
+    # Given five entries, the first a retry that fell due
+    job = stripe_job(fake, staff)
+    e1, e2, e3, e4, e5 = job.entries.order_by("id")
+    PayoutEntry.objects.filter(pk=e1.pk).update(
+        status=PayoutEntry.Status.RETRYABLE,
+        attempt_count=1,
+        failure_reason="stripe_unavailable",
+        next_attempt_at=timezone.now() - timedelta(seconds=1),
+    )
+    # When a batch that has claimed up to the third claims again
+    claimed, _, position = stripe_entries_claim(job_id=job.pk, after_id=e3.pk)
+    # Then it gets the retry, and the pending entries after its position only
+    assert [entry.id for entry in claimed] == [e1.pk, e4.pk, e5.pk]
+    assert position == e5.pk
+    # And past the last entry it finds nothing; from the start, the entries it passed over
+    assert stripe_entries_claim(job_id=job.pk, after_id=position)[0] == []
+    again, _, _ = stripe_entries_claim(job_id=job.pk)
+    assert [entry.id for entry in again] == [e2.pk, e3.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_pays_the_pending_entry_another_claim_held_behind_its_position(
+    fake, staff, settings
+):
+    settings.STRIPE_CLAIM_SIZE = 2
+    job = stripe_job(fake, staff)
+    first, *rest = job.entries.order_by("id")
+    # Given the first entry held by a claim on another connection (a row lock, not committed)
+    with transaction.atomic():
+        PayoutEntry.objects.select_for_update().filter(pk=first.pk).get()
+        # When a batch runs meanwhile, it pays the others and moves its position past them
+        batch = threading.Thread(
+            target=run_together, args=[lambda: payout_batch_stripe(job_id=job.pk)]
+        )
+        batch.start()
+        wait_for(
+            lambda: (
+                PayoutEntry.objects.filter(
+                    pk__in=[e.pk for e in rest], status=PayoutEntry.Status.COMPLETED
+                ).count()
+                == len(rest)
+            ),
+            timeout=10,
+        )
+        # and the other claim gives the entry up
+        transaction.set_rollback(True)
+    batch.join(10)
+    # Then the batch goes back for the entry behind its position and pays it too
+    first.refresh_from_db()
+    assert first.status == PayoutEntry.Status.COMPLETED
+    job.refresh_from_db()
+    assert job.status == PayoutJob.Status.COMPLETED
+    assert fake.stats()["created_per_key"] == {f"payout:{e.pk}": 1 for e in [first, *rest]}
 
 
 def test_entries_first_tried_a_day_ago_are_looked_up_before_any_create(fake, staff):

@@ -13,13 +13,15 @@ def test_engine_limits_measures_a_real_job_and_leaves_it_settled():
     # When the limits are measured on a small job
     figures = engine_limits(winners=4_000, batch_size=500, explain_batches=3)
     # Then each payout of a batch wrote its transfer, its wallet credit (heap-only) and its
-    # entry, and one entry in each full index of the entry and the transfer
+    # entry (heap-only when its page had room: no index holds the status), and one entry in
+    # each full index of the transfer, and of the entry only when it moved to another page
     work = figures["work_per_payout"]
     assert work["batches"] == 3
     assert work["payouts_per_batch"] == 500
     assert work["rows_written"]["median"] == 3
-    assert work["heap_only_updates"]["median"] == 1
-    assert work["index_entries"]["median"] == 7
+    heap_only = work["heap_only_updates"]["median"]
+    assert 1.8 <= heap_only <= 2
+    assert work["index_entries"]["median"] == pytest.approx(4 + 3 * (2 - heap_only))
     assert work["wal_bytes"]["median"] > 0
     assert work["wal_records"]["median"] >= work["rows_written"]["median"]
     # And both limits paid the rest of the job between them, with a rate each
