@@ -88,12 +88,13 @@ class Transfer(models.Model):
         TRANSFER = "transfer"
 
     # No foreign-key constraint in the database: PostgreSQL checks one with a query per
-    # inserted transfer that also locks the account's row (a WAL record and a dirtied page per
-    # payout, a quarter of a ledger payout's database CPU). Every transfer still names real
-    # accounts: each posting updates the balances of the accounts it names in the same
-    # statement (``posting_ctes``, the payout batch) after finding or locking them, a trigger
-    # refuses to delete an account that transfers name (ledger/migrations/0004), and
-    # ``ledger_check`` counts transfers naming no account as a violation.
+    # inserted transfer that also locks the account's row (a WAL record and a dirtied page
+    # per payout, a quarter to a third of a ledger payout's database CPU). Every transfer
+    # still names real accounts: each posting updates the balances of the accounts it names
+    # in the same statement (``posting_ctes``, the payout batch) after finding or locking
+    # them, ``transfers_post`` refuses ids its lock did not find, a trigger refuses to delete
+    # an account that transfers name (ledger/migrations/0004), and ``ledger_check`` lists
+    # transfers naming no account.
     debit_account = models.ForeignKey(
         Account, on_delete=models.PROTECT, related_name="debits", db_constraint=False
     )
