@@ -116,6 +116,18 @@ class PayoutJob(models.Model):
         return f"job #{self.pk} {self.kind} challenge #{self.challenge_id} ({self.status})"
 
 
+# For each status an index finds, the column that finds it (no index holds the status itself:
+# see ``PayoutEntry.Meta.indexes``). The entry's checks, made from this table, keep that column
+# set in that status, so adding the condition to a filter on the status changes no result,
+# only the plan.
+ENTRY_STATUS_COLUMNS: dict[str, Q] = {
+    "processing": Q(lease_until__isnull=False),
+    "retryable": Q(next_attempt_at__isnull=False),
+    "failed": ~Q(failure_reason=""),
+    "reversed": Q(reversed_amount__gt=0),
+}
+
+
 class PayoutEntry(models.Model):
     """What one user receives from one job: created with its exact amount when the job expands."""
 
@@ -178,21 +190,12 @@ class PayoutEntry(models.Model):
                 condition=Q(reversed_amount__gte=0, reversed_amount__lte=F("amount")),
                 name="payoutentry_reversed_within_amount",
             ),
-            models.CheckConstraint(
-                condition=~Q(status="retryable") | Q(next_attempt_at__isnull=False),
-                name="payoutentry_retryable_has_next_attempt",
-            ),
-            models.CheckConstraint(
-                condition=~Q(status="processing") | Q(lease_until__isnull=False),
-                name="payoutentry_processing_has_lease",
-            ),
-            models.CheckConstraint(
-                condition=~Q(status="failed") | ~Q(failure_reason=""),
-                name="payoutentry_failed_has_reason",
-            ),
-            models.CheckConstraint(
-                condition=~Q(status="reversed") | Q(reversed_amount__gt=0),
-                name="payoutentry_reversed_has_amount",
+            *(
+                models.CheckConstraint(
+                    condition=~Q(status=status) | column,
+                    name=f"payoutentry_{status}_has_its_column",
+                )
+                for status, column in ENTRY_STATUS_COLUMNS.items()
             ),
         ]
         # No index holds the status, in its columns or its predicate: the ledger rail's one
@@ -202,18 +205,18 @@ class PayoutEntry(models.Model):
         # Entries are found by what each state sets instead: a job's in id order (batches
         # claim by keyset), a retryable entry by its next_attempt_at, a processing one by its
         # lease, a failed or retryable one by its failure reason, a reversed one by what was
-        # reversed; the checks above keep those columns set in those states
-        # (``ENTRY_STATUS_COLUMNS`` says which column finds which status).
+        # reversed (``ENTRY_STATUS_COLUMNS``); the checks above keep those columns set in
+        # those states.
         indexes = [
             models.Index(fields=["job", "id"], name="payoutentry_job_id_idx"),
             models.Index(
                 fields=["next_attempt_at"],
-                condition=Q(next_attempt_at__isnull=False),
+                condition=ENTRY_STATUS_COLUMNS["retryable"],
                 name="payoutentry_next_attempt_idx",
             ),
             models.Index(
                 fields=["lease_until"],
-                condition=Q(lease_until__isnull=False),
+                condition=ENTRY_STATUS_COLUMNS["processing"],
                 name="payoutentry_lease_until_idx",
             ),
             # A job's failed, retryable and reversed entries (the console's counts and failure
@@ -221,12 +224,12 @@ class PayoutEntry(models.Model):
             # enabled: few rows, so these cost next to nothing on the hot path.
             models.Index(
                 fields=["job", "id"],
-                condition=~Q(failure_reason="") | Q(reversed_amount__gt=0),
+                condition=ENTRY_STATUS_COLUMNS["failed"] | ENTRY_STATUS_COLUMNS["reversed"],
                 name="payoutentry_job_exception_idx",
             ),
             models.Index(
                 fields=["user"],
-                condition=~Q(failure_reason=""),
+                condition=ENTRY_STATUS_COLUMNS["failed"],
                 name="payoutentry_user_failure_idx",
             ),
         ]
@@ -234,17 +237,6 @@ class PayoutEntry(models.Model):
 
     def __str__(self) -> str:
         return f"entry #{self.pk} user {self.user_id} {self.amount} ({self.status})"
-
-
-# For each status an index finds, the column that finds it (no index holds the status itself:
-# see ``PayoutEntry.Meta.indexes``). The entry's checks keep that column set in that status, so
-# adding the condition to a filter on the status changes no result, only the plan.
-ENTRY_STATUS_COLUMNS: dict[str, Q] = {
-    PayoutEntry.Status.PROCESSING: Q(lease_until__isnull=False),
-    PayoutEntry.Status.RETRYABLE: Q(next_attempt_at__isnull=False),
-    PayoutEntry.Status.FAILED: ~Q(failure_reason=""),
-    PayoutEntry.Status.REVERSED: Q(reversed_amount__gt=0),
-}
 
 
 def entries_in(status: str) -> Q:

@@ -26,20 +26,20 @@ from django.db.models import Q
 
 CHECKS = [
     models.CheckConstraint(
-        condition=~Q(status="retryable") | Q(next_attempt_at__isnull=False),
-        name="payoutentry_retryable_has_next_attempt",
+        condition=~Q(status="processing") | Q(lease_until__isnull=False),
+        name="payoutentry_processing_has_its_column",
     ),
     models.CheckConstraint(
-        condition=~Q(status="processing") | Q(lease_until__isnull=False),
-        name="payoutentry_processing_has_lease",
+        condition=~Q(status="retryable") | Q(next_attempt_at__isnull=False),
+        name="payoutentry_retryable_has_its_column",
     ),
     models.CheckConstraint(
         condition=~Q(status="failed") | ~Q(failure_reason=""),
-        name="payoutentry_failed_has_reason",
+        name="payoutentry_failed_has_its_column",
     ),
     models.CheckConstraint(
         condition=~Q(status="reversed") | Q(reversed_amount__gt=0),
-        name="payoutentry_reversed_has_amount",
+        name="payoutentry_reversed_has_its_column",
     ),
 ]
 
