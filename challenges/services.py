@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from challenges.models import Challenge, Stake
 from challenges.signals import challenges_cancelled
-from core.db import advisory_xact_lock, columns_sql, row_model
+from core.db import advisory_xact_lock, columns_sql, prepared_cursor, row_model
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.money import MAX_AMOUNT
 from core.permissions import staff_action_allowed
@@ -286,7 +286,7 @@ def stake_place(*, user: Any, challenge_id: int, side: str, amount: int) -> Stak
     # On its own the statement commits itself; in a caller's transaction, a refusal by the
     # database (no funds) rolls back to a savepoint and leaves that transaction usable.
     in_transaction = transaction.atomic() if connection.in_atomic_block else nullcontext()
-    with posting_errors(), in_transaction, connection.cursor() as cursor:
+    with posting_errors(), in_transaction, prepared_cursor() as cursor:
         cursor.execute(_STAKE_SQL, params)
         row = cursor.fetchone()
     if row is None:

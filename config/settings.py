@@ -127,8 +127,15 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default="postgres://localhost/stakehold")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Django's PostgreSQL backend, checking a kept connection without a round trip (core/db_backend).
+# Django's PostgreSQL backend, checking a kept connection without a round trip and preparing the
+# statements every request runs (core/db_backend).
 DATABASES["default"]["ENGINE"] = "core.db_backend"
+# Prepared at their first execution on a connection (only ``connection.prepared_cursor()``'s
+# statements are; Django's own cursors bind on the client and never prepare). Off for a
+# connection pooler that cannot keep prepared statements (PgBouncer before 1.21, in transaction
+# mode).
+if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 0
 # No statement may run longer than this (seconds; 0 = no limit): a slow query fails and frees
 # its connection instead of piling up requests behind it. The proof runs (`make bench`,
 # `make chaos`) seed millions of rows and lift it.

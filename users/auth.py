@@ -18,7 +18,7 @@ from knox.models import get_token_model
 from knox.settings import CONSTANTS, knox_settings
 from rest_framework import exceptions
 
-from core.db import columns_sql, row_model
+from core.db import columns_sql, prepared_cursor, row_model
 
 AuthToken = get_token_model()
 User = get_user_model()
@@ -74,7 +74,7 @@ class TokenAuthentication(KnoxTokenAuthentication):
             text = token.decode("utf-8")
         except (UnicodeDecodeError, binascii.Error) as exc:
             raise exceptions.AuthenticationFailed("Invalid token.") from exc
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(_TOKEN_SQL, [text[: CONSTANTS.TOKEN_KEY_LENGTH]])
             rows = cursor.fetchall()
         for row in rows:

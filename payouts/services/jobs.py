@@ -14,7 +14,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from challenges.models import Challenge, Stake
-from core.db import columns_sql, row_model
+from core.db import columns_sql, prepared_cursor, row_model
 from core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from core.services import audit_record
 from payouts.metrics import JOBS_FINISHED
@@ -240,7 +240,7 @@ def challenge_resolve(
     }
     with transaction.atomic(durable=True):
         try:
-            with connection.cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(_RESOLVE_SQL, params)
                 row = cursor.fetchone()
         except IntegrityError as exc:

@@ -1,10 +1,13 @@
 """The web's persistent database connection: a request after PostgreSQL ended it (a restart, a
-terminated backend) is served on a new one, not failed, and checking costs no round trip."""
+terminated backend) is served on a new one, not failed, and checking costs no round trip; the
+statements every request runs are prepared once per connection and logged with their values."""
 
 import time
 
 import pytest
 from django.db import close_old_connections, connection, connections
+from django.test.utils import CaptureQueriesContext
+from knox.settings import CONSTANTS
 
 from users.services import token_create
 
@@ -69,3 +72,53 @@ def test_checking_a_kept_connection_sends_postgresql_nothing(client, make_user, 
     sent = trace.read_text()
     assert 'Query\t "SELECT 1"' not in sent
     assert "token_key" in sent
+
+
+def _prepared_runs(fragment: str) -> list[int]:
+    """How many times each statement prepared on this connection whose text holds
+    ``fragment`` has run (generic and custom plans)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            [f"%{fragment}%"],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_token_lookup_is_prepared_once_per_connection_and_run_again(client, make_user):
+    token, _ = token_create(user=make_user())
+    # When seven requests run on one kept connection
+    for _ in range(7):
+        assert _wallet(client, token) == 200
+    # Then the token lookup was prepared once and that statement ran seven times
+    assert _prepared_runs("token_key") == [7]
+    # And a new connection prepares it anew
+    _terminate(_backend_pid())
+    assert _wallet(client, token) == 200
+    assert _prepared_runs("token_key") == [1]
+
+
+def test_a_prepared_statement_is_logged_with_its_values(client, make_user):
+    user = make_user()
+    token, _ = token_create(user=user)
+    with CaptureQueriesContext(connection) as queries:
+        assert _wallet(client, token) == 200
+    lookup = next(q["sql"] for q in queries.captured_queries if "token_key" in q["sql"])
+    assert f"'{token[: CONSTANTS.TOKEN_KEY_LENGTH]}'" in lookup
+
+
+def test_without_prepared_statements_the_same_cursor_prepares_nothing():
+    # A pooler that keeps no prepared statements: DATABASE_PREPARED_STATEMENTS=false
+    options = {**connection.settings_dict["OPTIONS"], "prepare_threshold": None}
+    other = type(connections["default"])({**connection.settings_dict, "OPTIONS": options})
+    try:
+        for n in range(7):
+            with other.prepared_cursor() as cursor:
+                cursor.execute("SELECT %(n)s::integer + 1", {"n": n})
+                assert cursor.fetchone() == (n + 1,)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            assert cursor.fetchone() == (0,)
+    finally:
+        other.close()
