@@ -221,8 +221,8 @@ def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict
         "entries = rows not heap-only x full indexes of the table; wal_records, wal_fpi, "
         "wal_bytes: EXPLAIN's (the statement); wal_bytes_transaction, its split into "
         "full-page images and the rest, and the by_kind figures: pg_waldump --stats of the "
-        "batch's transaction (with its foreign-key checks and commit); backend_cpu_us: "
-        "/proc/<backend pid>/stat over the statement and its foreign-key checks",
+        "batch's transaction (with its commit); backend_cpu_us: /proc/<backend pid>/stat "
+        "over the statement",
         **figures,
         "last_id": after_id,
     }
@@ -236,8 +236,6 @@ def _explained_batch(conn: psycopg.Connection, params: dict[str, Any]) -> dict[s
     plan = conn.execute(
         "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + LEDGER_BATCH_SQL, params
     ).fetchone()[0][0]
-    # The deferred foreign-key checks, now, as the engine runs them: part of a payout's cost.
-    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
     cpu_after = process_cpu(pid)
     xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0]
     # Counts not yet flushed to the shared statistics stay in these views after a commit:

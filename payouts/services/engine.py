@@ -458,11 +458,9 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
             cursor.execute(LEDGER_BATCH_SQL, params)
             claimed, paid, last_id = cursor.fetchone()
         if claimed:
-            with connection.cursor() as cursor:
-                # Run the deferred foreign-key checks of the rows inserted above now, before
-                # the job row and the escrow are locked: at commit they would hold those hot
-                # rows while checking, and parallel batches of the job would queue on them.
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            # Nothing is left to check at commit (the statement's rows carry no foreign key
+            # constraint, ledger/0004 and payouts/0012), so the hot rows locked from here on
+            # (the job's counters, the escrow) are held only until the commit's WAL flush.
             still_open = payout_job_counters_bump(
                 job_id=job_id, completed=claimed, paid_amount=paid, require_running=True
             )
