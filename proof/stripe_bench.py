@@ -4,8 +4,9 @@
 ``workers`` Celery worker processes on the payout queues -- Celery's ``threads`` pool with
 ``threads`` threads each, as the Stripe worker runs in production (``deploy/processes.py``) --
 resolves on the Stripe rail with one batch per thread and waits for the job. The fake Stripe,
-in a process of its own so that its clock does not stall with this one, logs when each
-transfer request arrived; from that log come the busiest one-second window of
+in a process of its own, logs when each transfer request arrived at its host (the kernel's
+receive time of the request's first bytes, as Stripe counts at its edge, not when a thread
+of the fake got to it); from that log come the busiest one-second window of
 arrivals (each request is recorded in the limiter's log of sends just before it is sent, and
 no window of that log holds more than ``rate``) and the throughput against ``rate``.
 ``manage.py bench`` runs it with two threaded processes and, as the baseline in the same run,
