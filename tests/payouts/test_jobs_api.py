@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from challenges.models import Challenge
 from core.models import AuditEntry, DeadLetter
@@ -13,6 +14,7 @@ from payouts.services.jobs import challenge_resolve
 from proof.seeding import challenge_seed
 from tests.conftest import run_together
 from tests.payouts.helpers import run_job_inline
+from users.services import token_create
 
 pytestmark = pytest.mark.django_db
 
@@ -206,6 +208,31 @@ def test_resolve_issues_the_same_queries_for_10_and_100000_stakers(staff):
     stake_reads = [sql for sql in large if "challenges_stake" in sql]
     assert len(stake_reads) == 1
     assert f"s.user_id = {staff.pk}" in stake_reads[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resolve_through_the_api_is_the_token_lookup_and_one_statement_that_commits(staff):
+    challenge = challenge_seed(stakers=10)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=staff)[0]}")
+    # When staff resolve through the API, outside any transaction (as a request runs)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(
+            f"/api/admin/challenges/{challenge.pk}/resolve/",
+            {"result": "challenger_won"},
+            format="json",
+        )
+    assert response.status_code == 202, response.json()
+    # Then the database saw two statements: no BEGIN and COMMIT around the resolve, each a
+    # round trip that waits for a core while a job pays
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 2, statements
+    assert "token_key" in statements[0]
+    assert "challenge.resolve" in statements[1]
+    # And what it wrote is committed: the job, the challenge's result and the audit entry
+    assert not connection.in_atomic_block
+    assert PayoutJob.objects.filter(challenge=challenge, status="queued").exists()
+    assert AuditEntry.objects.filter(action="challenge.resolve", actor=staff).exists()
 
 
 def test_a_resolve_without_an_actor_decides_a_challenge_without_a_named_opponent():
