@@ -8,7 +8,8 @@ library building the request, the thread's first ``requests`` session, and on a 
 a TCP connect (and, to Stripe, a TLS handshake of several round trips), so the delay from grant
 to arrival ranged from about a millisecond to tens of milliseconds; requests granted apart
 arrived together, and a one-second window of arrivals held more than the bucket grants in
-one second. Taken here, only the sending of the bytes lies between the two.
+one second. Taken here, only the sending of the bytes lies between the two, and once they are
+sent the limiter's log of sends is told when (``token_sent``).
 
 Every HTTP request takes its own token: each one the library retries (``max_network_retries``),
 a connection opened again after the server closed it, and every kind of request (creations,
@@ -26,7 +27,7 @@ from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from payouts.services.ratelimit import stripe_token_take
+from payouts.services.ratelimit import stripe_token_take, token_sent
 
 _thread = threading.local()
 
@@ -45,8 +46,13 @@ class _HTTPConnection(HTTPConnection):
         # (and a TLS handshake) out of the time between grant and arrival.
         if self.is_closed:
             self.connect()
-        _thread.waited = ratelimit_waited() + stripe_token_take()
-        super().request(method, url, *args, **kwargs)
+        send = stripe_token_take()
+        _thread.waited = ratelimit_waited() + send.waited
+        try:
+            super().request(method, url, *args, **kwargs)
+        finally:
+            # Also after an error: some of the bytes may have gone.
+            token_sent(send)
 
 
 class _HTTPSConnection(_HTTPConnection, HTTPSConnection):

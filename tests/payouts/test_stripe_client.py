@@ -11,7 +11,13 @@ import stripe
 from urllib3.connection import HTTPConnection
 
 from payouts.services import stripe_http
-from payouts.services.ratelimit import SEND_JITTER, token_bucket_reset, token_take
+from payouts.services.ratelimit import (
+    SEND_JITTER,
+    Send,
+    token_bucket_reset,
+    token_sent,
+    token_take,
+)
 from payouts.services.stripe_client import (
     ACCOUNT_NOT_CONNECTED,
     Outcome,
@@ -190,10 +196,10 @@ def test_a_slow_connect_lies_before_the_token_not_between_it_and_stripe(fake, mo
     granted: list[float] = []
     take = stripe_http.stripe_token_take
 
-    def recorded_take() -> float:
-        waited = take()
+    def recorded_take() -> Send:
+        send = take()
         granted.append(time.time())
-        return waited
+        return send
 
     monkeypatch.setattr(HTTPConnection, "connect", slow_connect)
     monkeypatch.setattr(stripe_http, "stripe_token_take", recorded_take)
@@ -272,24 +278,33 @@ def test_the_library_error_for_a_missing_transfer_is_a_404(fake, settings):
         stripe.Transfer.retrieve("tr_nope", api_key=settings.STRIPE_API_KEY)
 
 
-def _tokens_taken(*, bucket: str, rate: float, burst: int, callers: int, seconds: float = 0):
-    """When each token was taken, sorted: ``callers`` threads, each with its own Redis
-    connection (as separate worker processes would), from a fresh bucket, each taking tokens
-    for ``seconds`` (or one token when 0)."""
+def _tokens_taken(
+    *, bucket: str, rate: float, burst: int, callers: int, seconds: float = 0, stall: float = 0
+):
+    """When each request was sent, sorted: ``callers`` threads, each with its own Redis
+    connection (as separate worker processes would), from a fresh bucket, each taking a token,
+    sending (recording the time) and telling the limiter (``token_sent``), for ``seconds`` (or
+    once when 0). The first caller's first send comes ``stall`` seconds after its token, as
+    from a thread starved between the two."""
     token_bucket_reset(bucket=bucket)
     taken: list[float] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
-    def caller():
+    def caller(stalled: float):
         while True:
-            token_take(bucket=bucket, rate=rate, burst=burst)
+            send = token_take(bucket=bucket, rate=rate, burst=burst)
+            time.sleep(stalled)
+            stalled = 0
             with lock:
                 taken.append(time.monotonic())
+            token_sent(send)
             if time.monotonic() >= deadline:
                 return
 
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    threads = [
+        threading.Thread(target=caller, args=(stall if n == 0 else 0,)) for n in range(callers)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -307,6 +322,16 @@ def test_token_bucket_bounds_every_one_second_window(burst):
     assert busiest <= 20, busiest
     span = taken[-1] - taken[0]
     assert (len(taken) - burst) / span >= 18, (len(taken), span)
+
+
+def test_a_send_stalled_after_its_token_counts_when_it_was_sent():
+    # Given a bucket of 5 tokens/s shared by 3 threads for three seconds, the first of which
+    # sends its first request 0.9 s after its token (its entry in the log of sends, made at
+    # the token, would leave the log's window 0.9 s before the request arrived)
+    taken = _tokens_taken(bucket="stall-test", rate=5, burst=1, callers=3, seconds=3.0, stall=0.9)
+    # Then no one-second window of the sends holds more than the rate
+    busiest, _ = busiest_window(taken)
+    assert busiest <= 5, (busiest, taken)
 
 
 def test_requests_granted_together_still_leave_at_most_the_rate_in_any_second():
