@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
 from core.errors import DomainError
@@ -65,8 +65,41 @@ def _ledger_invariants(request) -> Iterator[None]:
     kept = connection.connection
     if kept is not None and (kept.closed or kept.broken):
         connection.close()
-    report = ledger_check()
+    try:
+        report = ledger_check()
+    except OperationalError as error:
+        # Cancelled by the statement timeout: a read-only query that takes 0.1 s on its own
+        # waited for something; say what every other session was doing.
+        pytest.fail(f"the ledger check did not finish ({error}); meanwhile: {_sessions()}")
     assert report.ok, report.violations
+
+
+# Every other session on the test database: what it runs or waits for, since when, the
+# locks it holds or waits for, and who blocks it.
+_SESSIONS_SQL = """
+SELECT a.pid, a.backend_type, a.state, a.wait_event_type, a.wait_event,
+       round(extract(epoch FROM now() - a.xact_start)::numeric, 1) AS xact_seconds,
+       pg_blocking_pids(a.pid) AS blocked_by, left(a.query, 160) AS query,
+       (SELECT string_agg(l.mode || ' ' || coalesce(l.relation::regclass::text, l.locktype)
+                          || CASE WHEN l.granted THEN '' ELSE ' (waiting)' END, ', ')
+        FROM pg_locks AS l WHERE l.pid = a.pid AND l.locktype = 'relation') AS locks
+FROM pg_stat_activity AS a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+ORDER BY a.pid
+"""
+
+
+def _sessions() -> list[dict]:
+    """``_SESSIONS_SQL`` read on a connection of its own (the test's may be in a failed
+    transaction)."""
+    other = connection.copy()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(_SESSIONS_SQL)
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        other.close()
 
 
 @pytest.fixture
