@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 import stripe
 from celery import current_app
@@ -51,12 +52,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Now
 
+from core.db import prepared_cursor
+from core.errors import NotFound
 from core.retry import backoff_delay
 from core.services import dead_letter_record
 from ledger.models import Account, Transfer
-from ledger.services import system_account_id, transfer_post
+from ledger.services import posting_ctes, posting_errors, system_account_id
 from payouts.metrics import payouts_paid_count
 from payouts.models import PayoutAttempt, PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import payout_destinations
@@ -206,6 +208,39 @@ def _attempt_outcome(result: TransferResult) -> str:
     return PayoutAttempt.Outcome.PERMANENT
 
 
+# A PayoutAttempt's fields after its entry and attempt number, in the order of
+# ``_attempt_values``.
+_ATTEMPT_FIELDS = (
+    "started_at",
+    "finished_at",
+    "outcome",
+    "error_code",
+    "http_status",
+    "stripe_request_id",
+    "transfer_id",
+    "duration_ms",
+)
+
+
+def _attempt_values(results: Sequence[TransferResult]) -> list[tuple]:
+    """The history rows (``_ATTEMPT_FIELDS``) of the exchanges behind a result; results made
+    without any request have none."""
+    return [
+        (
+            result.call.started_at,
+            result.call.finished_at,
+            _attempt_outcome(result),
+            result.reason,
+            result.call.http_status,
+            result.call.request_id[:255],
+            result.transfer_id,
+            result.call.duration_ms,
+        )
+        for result in results
+        if result.call is not None
+    ]
+
+
 def payout_attempts_record(
     *, entry: ClaimedEntry, results: Sequence[TransferResult]
 ) -> list[PayoutAttempt]:
@@ -216,17 +251,9 @@ def payout_attempts_record(
             PayoutAttempt(
                 entry_id=entry.id,
                 attempt=entry.attempt,
-                started_at=result.call.started_at,
-                finished_at=result.call.finished_at,
-                outcome=_attempt_outcome(result),
-                error_code=result.reason,
-                http_status=result.call.http_status,
-                stripe_request_id=result.call.request_id[:255],
-                transfer_id=result.transfer_id,
-                duration_ms=result.call.duration_ms,
+                **dict(zip(_ATTEMPT_FIELDS, values, strict=True)),
             )
-            for result in results
-            if result.call is not None
+            for values in _attempt_values(results)
         ]
     )
 
@@ -246,6 +273,51 @@ def payout_accounts(job_id: int) -> PayoutAccounts:
     )
 
 
+# A transfer Stripe made, recorded in one statement, its rows locked in the engine's order
+# (the entry, the job row, then both accounts in id order, as ``transfers_post`` locks them):
+# the exchanges appended to the entry's history, the entry ``completed`` if it is
+# ``processing`` or ``retryable``, the job's counters, and the ledger transfer escrow ->
+# ``stripe_clearing`` under the key ``payout:<entry_id>``. An entry recorded already gets its
+# history and nothing else. The select list reads ``marked``, then ``locked`` (which waits for
+# ``counted``); the posting runs last, over accounts already locked.
+_RECORD_PAID_SQL = f"""
+WITH attempts AS (
+    INSERT INTO payouts_payoutattempt (entry_id, attempt, {", ".join(_ATTEMPT_FIELDS)})
+    SELECT %(entry_id)s, %(attempt)s, h.*
+    FROM unnest(%(started_at)s::timestamptz[], %(finished_at)s::timestamptz[],
+                %(outcome)s::text[], %(error_code)s::text[], %(http_status)s::int[],
+                %(stripe_request_id)s::text[], %(transfer_id)s::text[],
+                %(duration_ms)s::int[]) AS h
+), marked AS (
+    UPDATE payouts_payoutentry
+    SET status = 'completed', stripe_transfer_id = %(stripe_transfer_id)s,
+        completed_at = statement_timestamp(), lease_until = NULL, next_attempt_at = NULL,
+        failure_reason = '', last_error = ''
+    WHERE id = %(entry_id)s AND status IN ('processing', 'retryable')
+    RETURNING id, amount
+), counted AS (
+    UPDATE payouts_payoutjob AS j
+    SET completed_count = j.completed_count + 1, paid_amount = j.paid_amount + m.amount,
+        updated_at = now()
+    FROM marked AS m
+    WHERE j.id = %(job_id)s
+    RETURNING m.id, m.amount
+), locked AS (
+    SELECT id FROM payouts_account
+    WHERE id = ANY(%(accounts)s::bigint[]) AND EXISTS (SELECT FROM counted)
+    ORDER BY id
+    FOR NO KEY UPDATE
+), {
+    posting_ctes(
+        "SELECT %(escrow_id)s::bigint, %(clearing_id)s::bigint, c.amount, %(kind)s, "
+        "'payout:' || c.id FROM counted AS c"
+    )
+}
+SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM counted),
+       (SELECT count(*) FROM locked)
+"""  # noqa: S608 - names from this module, values as parameters
+
+
 def stripe_entry_record_paid(
     *,
     job_id: int,
@@ -256,46 +328,46 @@ def stripe_entry_record_paid(
 ) -> bool:
     """Record a transfer Stripe made for an entry; False if it was recorded already.
 
-    One transaction: entry ``completed`` with the transfer id, ledger transfer escrow ->
-    ``stripe_clearing`` (unique key ``payout:<entry_id>``, so at most one per entry), job
-    counters, and the exchanges (``calls``) in the entry's history. Accepted from whichever
-    attempt learns it while the entry is ``processing`` or ``retryable`` (a stale worker's
-    success is still a success). ``accounts`` (``payout_accounts``) saves a batch looking
-    them up again for each entry.
+    One statement (``_RECORD_PAID_SQL``) in a transaction of its own: entry ``completed``
+    with the transfer id, job counters, ledger transfer escrow -> ``stripe_clearing`` (unique
+    key ``payout:<entry_id>``, so at most one per entry), and the exchanges (``calls``) in the
+    entry's history. Accepted from whichever attempt learns it while the entry is
+    ``processing`` or ``retryable`` (a stale worker's success is still a success). The job
+    row, which every batch of the job queues on, is held for that one statement and the
+    commit. ``accounts`` (``payout_accounts``) saves a batch looking them up again for each
+    entry.
     """
-    # Read before the transaction: every batch of the job queues on the job row's lock taken
-    # below, so it is held for as few round trips as possible.
     accounts = accounts or payout_accounts(job_id)
-    with transaction.atomic(durable=True):
-        payout_attempts_record(entry=entry, results=calls)
-        marked = PayoutEntry.objects.filter(
-            pk=entry.id,
-            status__in=[PayoutEntry.Status.PROCESSING, PayoutEntry.Status.RETRYABLE],
-        ).update(
-            status=PayoutEntry.Status.COMPLETED,
-            stripe_transfer_id=transfer_id,
-            completed_at=Now(),
-            lease_until=None,
-            next_attempt_at=None,
-            failure_reason="",
-            last_error="",
-        )
-        if not marked:
-            return False
-        transaction.on_commit(
-            partial(payouts_paid_count, rail=PayoutJob.Rail.STRIPE, entries=1, amount=entry.amount)
-        )
-        # Job row before accounts: the engine's lock order (finalize holds the job, then
-        # posts from the escrow).
-        payout_job_counters_bump(job_id=job_id, completed=1, paid_amount=entry.amount)
-        transfer_post(
-            debit_account_id=accounts.escrow_id,
-            credit_account_id=accounts.clearing_id,
-            amount=entry.amount,
-            kind=Transfer.Kind.STRIPE_PAYOUT,
-            idempotency_key=f"payout:{entry.id}",
-        )
-    return True
+    history = _attempt_values(calls)
+    columns = list(zip(*history, strict=True)) if history else [()] * len(_ATTEMPT_FIELDS)
+    params: dict[str, Any] = {
+        "entry_id": entry.id,
+        "attempt": entry.attempt,
+        **{name: list(values) for name, values in zip(_ATTEMPT_FIELDS, columns, strict=True)},
+        "stripe_transfer_id": transfer_id,
+        "job_id": job_id,
+        "accounts": sorted([accounts.escrow_id, accounts.clearing_id]),
+        "escrow_id": accounts.escrow_id,
+        "clearing_id": accounts.clearing_id,
+        "kind": Transfer.Kind.STRIPE_PAYOUT,
+    }
+    with posting_errors(), transaction.atomic(durable=True), prepared_cursor() as cursor:
+        cursor.execute(_RECORD_PAID_SQL, params)
+        marked, counted, locked = cursor.fetchone()
+        if marked and (counted, locked) != (1, 2):
+            # Rolls back: an entry is never completed without its counters and its transfer.
+            raise NotFound(
+                f"Entry {entry.id} was paid, but {counted} of its job's rows and {locked} of "
+                f"the accounts {params['accounts']} exist.",
+                code="account_not_found",
+            )
+        if marked:
+            transaction.on_commit(
+                partial(
+                    payouts_paid_count, rail=PayoutJob.Rail.STRIPE, entries=1, amount=entry.amount
+                )
+            )
+    return bool(marked)
 
 
 def job_escrow_id(job_id: int) -> int:
