@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from core.errors import DomainError
 from deploy.workers import WorkerPool
+from ledger.selectors import _CHECK_SQL as LEDGER_CHECK_SQL
 from ledger.selectors import ledger_check
 from users.services import user_create
 
@@ -69,8 +70,19 @@ def _ledger_invariants(request) -> Iterator[None]:
         report = ledger_check()
     except OperationalError as error:
         # Cancelled by the statement timeout: a read-only query that takes 0.1 s on its own
-        # waited for something; say what every other session was doing.
-        pytest.fail(f"the ledger check did not finish ({error}); meanwhile: {_sessions()}")
+        # waited for something, or was planned badly; say what every other session was doing
+        # and how the check would be planned now.
+        sessions = _read_aside(_SESSIONS_SQL)
+        try:
+            # Planning takes the same table locks: wait for them only briefly.
+            rows = _read_aside(f"EXPLAIN {LEDGER_CHECK_SQL}", lock_timeout="2s")
+            plan = "\n".join(row["QUERY PLAN"] for row in rows)
+        except OperationalError as unplanned:
+            plan = f"not planned either ({unplanned})"
+        pytest.fail(
+            f"the ledger check did not finish ({error}); meanwhile: {sessions}; "
+            f"its plan now:\n{plan}"
+        )
     assert report.ok, report.violations
 
 
@@ -89,13 +101,14 @@ ORDER BY a.pid
 """
 
 
-def _sessions() -> list[dict]:
-    """``_SESSIONS_SQL`` read on a connection of its own (the test's may be in a failed
-    transaction)."""
+def _read_aside(sql: str, *, lock_timeout: str = "0") -> list[dict]:
+    """The rows of ``sql`` read on a connection of its own (the test's may be in a failed
+    transaction), waiting at most ``lock_timeout`` for a lock (0: as long as it takes)."""
     other = connection.copy()
     try:
         with other.cursor() as cursor:
-            cursor.execute(_SESSIONS_SQL)
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [lock_timeout])
+            cursor.execute(sql)
             names = [column.name for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     finally:
