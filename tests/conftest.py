@@ -79,9 +79,10 @@ def _ledger_invariants(request) -> Iterator[None]:
             plan = "\n".join(row["QUERY PLAN"] for row in rows)
         except OperationalError as unplanned:
             plan = f"not planned either ({unplanned})"
+        # The sessions last, one a line: a report cut in its middle still shows them.
         pytest.fail(
-            f"the ledger check did not finish ({error}); meanwhile: {sessions}; "
-            f"its plan now:\n{plan}"
+            f"the ledger check did not finish ({error}); its plan now:\n{plan}\n"
+            "meanwhile, every other session:\n" + "\n".join(map(str, sessions))
         )
     assert report.ok, report.violations
 

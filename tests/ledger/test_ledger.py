@@ -6,6 +6,7 @@ from django.db import IntegrityError, connection, transaction
 
 from core.errors import InsufficientFunds, InvalidInput, NotFound
 from ledger.models import Account, Transfer
+from ledger.selectors import _CHECK_SQL as LEDGER_CHECK_SQL
 from ledger.selectors import ledger_check, wallet_get
 from ledger.services import (
     TransferSpec,
@@ -14,6 +15,7 @@ from ledger.services import (
     transfer_post,
     transfers_post,
 )
+from tests.plans import plan_nodes
 
 
 @pytest.fixture
@@ -188,6 +190,49 @@ def test_ledger_check_finds_a_tampered_balance_and_the_command_exits_1(wallets, 
         cursor.execute("UPDATE payouts_account SET balance = balance - 7 WHERE id = %s", [alice.pk])
     call_command("ledger_check")
     assert "ledger_check: ok" in capsys.readouterr().out
+
+
+def _accounts_in_a_ring(cursor, count: int) -> None:
+    """``count`` escrow accounts, each paying the next one 1 unit: balances stay 0."""
+    cursor.execute(
+        "INSERT INTO payouts_account (kind, currency, balance) "
+        "SELECT 'challenge_escrow', 'coin', 0 FROM generate_series(1, %s)",
+        [count],
+    )
+    cursor.execute(
+        "INSERT INTO payouts_transfer "
+        "(debit_account_id, credit_account_id, amount, kind, idempotency_key) "
+        "SELECT id, coalesce(lead(id) OVER (ORDER BY id), min(id) OVER ()), 1, 'transfer', "
+        "'ring:' || id FROM payouts_account WHERE kind = 'challenge_escrow' ORDER BY id"
+    )
+
+
+# Transactional: ANALYZE writes the table's size in place, past any rollback; the flush at the
+# end (a TRUNCATE) resets it, so no later test is planned with these statistics.
+@pytest.mark.django_db(transaction=True)
+def test_the_full_check_stays_one_pass_when_the_statistics_say_the_ledger_is_empty():
+    # Given statistics taken while the ledger's tables held only rolled-back rows (as after
+    # scenarios that roll back), then thousands of accounts and transfers
+    with connection.cursor() as cursor:
+        with transaction.atomic():
+            _accounts_in_a_ring(cursor, 2_000)
+            transaction.set_rollback(True)
+        cursor.execute("ANALYZE payouts_account")
+        cursor.execute("ANALYZE payouts_transfer")
+        _accounts_in_a_ring(cursor, 3_000)
+    accounts = Account.objects.count()
+    # When the full check is planned, and run
+    plan = plan_nodes(LEDGER_CHECK_SQL)
+    report = ledger_check()
+    # Then the planner did believe the tables nearly empty, yet planned no join (a nested loop
+    # of the accounts over their sums reads accounts x accounts rows), and the check holds
+    believed = [n["Plan Rows"] for n in plan if n.get("Relation Name") == "payouts_account"]
+    assert believed
+    assert max(believed) < accounts / 100, (believed, accounts)
+    joins = [n["Node Type"] for n in plan if "Join" in n["Node Type"] or "Loop" in n["Node Type"]]
+    assert joins == []
+    assert report.ok, report.violations
+    assert (report.accounts, report.transfers) == (accounts, Transfer.objects.count())
 
 
 @pytest.mark.django_db(transaction=True)
