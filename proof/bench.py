@@ -200,7 +200,18 @@ def _limits_phase(sizes: BenchSizes, log: Callable[[str], None]) -> dict[str, An
         f"the database's own limits and the work per payout, {sizes.limit_winners:,} entries, "
         f"{sizes.explain_batches} batches explained..."
     )
-    return engine_limits(winners=sizes.limit_winners, explain_batches=sizes.explain_batches)
+    figures = engine_limits(winners=sizes.limit_winners, explain_batches=sizes.explain_batches)
+    limits = figures["limits"]
+    log(
+        f"  statement {limits['statement']['payouts_per_s']:,}/s, "
+        f"posting {limits['posting']['payouts_per_s']:,}/s"
+    )
+    if life := figures["wal_bytes_by_relation_end_to_end"]:
+        log(
+            f"  WAL per payout, its entry created then paid: {sum(life.values()):,.0f} B; "
+            + ", ".join(f"{name} {size:,.0f}" for name, size in life.items())
+        )
+    return figures
 
 
 def _ledger_phase(

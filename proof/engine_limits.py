@@ -7,17 +7,22 @@ database does not. Two functions, each returning a JSON-able dict:
     Seeds a challenge of ``winners`` winners, expands its job and pauses it (so no worker
     touches it), then, on its pending entries:
 
+    - **the expansion's work per entry**: WAL bytes of the expansion (the settlement and the
+      insert of every entry, from a ``CHECKPOINT``), in all and by table and index;
+
     - **work per payout**: ``explain_batches`` batches of the engine's own statement
       (``payouts.services.engine.LEDGER_BATCH_SQL``), one at a time on one backend, each under
       ``EXPLAIN (ANALYZE, WAL, BUFFERS)``: rows written and whether their updates were
       heap-only (``pg_stat_xact_user_tables``, read inside the batch's transaction), index
       entries written (rows that are not heap-only updates times the indexes of their table
       whose predicate holds for the row), WAL records, full-page images and WAL bytes (from
-      EXPLAIN's WAL counters), WAL bytes without the full-page images (``pg_waldump --stats``
-      of the batch's own transaction, when the server's WAL files are readable from here),
+      EXPLAIN's WAL counters), WAL bytes without the full-page images and WAL bytes by table
+      and index (``pg_waldump`` of the batch's own transaction, when the server's WAL files are
+      readable from here),
       execution time and the backend's CPU time (``/proc/<pid>/stat`` of the backend, when the
       server runs on this host). Medians, with min and max; the first batch starts right after a
-      ``CHECKPOINT``.
+      ``CHECKPOINT``. With the expansion's: the WAL bytes of a payout's whole life (its entry
+      created, then paid) by table and index, which says where each byte goes;
     - **the database's own limits**, each timed from a ``CHECKPOINT``, with no Celery:
       (a) ``statement``: the engine's batch statement, bare (no job counters, no escrow debit),
       on ``connections`` connections in parallel, as the engine's parallel batches run it, over
@@ -63,6 +68,10 @@ from proof.payout_bench import (
     database_settle,
 )
 from proof.seeding import challenge_seed
+
+# Relations that get less WAL than this per payout are left out of the split by relation:
+# what is written once per job or per batch (the job's row, the planner's statistics).
+NEGLIGIBLE_BYTES = 0.5
 
 # The tables one ledger batch writes.
 BATCH_TABLES = ("payouts_payoutentry", "payouts_transfer", "payouts_account")
@@ -117,11 +126,12 @@ def engine_limits(
     ``winners >= 2 * explain_batches * batch_size`` or so for the limits to time more than a
     few batches. Leaves the ledger balanced and the job completed. See the module docstring.
     """
-    job = paused_job_seed(winners=winners, seed=seed)
+    job, expansion = paused_job_seed(winners=winners, seed=seed)
     params = _job_params(job)
     database_settle()
     work = batch_work(params=params, batches=explain_batches, batch_size=batch_size)
     start_after = work.pop("last_id")
+    end_to_end = _end_to_end(expansion, work)
     pending = Q(status=PayoutEntry.Status.PENDING)
     bounds = PayoutEntry.objects.filter(job=job).aggregate(
         first=Min("id", filter=pending), last=Max("id")
@@ -147,7 +157,9 @@ def engine_limits(
         "winners": winners,
         "batch_size": batch_size,
         "connections": connections,
+        "expansion_per_entry": expansion,
         "work_per_payout": work,
+        "wal_bytes_by_relation_end_to_end": end_to_end,
         "limits": {"statement": statement, "posting": posting},
         "limits_how": "each timed from a CHECKPOINT on its own half of the job's entries, "
         "with no Celery: statement = the engine's batch statement and commit on each "
@@ -176,9 +188,11 @@ def engine_cost(report: PayoutBenchReport, limits: dict[str, Any] | None = None)
     return figures
 
 
-def paused_job_seed(*, winners: int, seed: int) -> PayoutJob:
+def paused_job_seed(*, winners: int, seed: int) -> tuple[PayoutJob, dict[str, Any]]:
     """A resolved ledger-rail job with every entry created and pending, paused so that no
-    worker pays it: the work these measurements do by hand."""
+    worker pays it: the work these measurements do by hand. With it, what its expansion (one
+    slice: the settlement and the insert of every entry) wrote per entry, from a CHECKPOINT:
+    WAL bytes, and by table and index when ``pg_waldump`` can read the server's WAL."""
     challenge = challenge_seed(
         stakers=winners + winners // LOSER_RATIO,
         yes_share=winners / (winners + winners // LOSER_RATIO),
@@ -187,8 +201,48 @@ def paused_job_seed(*, winners: int, seed: int) -> PayoutJob:
     # One slice, created here: no later slice's task is left for some worker to run.
     with override_settings(PAYOUT_EXPAND_CHUNK=winners + winners // LOSER_RATIO + 1):
         job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
+        database_settle()
+        start = _wal_insert_lsn()
         payout_job_expand(job_id=job.pk)
-    return payout_job_pause(job_id=job.pk, actor=None)
+        end = _wal_insert_lsn()
+    with _connect() as conn:
+        wal = conn.execute(
+            "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", [end, start]
+        ).fetchone()[0]
+        dump = _waldump(conn, start, end)
+    expansion: dict[str, Any] = {
+        "entries": winners,
+        "wal_bytes": round(float(wal) / winners, 1),
+        "how": "WAL between the insert positions before and after payout_job_expand, from a "
+        "CHECKPOINT; by relation: pg_waldump of that WAL, every record's bytes (full-page "
+        "images included) counted to the table or index of its first block",
+    }
+    if dump:
+        expansion["wal_bytes_by_relation"] = {
+            name: round(size / winners, 1)
+            for name, size in dump["relations"].items()
+            if size / winners >= NEGLIGIBLE_BYTES
+        }
+    return payout_job_pause(job_id=job.pk, actor=None), expansion
+
+
+def _wal_insert_lsn() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_insert_lsn()")
+        return str(cursor.fetchone()[0])
+
+
+def _end_to_end(expansion: dict[str, Any], work: dict[str, Any]) -> dict[str, float] | None:
+    """WAL bytes per payout by table and index over a payout's whole life: its entry's share of
+    the expansion plus the median batch's, the larger first (None without pg_waldump)."""
+    created = expansion.get("wal_bytes_by_relation")
+    paid = work.get("wal_bytes_by_relation")
+    if not created or not paid:
+        return None
+    names = {*created, *paid}
+    both = {n: round(created.get(n, 0) + paid.get(n, {}).get("median", 0), 1) for n in names}
+    kept = ((n, b) for n, b in both.items() if b >= NEGLIGIBLE_BYTES)
+    return dict(sorted(kept, key=lambda item: -item[1]))
 
 
 def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict[str, Any]:
@@ -220,8 +274,9 @@ def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict
         "the first right after a CHECKPOINT; rows from pg_stat_xact_user_tables; index "
         "entries = rows not heap-only x full indexes of the table; wal_records, wal_fpi, "
         "wal_bytes: EXPLAIN's (the statement); wal_bytes_transaction, its split into "
-        "full-page images and the rest, and the by_kind figures: pg_waldump --stats of the "
-        "batch's transaction (with its commit); backend_cpu_us: /proc/<backend pid>/stat "
+        "full-page images and the rest, and the by_kind and by_relation figures: pg_waldump "
+        "of the batch's transaction (with its commit), each record counted to the table or "
+        "index of its first block; backend_cpu_us: /proc/<backend pid>/stat "
         "over the statement",
         **figures,
         "last_id": after_id,
@@ -303,21 +358,36 @@ def _per_payout(sample: dict[str, Any], indexes: dict[str, int]) -> dict:
         figures["wal_bytes_by_kind"] = {
             k: (v["bytes"] + v["fpi_bytes"]) / n for k, v in dump["kinds"].items()
         }
+        figures["wal_bytes_by_relation"] = {k: v / n for k, v in dump["relations"].items()}
     return figures
 
 
-_WALDUMP_LINE = re.compile(
-    r"^(?P<name>\S+)\s+(?P<n>\d+)\s+\(\s*[\d.]+\)\s+(?P<rec>\d+)\s+\(\s*[\d.]+\)\s+"
-    r"(?P<fpi>\d+)\s+\(\s*[\d.]+\)\s+(?P<total>\d+)"
+# One record of ``pg_waldump``'s listing: its resource manager, its length without and with
+# its full-page images, its transaction, what it is, and the relation of its first block.
+_WALDUMP_RECORD = re.compile(
+    r"^rmgr: (?P<rmgr>\S+)\s+len \(rec/tot\):\s*(?P<rec>\d+)/\s*(?P<tot>\d+), "
+    r"tx:\s*(?P<xid>\d+), .*?desc: (?P<what>\S+)"
+    r"(?:.*?blkref #0: rel \d+/\d+/(?P<relfilenode>\d+))?"
 )
 
 
-def _waldump(conn: psycopg.Connection, start: str, end: str, xid: int) -> dict[str, Any] | None:
-    """Record and full-page-image bytes of one transaction's WAL, by ``pg_waldump --stats``;
-    None when the server's binaries or WAL files are not readable from here."""
+def _waldump(
+    conn: psycopg.Connection, start: str, end: str, xid: int | None = None
+) -> dict[str, Any] | None:
+    """What the WAL between two positions holds (one transaction's when ``xid`` is given), by
+    the server's own ``pg_waldump``: bytes in all and of full-page images, records and bytes
+    by kind (as ``pg_waldump --stats=record`` names them), and bytes by the table or index
+    each record's first block belongs to (a commit, which names no block, by its resource
+    manager). None when the server's binaries or WAL files are not readable from here."""
     try:
         bindir = conn.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'").fetchone()[0]
         datadir = conn.execute("SHOW data_directory").fetchone()[0]
+        names = dict(
+            conn.execute(
+                "SELECT pg_relation_filenode(oid)::text, relname FROM pg_class "
+                "WHERE pg_relation_filenode(oid) IS NOT NULL"
+            ).fetchall()
+        )
         conn.commit()
     except psycopg.Error:
         conn.rollback()
@@ -326,35 +396,37 @@ def _waldump(conn: psycopg.Connection, start: str, end: str, xid: int) -> dict[s
     wal_dir = os.path.join(datadir, "pg_wal")
     if not waldump or not os.access(wal_dir, os.R_OK):
         return None
-    # The server's own pg_waldump, on its own WAL.
-    result = subprocess.run(
-        [
-            waldump,
-            f"--path={wal_dir}",
-            f"--start={start}",
-            f"--end={end}",
-            f"--xid={xid}",
-            "--stats=record",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    argv = [waldump, f"--path={wal_dir}", f"--start={start}", f"--end={end}"]
     kinds: dict[str, dict[str, int]] = {}
-    for line in result.stdout.splitlines():
-        match = _WALDUMP_LINE.match(line.strip())
-        if match and match["name"] != "Total":
-            kinds[match["name"]] = {
-                "records": int(match["n"]),
-                "bytes": int(match["rec"]),
-                "fpi_bytes": int(match["fpi"]),
-            }
+    relations: dict[str, int] = {}
+    # Streamed: an expansion of half a million entries lists a few million records.
+    with subprocess.Popen(
+        [*argv, f"--xid={xid}"] if xid else argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as dump:
+        for line in dump.stdout or ():
+            match = _WALDUMP_RECORD.match(line)
+            if not match:
+                continue
+            rec, tot = int(match["rec"]), int(match["tot"])
+            kind = kinds.setdefault(
+                f"{match['rmgr']}/{match['what']}", {"records": 0, "bytes": 0, "fpi_bytes": 0}
+            )
+            kind["records"] += 1
+            kind["bytes"] += rec
+            kind["fpi_bytes"] += tot - rec
+            node = match["relfilenode"]
+            relation = names.get(node, node) if node else match["rmgr"]
+            relations[relation] = relations.get(relation, 0) + tot
     if not kinds:
         return None
     return {
         "total": sum(k["bytes"] + k["fpi_bytes"] for k in kinds.values()),
         "fpi": sum(k["fpi_bytes"] for k in kinds.values()),
         "kinds": kinds,
+        "relations": relations,
     }
 
 

@@ -24,6 +24,23 @@ def test_engine_limits_measures_a_real_job_and_leaves_it_settled():
     assert work["index_entries"]["median"] == pytest.approx(4 + 3 * (2 - heap_only))
     assert work["wal_bytes"]["median"] > 0
     assert work["wal_records"]["median"] >= work["rows_written"]["median"]
+    # And its WAL is told by table and index (the server runs here, so pg_waldump reads it):
+    # a batch writes the transfer with its four indexes, the wallet and the entry; the
+    # expansion wrote the entry with its three; a payout's whole life has both
+    paid = work["wal_bytes_by_relation"]
+    assert {"payouts_transfer", "transfer_idempotency_key", "payouts_transfer_pkey"} <= set(paid)
+    assert {"payouts_account", "payouts_payoutentry", "Transaction"} <= set(paid)
+    created = figures["expansion_per_entry"]["wal_bytes_by_relation"]
+    assert {"payouts_payoutentry", "payoutentry_one_per_user", "payoutentry_job_id_idx"} <= set(
+        created
+    )
+    assert "payouts_transfer" not in created
+    assert figures["expansion_per_entry"]["wal_bytes"] >= sum(created.values()) * 0.99
+    life = figures["wal_bytes_by_relation_end_to_end"]
+    assert life["payouts_payoutentry"] == pytest.approx(
+        created["payouts_payoutentry"] + paid["payouts_payoutentry"]["median"], abs=0.2
+    )
+    assert list(life.values()) == sorted(life.values(), reverse=True)
     # And both limits paid the rest of the job between them, with a rate each
     limits = figures["limits"]
     assert limits["statement"]["payouts"] + limits["posting"]["payouts"] == 4_000 - 3 * 500
