@@ -13,8 +13,9 @@ same worker processes the ledger benchmark uses (``payouts`` queue, solo pool):
    after some other job of the evening had paid its last one, which it did after this one was
    resolved (``jobs_started_after_another_finished``; the goal is 0).
 
-Entry ``completed_at`` is the start of the batch transaction that paid it, so "first paid" is
-a few milliseconds early and "last paid" a few milliseconds early too; both err the same way.
+Entry ``completed_at`` is the start of the batch transaction that paid it (of the statement,
+for a job's start, which its expansion pays), so "first paid" is a few milliseconds early and
+"last paid" a few milliseconds early too; both err the same way.
 
 Seeding is split from measuring (``evening_bench_seed``, then ``evening_benchmark``), so the
 bench can seed once and copy the database for repeated runs. Through the embedded stack (its

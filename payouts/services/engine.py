@@ -25,7 +25,9 @@ Who moves what:
   per transaction, each slice sending the next), and every slice starts batches at its own
   first entry: a million-entry job pays its first slice while the later ones are created.
   ``total_entries`` is known from the terms, so the job cannot finish before every slice
-  exists.
+  exists. On the ledger rail the expansion task's small first slice (the start) is created
+  already paid, in the expansion's transaction (``_start_pay``): a job of up to
+  ``PAYOUT_START_SIZE`` winners is paid and finalized by its expansion alone.
 - Batches are rail-specific; ``payout_batches_enqueue`` is the one place that picks the batch
   task by ``job.rail``. Every rail's batch task takes the job id as its first argument.
   ``payout_batch_ledger`` claims pending entries (``FOR UPDATE SKIP LOCKED``, keyset by id so
@@ -57,13 +59,16 @@ Pause and cancel need no cooperation from running batches: a batch bumps the job
 ``WHERE status = 'running'``, and rolls back the whole batch if the job was paused or cancelled
 meanwhile; so no entry is paid after a pause or cancel commits.
 
-Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts. Fairness:
-a job's start (its expansion with a small first slice, then a small first batch) is sent
-ahead of the work already queued (``EXPAND_PRIORITY``, ``START_PRIORITY``), so a job resolved
-while others pay does not wait for them to finish; everything that continues a job (later
-slices, every follow-up batch) goes to the back of the ``CONTINUE_PRIORITY`` list, so the
-batches of several jobs take turns on the workers. Priorities change the order only: any of
-these messages may be lost or run twice, as before.
+Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts; but the
+expansion holds its job's row from its start (no batch of the job runs before the start has
+committed, and a deadlock with another job's batch over a shared wallet is retried like any).
+Fairness: a job's start (its expansion with a small first slice, paid there on the ledger
+rail, by a small first batch on the Stripe rail) is sent ahead of the work already queued
+(``EXPAND_PRIORITY``, ``START_PRIORITY``), so a job resolved while others pay does not wait
+for them to finish; everything that continues a job (later slices, every follow-up batch)
+goes to the back of the ``CONTINUE_PRIORITY`` list, so the batches of several jobs take turns
+on the workers. Priorities change the order only: any of these messages may be lost or run
+twice, as before.
 """
 
 import logging
@@ -79,6 +84,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from challenges.models import Challenge
 from core.errors import InsufficientFunds, NotFound
 from core.redis_client import redis_from_url
 from ledger.models import Account, Transfer
@@ -86,9 +92,13 @@ from ledger.services import system_account_id, transfer_post
 from payouts.metrics import JOBS_FINISHED, payouts_paid_count
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.settlement import (
+    SLICE_FIGURES,
+    Chunk,
     SettlementTerms,
     payout_entries_insert,
     settlement_terms,
+    slice_entries_ctes,
+    slice_params,
 )
 from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
@@ -108,11 +118,12 @@ ANALYZE_ENTRIES_THRESHOLD = 50_000
 PROGRESS_INTERVAL_MS = 1_000
 # Message priorities on the payouts queue (kombu's Redis transport keeps one list per priority
 # step of 0, 3, 6, 9, and a worker pops the lists in that order). A job's start goes ahead of
-# the work already queued: its small first batch first (START_PRIORITY), then the expansions
-# of its small first slice (EXPAND_PRIORITY), so each expanded job pays before the next one
-# expands. Everything that continues a job (later slices, follow-up batches) queues at
-# CONTINUE_PRIORITY in FIFO order, so the continuing jobs take turns. Unprioritized messages
-# (the watchdog's restarts, staff resume and retry) are START_PRIORITY: they unstick a job.
+# the work already queued: a Stripe job's small first batch first (START_PRIORITY), then the
+# expansions of small first slices (EXPAND_PRIORITY; a ledger job's pays its slice itself),
+# so each expanded job pays before the next one expands. Everything that continues a job
+# (later slices, follow-up batches) queues at CONTINUE_PRIORITY in FIFO order, so the
+# continuing jobs take turns. Unprioritized messages (the watchdog's restarts, staff resume
+# and retry) are START_PRIORITY: they unstick a job.
 # This is the Redis transport's order; RabbitMQ ignores priorities on queues declared without
 # ``x-max-priority`` (as ours are), which gives back plain FIFO, never a wrong payment.
 START_PRIORITY = 0
@@ -235,6 +246,7 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
             job={
                 "status": job.status,
                 "rail": job.rail,
+                "kind": job.kind,
                 "parallelism": job.parallelism,
                 "batch_size": job.batch_size,
             },
@@ -253,7 +265,7 @@ def payout_job_expand_chunk(
     with transaction.atomic(durable=True):
         job = (
             PayoutJob.objects.filter(pk=job_id)
-            .values("status", "rail", "parallelism", "batch_size")
+            .values("status", "rail", "kind", "parallelism", "batch_size")
             .first()
         )
         if job is None:
@@ -282,18 +294,33 @@ def _slice_expand(
     so that its counters always add up to ``total_entries``.
 
     Given ``start_size`` (the expansion task passes ``PAYOUT_START_SIZE``; in-process callers
-    get a full first slice), the first slice holds that many stakes and sends one batch of at
-    most as many entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds
-    of work, ahead of the jobs already paying) plus the rest of its ``parallelism`` at
-    ``CONTINUE_PRIORITY`` (none on the ledger rail when the rest fits one batch); later slices
-    hold ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
+    get a full first slice), the first slice holds that many stakes: a running ledger job's
+    are created paid (``_start_pay``; the job is finalized after commit when that was all of
+    it), and it sends its ``parallelism`` in batches at ``CONTINUE_PRIORITY``; otherwise it
+    sends one batch of at most as many entries at ``START_PRIORITY`` (a job starts paying
+    after a few milliseconds of work, ahead of the jobs already paying) plus the rest of its
+    ``parallelism`` at ``CONTINUE_PRIORITY``; none on the ledger rail when the rest fits one
+    batch. Later slices hold ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at
+    ``CONTINUE_PRIORITY``.
     ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
     job, once its entries are more than a start."""
     first = from_stake_id == terms.first_stake_id
     start = first and start_size is not None
     limit = start_size if start and start_size else settings.PAYOUT_EXPAND_CHUNK
-    chunk = payout_entries_insert(
-        job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
+    running = job["status"] == PayoutJob.Status.RUNNING
+    paid_start = (
+        _start_pay(
+            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit, kind=job["kind"]
+        )
+        if start and running and job["rail"] == PayoutJob.Rail.LEDGER
+        else None
+    )
+    chunk = (
+        paid_start.chunk
+        if paid_start
+        else payout_entries_insert(
+            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
+        )
     )
     # The first full-size slice (the first one, or the one after a small start) analyzes.
     if (analyze or (first and not start)) and terms.entries >= ANALYZE_ENTRIES_THRESHOLD:
@@ -311,23 +338,97 @@ def _slice_expand(
                 priority=CONTINUE_PRIORITY,
             )
         )
-    if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
+    if paid_start and paid_start.still_open is not None:
+        transaction.on_commit(partial(payout_progress_publish, job_id=job_id))
+        if paid_start.still_open == 0:
+            # Paid in full by its start: closed here, as a batch closes the job it finishes
+            # (robust: should it fail, the watchdog finalizes a job that stopped moving).
+            transaction.on_commit(partial(payout_job_finalize, job_id=job_id), robust=True)
+    if chunk.first_entry_id is not None and running:
         enqueue = partial(
             payout_batches_enqueue,
             job_id=job_id,
             rail=job["rail"],
             after_id=chunk.first_entry_id - 1,
         )
-        if first:
+        if first and not paid_start:
             transaction.on_commit(partial(enqueue, count=1, limit=limit if start else 0))
-        # A ledger job whose rest fits one batch gains nothing from parallel chains (its start
-        # batch's follow-up takes it all); the Stripe rail's parallelism is its calls in flight.
+        # A ledger job whose rest fits one batch gains nothing from parallel chains (the
+        # batch its next slice sends takes it all); the Stripe rail's parallelism is its calls
+        # in flight. A start batch, when there is one, is the first of the job's chains.
         rest = terms.entries - chunk.inserted
         ledger_fits = job["rail"] == PayoutJob.Rail.LEDGER and rest <= job["batch_size"]
-        more = (0 if ledger_fits else job["parallelism"] - 1) if first else 1
+        chains = 0 if ledger_fits else job["parallelism"] - (0 if paid_start else 1)
+        more = chains if first else 1
         if more > 0:
             transaction.on_commit(partial(enqueue, count=more, priority=CONTINUE_PRIORITY))
     return next_id
+
+
+@dataclass(frozen=True, slots=True)
+class StartPaid:
+    chunk: Chunk
+    still_open: int | None  # the job's open entries after it; None when it created nothing
+
+
+class _StartNotPaid(Exception):
+    """The start's slice could not be paid as it was created: undo it (see ``_start_pay``)."""
+
+
+def _start_pay(
+    *, job_id: int, terms: SettlementTerms, from_stake_id: int, limit: int, kind: str
+) -> StartPaid | None:
+    """Create the start slice's entries already paid (``_START_PAY_SQL``), count them on the
+    job and take them out of the escrow; inside the caller's transaction, in a savepoint.
+
+    None, with nothing written, when a created entry found no wallet to pay or the job is not
+    running: the caller then creates the slice ``pending`` for batches, as any other slice
+    (neither happens: every staker's stake came out of a wallet, and the expansion holds the
+    running job's row). A slice whose entries exist already (a rerun) creates and pays
+    nothing.
+    """
+    escrow_id = Challenge.objects.values_list("escrow_id", flat=True).get(pk=terms.challenge_id)
+    sql = _START_PAY_SQL.format(
+        slice=slice_entries_ctes(terms),
+        posting=_POSTING_CTES.format(source="ins"),
+        figures=SLICE_FIGURES,
+    )
+    params = {
+        **slice_params(
+            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit, paid=True
+        ),
+        "currency": settings.CURRENCY,
+        "escrow_id": escrow_id,
+        # The job kinds are also transfer kinds: "payout" or "refund".
+        "kind": kind,
+    }
+    try:
+        with transaction.atomic():
+            return _start_paid(sql=sql, params=params, job_id=job_id)
+    except _StartNotPaid:
+        logger.warning("payout job %s: its start is created pending, for batches", job_id)
+        return None
+
+
+def _start_paid(*, sql: str, params: dict[str, Any], job_id: int) -> StartPaid:
+    """``_start_pay``'s statement and booking; raises ``_StartNotPaid`` to have them undone."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        stakes, last_stake_id, inserted, first_entry_id, paid, amount = cursor.fetchone()
+    still_open = None
+    if inserted:
+        if paid != inserted:
+            raise _StartNotPaid
+        still_open = _paid_book(
+            job_id=job_id,
+            entries=paid,
+            amount=amount,
+            escrow_id=params["escrow_id"],
+            rail=PayoutJob.Rail.LEDGER,
+        )
+        if still_open is None:
+            raise _StartNotPaid
+    return StartPaid(Chunk(stakes, last_stake_id, inserted, first_entry_id), still_open)
 
 
 _COUNTERS_BUMP_SQL = """
@@ -381,20 +482,13 @@ class BatchOutcome:
     last_id: int
 
 
-# Claim, post, credit and mark in one statement (no hot row touched here, so parallel batches
-# of one job do not wait on each other). Entries skipped by ON CONFLICT had been paid already:
-# they are marked, but no money moves again. Public: the proof measures this very statement
-# run bare on its own connections (proof.engine_limits), as the database's limit.
-LEDGER_BATCH_SQL = """
-WITH claimed AS (
-    SELECT id, user_id, amount FROM payouts_payoutentry
-    WHERE job_id = %(job_id)s AND status = 'pending' AND id > %(after_id)s
-    ORDER BY id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), targets AS (
+# Each of ``{source}``'s rows (an entry's id and amount, and its user) paid: the transfer
+# ``payout:<entry_id>`` escrow -> the user's wallet and the wallet's credit. Entries skipped
+# by ON CONFLICT had been paid already: no money moves again.
+_POSTING_CTES = """
+targets AS (
     SELECT c.id, c.amount, w.id AS wallet_id
-    FROM claimed AS c
+    FROM {source} AS c
     JOIN payouts_account AS w
       ON w.user_id = c.user_id AND w.kind = 'user_wallet' AND w.currency = %(currency)s
 ), posted AS (
@@ -408,7 +502,20 @@ WITH claimed AS (
     FROM posted AS p
     WHERE a.id = p.credit_account_id
     RETURNING p.amount
-), marked AS (
+)"""
+
+# Claim, post, credit and mark in one statement (no hot row touched here, so parallel batches
+# of one job do not wait on each other); a claimed entry is marked completed with its
+# transfer, or as already paid. Public: the proof measures this very statement run bare on
+# its own connections (proof.engine_limits), as the database's limit.
+_LEDGER_BATCH_TEMPLATE = """
+WITH claimed AS (
+    SELECT id, user_id, amount FROM payouts_payoutentry
+    WHERE job_id = %(job_id)s AND status = 'pending' AND id > %(after_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), {posting}, marked AS (
     -- = ANY(array) keeps this an index lookup per entry; a join on the CTE lets the planner
     -- pick a hash join over a scan of the whole entries table.
     UPDATE payouts_payoutentry AS e SET status = 'completed', completed_at = now()
@@ -419,8 +526,40 @@ SELECT (SELECT count(*) FROM marked),
        (SELECT coalesce(sum(amount), 0) FROM credited),
        (SELECT coalesce(max(id), 0) FROM claimed)
 """
+LEDGER_BATCH_SQL = _LEDGER_BATCH_TEMPLATE.format(posting=_POSTING_CTES.format(source="claimed"))
+
+# A ledger job's start: its first slice of stakes becomes entries created ``completed`` and
+# paid by the same statement, in the expansion's transaction, so the start needs no batch of
+# its own (no claim, no second write of each entry, no task), and a job of a few winners is
+# paid by its expansion alone. The slice's CTEs are the settlement's; then what was created,
+# and what was paid (entries created with no wallet to pay: none, since every staker's stake
+# came out of a wallet; the caller checks it).
+_START_PAY_SQL = """
+WITH {slice}, {posting}
+SELECT {figures}, (SELECT count(*) FROM credited), (SELECT coalesce(sum(amount), 0) FROM credited)
+"""
 
 _ESCROW_DEBIT_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
+
+
+def _paid_book(*, job_id: int, entries: int, amount: int, escrow_id: int, rail: str) -> int | None:
+    """Count ``entries`` paid ``amount`` on a running job and take ``amount`` out of its
+    escrow, in the transaction that paid them; the paid-payouts metric follows the commit.
+    Returns the job's open entries after them, or None, with nothing booked, when the job is
+    not running (paused or cancelled meanwhile): the caller must then undo the payments.
+    """
+    # Nothing is left to check at commit (the payments' rows carry no foreign key constraint,
+    # ledger/0004 and payouts/0012), so the hot rows locked from here on (the job's counters,
+    # the escrow) are held only until the commit's WAL flush.
+    still_open = payout_job_counters_bump(
+        job_id=job_id, completed=entries, paid_amount=amount, require_running=True
+    )
+    if still_open is None:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_ESCROW_DEBIT_SQL, [amount, escrow_id])
+    transaction.on_commit(partial(payouts_paid_count, rail=rail, entries=entries, amount=amount))
+    return still_open
 
 
 def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> BatchOutcome:
@@ -458,21 +597,17 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
             cursor.execute(LEDGER_BATCH_SQL, params)
             claimed, paid, last_id = cursor.fetchone()
         if claimed:
-            # Nothing is left to check at commit (the statement's rows carry no foreign key
-            # constraint, ledger/0004 and payouts/0012), so the hot rows locked from here on
-            # (the job's counters, the escrow) are held only until the commit's WAL flush.
-            still_open = payout_job_counters_bump(
-                job_id=job_id, completed=claimed, paid_amount=paid, require_running=True
+            still_open = _paid_book(
+                job_id=job_id,
+                entries=claimed,
+                amount=paid,
+                escrow_id=params["escrow_id"],
+                rail=job["rail"],
             )
             if still_open is None:
                 # Paused or cancelled meanwhile: this batch must not pay anyone.
                 transaction.set_rollback(True)
                 return BatchOutcome(0, 0, after_id)
-            with connection.cursor() as cursor:
-                cursor.execute(_ESCROW_DEBIT_SQL, [paid, params["escrow_id"]])
-            transaction.on_commit(
-                partial(payouts_paid_count, rail=job["rail"], entries=claimed, amount=paid)
-            )
             # The batch that pays the job's last open entries finalizes it itself: a
             # follow-up would only find nothing and finalize, one task later (a small job's
             # fixed cost on a busy evening).

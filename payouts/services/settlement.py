@@ -200,9 +200,12 @@ def settlement_terms(
 
 # One slice of the stakes (by id) becomes entries. A winner gets a leftover unit when
 # (remainder, -id) >= (cut remainder, -cut id): exactly the first ``leftover`` winners in the
-# order (remainder desc, id asc).
-_ENTRIES_SQL = """
-WITH slice AS (
+# order (remainder desc, id asc). ``ins`` returns the entries it created (a slice run twice
+# creates nothing the second time), for a statement that pays them as it creates them; such
+# an entry is completed when that statement ran (``statement_timestamp``: the expansion's
+# transaction began before its settlement, which takes seconds for millions of stakes).
+_SLICE_ENTRIES_CTES = """
+slice AS (
     SELECT s.id, s.user_id, s.amount FROM challenges_stake AS s
     WHERE s.challenge_id = %(challenge_id)s AND s.id >= %(from_id)s {side_filter}
     ORDER BY s.id
@@ -210,16 +213,21 @@ WITH slice AS (
 ), ins AS (
     INSERT INTO payouts_payoutentry
         (job_id, user_id, stake_amount, amount, status, attempt_count, failure_reason,
-         last_error, stripe_transfer_id, created_at)
-    SELECT %(job_id)s, user_id, amount, ({amount})::bigint, 'pending', 0, '', '', '', now()
+         last_error, stripe_transfer_id, created_at, completed_at)
+    SELECT %(job_id)s, user_id, amount, ({amount})::bigint, %(entry_status)s, 0, '', '', '',
+           now(), CASE WHEN %(entry_status)s = 'completed' THEN statement_timestamp() END
     FROM slice
     ORDER BY id
     ON CONFLICT (job_id, user_id) DO NOTHING
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM slice), (SELECT max(id) FROM slice),
-       (SELECT count(*) FROM ins), (SELECT min(id) FROM ins)
-"""
+    RETURNING id, user_id, amount
+)"""
+
+# What a slice read and created: stakes read (fewer than the limit: the last slice), the last
+# of them, entries created, the first of them.
+SLICE_FIGURES = """(SELECT count(*) FROM slice), (SELECT max(id) FROM slice),
+       (SELECT count(*) FROM ins), (SELECT min(id) FROM ins)"""
+
+_ENTRIES_SQL = f"WITH {_SLICE_ENTRIES_CTES}\nSELECT {SLICE_FIGURES}"
 
 _PAYOUT_AMOUNT = """
 amount + {share}
@@ -241,17 +249,42 @@ def payout_entries_insert(
     *, job_id: int, terms: SettlementTerms, from_stake_id: int, limit: int
 ) -> Chunk:
     """Create the entries of up to ``limit`` stakes with id >= ``from_stake_id`` (the job's
-    winners, or every staker for a refund), each with its exact amount; one statement.
+    winners, or every staker for a refund), each with its exact amount and ``pending``; one
+    statement.
 
     Idempotent per (job, user) through the unique constraint: a slice inserted twice (a
     redelivered task) creates nothing the second time.
     """
-    sql = _ENTRIES_SQL.format(**_amount_sql(terms))
-    params = {**_amount_params(terms), "job_id": job_id, "from_id": from_stake_id, "limit": limit}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(
+            _ENTRIES_SQL.format(**_amount_sql(terms)),
+            slice_params(
+                job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit, paid=False
+            ),
+        )
         stakes, last_stake_id, inserted, first_entry_id = cursor.fetchone()
     return Chunk(stakes, last_stake_id, inserted, first_entry_id)
+
+
+def slice_entries_ctes(terms: SettlementTerms) -> str:
+    """The CTEs ``slice`` (the stakes) and ``ins`` (their entries, as created) of one slice of
+    a job's stakes, for a statement that does more with them (the ledger rail's start pays
+    them at once); their parameters are ``slice_params``'s."""
+    return _SLICE_ENTRIES_CTES.format(**_amount_sql(terms))
+
+
+def slice_params(
+    *, job_id: int, terms: SettlementTerms, from_stake_id: int, limit: int, paid: bool
+) -> dict[str, Any]:
+    """Parameters of a slice's CTEs: its entries are created ``completed`` when ``paid`` (by
+    the statement that pays them), else ``pending``."""
+    return {
+        **_amount_params(terms),
+        "job_id": job_id,
+        "from_id": from_stake_id,
+        "limit": limit,
+        "entry_status": "completed" if paid else "pending",
+    }
 
 
 def _amount_sql(terms: SettlementTerms) -> dict[str, str]:

@@ -452,7 +452,7 @@ def test_deadline_sweep_task_creates_the_refund_job(make_user):
     assert wallet_balances(challenge)[creator.pk] == 500
 
 
-def test_a_job_starts_with_a_small_batch_ahead_of_the_queue(
+def test_a_ledger_job_s_start_is_paid_by_its_expansion(
     staff, settings, django_capture_on_commit_callbacks
 ):
     settings.PAYOUT_START_SIZE = 2
@@ -461,28 +461,34 @@ def test_a_job_starts_with_a_small_batch_ahead_of_the_queue(
     challenge = challenge_seed(stakers=12, seed=21)
     before = wallet_balances(challenge)
     job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    # When it expands
+    # When it expands (its task is sent at EXPAND_PRIORITY, ahead of the jobs already paying;
+    # kombu's Redis transport serves lower numbers first)
+    assert START_PRIORITY < EXPAND_PRIORITY < CONTINUE_PRIORITY
     with django_capture_on_commit_callbacks() as sent:
         payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
-    # Then its first slice holds 2 stakes, paid by one batch of at most 2 at START_PRIORITY,
-    # while the next slice and the other parallel batch wait at CONTINUE_PRIORITY
-    assert job.entries.count() == 2
+    # Then its first slice holds 2 stakes, created paid by the expansion itself: their
+    # transfers, wallets, the job's counters and the escrow moved in its transaction
+    entries = list(job.entries.all())
+    assert [e.status for e in entries] == [PayoutEntry.Status.COMPLETED] * 2
+    assert all(e.completed_at for e in entries)
+    keys = set(Transfer.objects.filter(kind="refund").values_list("idempotency_key", flat=True))
+    assert keys == {f"payout:{e.pk}" for e in entries}
+    wallets = wallet_balances(challenge)
+    for entry in entries:
+        assert wallets[entry.user_id] == before[entry.user_id] + entry.amount
+    job.refresh_from_db()
+    assert (job.completed_count, job.paid_amount) == (2, sum(e.amount for e in entries))
+    escrow = Account.objects.get(pk=challenge.escrow_id).balance
+    assert escrow == job.total_amount - job.paid_amount
+    # And no start batch is sent: the next slice and both parallel chains wait at
+    # CONTINUE_PRIORITY
     by_kind = [(c.func.__name__, c.keywords) for c in sent]
     chunk = next(kw for name, kw in by_kind if name == "send_task")
     assert (chunk["priority"], chunk["kwargs"]) == (CONTINUE_PRIORITY, {"analyze": True})
     batches = [kw for name, kw in by_kind if name == "payout_batches_enqueue"]
-    sent_batches = [
-        (kw["count"], kw.get("limit"), kw.get("priority", START_PRIORITY)) for kw in batches
+    assert [(kw["count"], kw.get("limit"), kw["priority"]) for kw in batches] == [
+        (2, None, CONTINUE_PRIORITY)
     ]
-    assert sent_batches == [(1, 2, START_PRIORITY), (1, None, CONTINUE_PRIORITY)]
-    # (kombu's Redis transport serves lower numbers first: starts, then expansions, then the rest)
-    assert START_PRIORITY < EXPAND_PRIORITY < CONTINUE_PRIORITY
-    # And the start batch pays 2, then sends its follow-up, a full batch, to the back
-    with django_capture_on_commit_callbacks() as followed:
-        assert payout_batch_ledger(job_id=job.pk, limit=2).claimed == 2
-    follow_up = next(c for c in followed if getattr(c.func, "__name__", "") == "send_task")
-    assert follow_up.keywords["priority"] == CONTINUE_PRIORITY
-    assert "limit" not in follow_up.keywords["kwargs"]
     # And whatever order the rest runs in, everyone is paid exactly once
     run_job_inline(job.pk)
     assert_settled(job, winning_side=None, wallets_before=before)
@@ -498,8 +504,49 @@ def test_a_job_that_fits_its_start_and_one_batch_sends_no_extra_chain(
     )
     with django_capture_on_commit_callbacks() as sent:
         payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
+    # (the batch its next slice sends takes the other 3)
+    assert not [c for c in sent if c.func.__name__ == "payout_batches_enqueue"]
+
+
+def test_a_job_its_start_holds_is_paid_and_closed_by_its_expansion_alone(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    # Given a challenge of 3 stakers and starts of 4
+    challenge = challenge_seed(stakers=3, seed=25)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=staff)
+    # When its expansion runs
+    with django_capture_on_commit_callbacks(execute=True) as sent:
+        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
+    # Then the job is paid, finalized and its notifications sent, with no batch and no slice
+    assert_settled(job, winning_side="yes", wallets_before=before)
+    tasks = [c.args[0] for c in sent if getattr(c.func, "__name__", "") == "send_task"]
+    assert tasks == [NOTIFY_TASK]
+    assert not [c for c in sent if getattr(c.func, "__name__", "") == "payout_batches_enqueue"]
+
+
+def test_a_start_that_cannot_be_paid_as_created_is_left_to_a_start_batch(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    # Given a job of 3 stakers, one of whose wallets the payment cannot find (a wallet in
+    # another currency)
+    challenge = challenge_seed(stakers=3, seed=26)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    lost = challenge.stakes.order_by("id").first()
+    Account.objects.filter(user_id=lost.user_id, kind="user_wallet").update(currency="XXX")
+    before = Transfer.objects.count()
+    # When it expands
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
+    # Then nothing was paid: the start is created pending, with a start batch ahead of the
+    # queue, as any job's start was before a start paid itself
+    assert not job.entries.exclude(status=PayoutEntry.Status.PENDING).exists()
+    assert job.entries.count() == 3
+    assert Transfer.objects.count() == before
+    job.refresh_from_db()
+    assert (job.completed_count, job.paid_amount) == (0, 0)
     batches = [c.keywords for c in sent if c.func.__name__ == "payout_batches_enqueue"]
-    assert [(kw["count"], kw.get("limit")) for kw in batches] == [(1, 2)]
+    assert [(kw["count"], kw.get("limit")) for kw in batches] == [(1, 4)]
 
 
 def test_the_batch_that_pays_the_last_open_entries_finalizes_with_no_follow_up(
