@@ -485,8 +485,7 @@ class BatchOutcome:
 # Each of ``{source}``'s rows (an entry's id and amount, and its user) paid: the transfer
 # ``payout:<entry_id>`` escrow -> the user's wallet and the wallet's credit. Entries skipped
 # by ON CONFLICT had been paid already: no money moves again.
-_POSTING_CTES = """
-targets AS (
+_POSTING_CTES = """targets AS (
     SELECT c.id, c.amount, w.id AS wallet_id
     FROM {source} AS c
     JOIN payouts_account AS w

@@ -204,8 +204,7 @@ def settlement_terms(
 # creates nothing the second time), for a statement that pays them as it creates them; such
 # an entry is completed when that statement ran (``statement_timestamp``: the expansion's
 # transaction began before its settlement, which takes seconds for millions of stakes).
-_SLICE_ENTRIES_CTES = """
-slice AS (
+_SLICE_ENTRIES_CTES = """slice AS (
     SELECT s.id, s.user_id, s.amount FROM challenges_stake AS s
     WHERE s.challenge_id = %(challenge_id)s AND s.id >= %(from_id)s {side_filter}
     ORDER BY s.id
