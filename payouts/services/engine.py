@@ -9,6 +9,7 @@ State machines (DESIGN.md section 4)::
                  queued | expanding | running | paused -> cancelled  (staff)
                  completed_with_failures | failed -> running         (staff retry)
     PayoutEntry: pending -> completed                                (ledger rail, one transaction)
+                 (none) -> completed       (ledger rail: a job's start, created paid at expansion)
                  pending -> processing -> completed | retryable | failed   (stripe rail)
                  retryable -> processing ...
                  failed -> pending                                   (retry failed entries)
