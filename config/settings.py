@@ -282,9 +282,10 @@ PAYOUT_PARALLELISM = env.int("PAYOUT_PARALLELISM", default=2)
 # Stakes per expansion slice: a job's entries are created slice by slice, and each slice is
 # paid while the next one is being created.
 PAYOUT_EXPAND_CHUNK = env.int("PAYOUT_EXPAND_CHUNK", default=100_000)
-# Stakes in a job's first slice and entries in its first batch, both sent ahead of the work
-# already queued: kept small so that each of many jobs resolved together pays its first winners
-# within seconds instead of waiting behind the jobs resolved before it.
+# Stakes in a job's first slice, sent ahead of the work already queued and paid by the
+# expansion itself on the ledger rail (by a first batch of as many entries on the Stripe rail):
+# kept small so that each of many jobs resolved together pays its first winners within seconds
+# instead of waiting behind the jobs resolved before it.
 PAYOUT_START_SIZE = env.int("PAYOUT_START_SIZE", default=100)
 
 # --- Redis and Celery -----------------------------------------------------------------------
