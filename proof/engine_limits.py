@@ -420,7 +420,8 @@ def _waldump(
             node = match["relfilenode"]
             relation = names.get(node, node) if node else match["rmgr"]
             relations[relation] = relations.get(relation, 0) + tot
-    if not kinds:
+    # A listing cut short (WAL recycled, a range it could not read) would undercount.
+    if dump.returncode or not kinds:
         return None
     return {
         "total": sum(k["bytes"] + k["fpi_bytes"] for k in kinds.values()),
