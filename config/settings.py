@@ -277,10 +277,12 @@ DEPOSIT_DAILY_LIMIT = _optional_amount("DEPOSIT_DAILY_LIMIT", 10_000_000)
 # Open (pending or active) challenges one user may have created at once.
 CHALLENGE_OPEN_LIMIT = env.int("CHALLENGE_OPEN_LIMIT", default=20)
 PAYOUT_DEFAULT_RAIL = env.str("PAYOUT_DEFAULT_RAIL", default="ledger")
+# Entries per transaction that pays them: a ledger slice (created and paid at once) or a batch;
+# a ledger job runs PAYOUT_PARALLELISM chains of them at once.
 PAYOUT_BATCH_SIZE = env.int("PAYOUT_BATCH_SIZE", default=10_000)
 PAYOUT_PARALLELISM = env.int("PAYOUT_PARALLELISM", default=2)
-# Stakes per expansion slice: a job's entries are created slice by slice, and each slice is
-# paid while the next one is being created.
+# Stakes per expansion slice on the Stripe rail: its entries are created pending slice by
+# slice, and each slice is paid while the next one is being created.
 PAYOUT_EXPAND_CHUNK = env.int("PAYOUT_EXPAND_CHUNK", default=100_000)
 # Stakes in a job's first slice, sent ahead of the work already queued and paid by the
 # expansion itself on the ledger rail (by a first batch of as many entries on the Stripe rail):

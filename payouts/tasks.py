@@ -18,6 +18,7 @@ from payouts.services.engine import (
     payout_job_expand,
     payout_job_expand_chunk,
     payout_job_notify,
+    payout_job_slice,
 )
 from payouts.services.jobs import payout_job_retry_failed
 from payouts.services.retention import retention_run
@@ -46,6 +47,19 @@ def payout_job_expand_chunk_task(
 ) -> int | None:
     return payout_job_expand_chunk(
         job_id=int(job_id), terms=terms, from_stake_id=int(from_stake_id), analyze=bool(analyze)
+    )
+
+
+# A slice creates and pays batch_size entries in one transaction (as long as a batch).
+@shared_task(base=PayoutJobTask, bind=True, time_limit=120, soft_time_limit=100)
+def payout_job_slice_task(self, job_id: int, terms: dict, starts: list[int], size: int) -> int:
+    return payout_job_slice(
+        job_id=int(job_id),
+        terms=terms,
+        starts=[int(s) for s in starts],
+        size=int(size),
+        # Handed back by the broker after its worker died (visibility timeout or restore).
+        redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
     )
 
 

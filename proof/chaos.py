@@ -9,11 +9,11 @@ it had not written is lost) and of PostgreSQL (every open transaction aborted, W
 and a clean restart of each (embedded stack only: the run refuses to start elsewhere rather
 than skip them); SIGKILL of beat and of the worker running its watchdog sweep, in the middle of
 that sweep (``proof.chaos_app`` says when a sweep runs; the kill is proven by the sweep never
-reporting its end), after which beat is started again and must sweep again; every batch task
-published twice (``proof.chaos_app``); and Stripe faults of every kind the fake knows (429,
-500, lock_timeout, connection reset, timeout, response lost after the transfer was created) on
-``stripe_fault_rate`` of the requests until ``stripe_faults_until`` of the Stripe job's
-entries are settled.
+reporting its end), after which beat is started again and must sweep again; every batch and
+slice task published twice (``proof.chaos_app``); and Stripe faults of every kind the fake
+knows (429, 500, lock_timeout, connection reset, timeout, response lost after the transfer was
+created) on ``stripe_fault_rate`` of the requests until ``stripe_faults_until`` of the Stripe
+job's entries are settled.
 
 When the schedule is done the faults stop, the run waits (bounded) for both jobs to end, and
 then checks what must hold whatever happened: every planned fault fired while its job still had
@@ -509,7 +509,7 @@ class ChaosRun:
         if missing:
             found.append(f"Stripe faults of kinds {missing} never happened")
         if self.config.duplicate_publish and not self.injected.duplicate_publishes:
-            found.append("no batch message was published twice")
+            found.append("no batch or slice message was published twice")
         if self.config.beat_kill and not self.injected.sweeps_after_beat_kill:
             found.append("beat never swept again after it was killed")
         return found

@@ -1,9 +1,10 @@
-"""The Celery app of chaos-run workers and of its beat: the project's app, with every batch task
-published twice, a beat schedule fast enough for a run of a minute, and sweeps that say when
-they run.
+"""The Celery app of chaos-run workers and of its beat: the project's app, with every batch and
+slice task published twice, a beat schedule fast enough for a run of a minute, and sweeps that
+say when they run.
 
 A duplicate message is what a broker redelivery or a re-sent task looks like to the engine, so
-publishing each batch twice on purpose proves that a second copy of any batch pays nobody twice.
+publishing each batch and each ledger slice twice on purpose proves that a second copy of any of
+them pays nobody twice.
 The copy carries a header so that it is not copied again, and each copy is counted in Redis for
 the run's report.
 
@@ -48,11 +49,12 @@ def _redis() -> redis.Redis:
 
 
 @after_task_publish.connect
-def publish_batches_twice(sender=None, headers=None, body=None, **kwargs) -> None:
+def publish_payments_twice(sender=None, headers=None, body=None, **kwargs) -> None:
     # Imported here: this module loads before Django's app registry is ready.
-    from payouts.services.engine import BATCH_TASKS
+    from payouts.services.engine import BATCH_TASKS, SLICE_TASK
 
-    if os.environ.get("CHAOS_NO_DUPLICATES") or sender not in BATCH_TASKS.values():
+    duplicated = {*BATCH_TASKS.values(), SLICE_TASK}
+    if os.environ.get("CHAOS_NO_DUPLICATES") or sender not in duplicated:
         return
     if (headers or {}).get(DUPLICATE_HEADER):
         return

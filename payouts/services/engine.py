@@ -1,5 +1,5 @@
-"""The payout job engine: settle a job, create its entries in slices, pay them in batches,
-finalize, notify, watch.
+"""The payout job engine: settle a job, create its entries in slices and pay them (as they
+are created on the ledger rail, in batches on the Stripe rail), finalize, notify, watch.
 
 State machines (DESIGN.md section 4)::
 
@@ -8,8 +8,9 @@ State machines (DESIGN.md section 4)::
                  running -> failed             (finalize failed for good: LedgerMismatch)
                  queued | expanding | running | paused -> cancelled  (staff)
                  completed_with_failures | failed -> running         (staff retry)
-    PayoutEntry: pending -> completed                                (ledger rail, one transaction)
-                 (none) -> completed       (ledger rail: a job's start, created paid at expansion)
+    PayoutEntry: (none) -> completed     (ledger rail: created paid by its slice's statement)
+                 pending -> completed     (ledger rail, a batch: entries created while the job
+                                          was paused or cancelled, or none found to pay)
                  pending -> processing -> completed | retryable | failed   (stripe rail)
                  retryable -> processing ...
                  failed -> pending                                   (retry failed entries)
@@ -26,18 +27,25 @@ Who moves what:
   per transaction, each slice sending the next), and every slice starts batches at its own
   first entry: a million-entry job pays its first slice while the later ones are created.
   ``total_entries`` is known from the terms, so the job cannot finish before every slice
-  exists. On the ledger rail the expansion task's small first slice (the start) is created
-  already paid, in the expansion's transaction (``_start_pay``): a job of up to
-  ``PAYOUT_START_SIZE`` winners is paid and finalized by its expansion alone.
+  exists. That is the Stripe rail's expansion; on the ledger rail every entry is created
+  already paid, by the statement that pays it (``_ledger_expand``): the expansion task pays
+  a small first slice (the start) in its own transaction -- a job of up to
+  ``PAYOUT_START_SIZE`` winners is paid and finalized by its expansion alone -- and sends
+  the rest as slices of ``batch_size`` stakes in ``parallelism`` chains
+  (``payout_job_slice``), each slice one transaction that creates its entries, posts their
+  transfers and wallet credits, books them on the job and the escrow, and sends the next
+  slice of its chain.
 - Batches are rail-specific; ``payout_batches_enqueue`` is the one place that picks the batch
   task by ``job.rail``. Every rail's batch task takes the job id as its first argument.
-  ``payout_batch_ledger`` claims pending entries (``FOR UPDATE SKIP LOCKED``, keyset by id so
-  that dead index entries of already-paid rows are not rescanned), posts their ledger transfers
-  ``payout:<entry_id>`` escrow -> wallet and the wallet credits in one statement, marks them
-  ``completed``, bumps the job's counters and debits the escrow -- one transaction, so a
-  crash at any line pays a whole batch or none of it. The entry never shows ``processing`` on
-  this rail. Then it sends itself again (after commit) while entries are open; the batch
-  that pays the last open entries, or one that finds nothing, tries to finalize.
+  ``payout_batch_ledger`` (on the ledger rail, what pays entries created pending: while the
+  job was paused, and on resume or a watchdog restart) claims pending entries (``FOR UPDATE
+  SKIP LOCKED``, keyset by id so that dead index entries of already-paid rows are not
+  rescanned), posts their ledger transfers ``payout:<entry_id>`` escrow -> wallet and the
+  wallet credits in one statement, marks them ``completed``, bumps the job's counters and
+  debits the escrow -- one transaction, so a crash at any line pays a whole batch or none of
+  it. The entry never shows ``processing`` on this rail. Then it sends itself again (after
+  commit) while entries are open; the batch that pays the last open entries, or one that
+  finds nothing, tries to finalize.
 - ``payout_job_counters_bump`` and ``payout_job_finalize`` are the rail-independent helpers
   (the Stripe rail calls them too). The counters are the truth about progress: an entry is
   terminal when it is counted in ``completed_count``, ``failed_count`` or ``cancelled_count``,
@@ -56,9 +64,10 @@ Who moves what:
   and gives the Stripe rail's due retries and expired leases a batch), cancels the leftover
   entries of a job whose cancellation was interrupted, and re-sends lost notifications.
 
-Pause and cancel need no cooperation from running batches: a batch bumps the job counters only
-``WHERE status = 'running'``, and rolls back the whole batch if the job was paused or cancelled
-meanwhile; so no entry is paid after a pause or cancel commits.
+Pause and cancel need no cooperation from running batches or slices: both bump the job
+counters only ``WHERE status = 'running'``; a batch rolls back whole if the job was paused or
+cancelled meanwhile, a slice creates its entries pending instead; so no entry is paid after a
+pause or cancel commits.
 
 Lock order, everywhere: entries -> wallets -> job row -> escrow and system accounts; but the
 expansion holds its job's row from its start (no batch of the job runs before the start has
@@ -67,9 +76,9 @@ Fairness: a job's start (its expansion with a small first slice, paid there on t
 rail, by a small first batch on the Stripe rail) is sent ahead of the work already queued
 (``EXPAND_PRIORITY``, ``START_PRIORITY``), so a job resolved while others pay does not wait
 for them to finish; everything that continues a job (later slices, every follow-up batch)
-goes to the back of the ``CONTINUE_PRIORITY`` list, so the batches of several jobs take turns
-on the workers. Priorities change the order only: any of these messages may be lost or run
-twice, as before.
+goes to the back of the ``CONTINUE_PRIORITY`` list, so the slices and batches of several
+jobs take turns on the workers. Priorities change the order only: any of these messages may
+be lost or run twice, as before.
 """
 
 import logging
@@ -100,6 +109,7 @@ from payouts.services.settlement import (
     settlement_terms,
     slice_entries_ctes,
     slice_params,
+    slice_starts,
 )
 from payouts.services.stripe_client import ACCOUNT_NOT_CONNECTED
 
@@ -107,6 +117,7 @@ logger = logging.getLogger(__name__)
 
 EXPAND_TASK = "payouts.tasks.payout_job_expand_task"
 EXPAND_CHUNK_TASK = "payouts.tasks.payout_job_expand_chunk_task"
+SLICE_TASK = "payouts.tasks.payout_job_slice_task"
 NOTIFY_TASK = "payouts.tasks.payout_job_notify_task"
 RECONCILE_TASK = "payouts.tasks.payout_job_reconcile_task"
 BATCH_TASKS: dict[str, str] = {
@@ -197,12 +208,14 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
 
     Under the job row lock: the settlement's terms (``settlement_terms``), the job's totals,
     ``running`` and the first slice of entries commit together; after commit the batches and
-    the next slice's task are sent (a job with no stake at all gets a batch at once, which
+    the next slices' tasks are sent (a job with no stake at all gets a batch at once, which
     finalizes it). Idempotent: a rerun finds the job running and does nothing -- unless some
     of its entries are missing (a slice's task was lost), in which case it goes through the
-    slices again from the first, skipping what exists. None when there was nothing to do.
-    ``start_size``: see ``_slice_expand`` (the task passes it; without it the first slice is
-    a full one, as in-process callers such as the benchmarks' baselines expect).
+    slices again, skipping what exists. None when there was nothing to do.
+    ``start_size`` (the task passes ``PAYOUT_START_SIZE``): the first slice holds that many
+    stakes, and on the ledger rail every slice is paid as it is created (``_ledger_expand``);
+    without it the first slice is a full one and entries are created pending, for batches, as
+    in-process callers such as the benchmarks' baselines expect.
     """
     PayoutJob.objects.filter(pk=job_id, status=PayoutJob.Status.QUEUED).update(
         status=PayoutJob.Status.EXPANDING, updated_at=Now()
@@ -211,6 +224,7 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
         job = PayoutJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
             raise NotFound("No such payout job.", code="job_not_found")
+        resumed = False
         if job.status in EXPANDABLE:
             terms = _job_terms(job)
             job.kind = PayoutJob.Kind.REFUND if terms.refund else job.kind
@@ -232,6 +246,7 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
             )
         elif job.status in RESUMABLE and entries_missing(job):
             terms = _job_terms(job)
+            resumed = True
         else:
             return None
         if terms.first_stake_id is None:
@@ -239,19 +254,25 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
                 partial(payout_batches_enqueue, job_id=job.pk, rail=job.rail, count=1)
             )
             return Expansion(terms, None)
-        next_id = _slice_expand(
-            job_id=job.pk,
-            terms=terms,
-            from_stake_id=terms.first_stake_id,
-            start_size=start_size,
-            job={
-                "status": job.status,
-                "rail": job.rail,
-                "kind": job.kind,
-                "parallelism": job.parallelism,
-                "batch_size": job.batch_size,
-            },
-        )
+        values = {
+            "status": job.status,
+            "rail": job.rail,
+            "kind": job.kind,
+            "parallelism": job.parallelism,
+            "batch_size": job.batch_size,
+        }
+        if start_size is not None and job.rail == PayoutJob.Rail.LEDGER:
+            next_id = _ledger_expand(
+                job_id=job.pk, terms=terms, job=values, start_size=start_size, chained=not resumed
+            )
+        else:
+            next_id = _slice_expand(
+                job_id=job.pk,
+                terms=terms,
+                from_stake_id=terms.first_stake_id,
+                start_size=start_size,
+                job=values,
+            )
     return Expansion(terms, next_id)
 
 
@@ -289,39 +310,25 @@ def _slice_expand(
     analyze: bool = False,
     start_size: int | None = None,
 ) -> int | None:
-    """Insert one slice of stakes' entries; after commit, send the next slice's task and, if
-    the job is running, batches starting at this slice's first entry, so payment starts after
-    the first slice instead of after the last. Slices are created whatever the job's state,
-    so that its counters always add up to ``total_entries``.
+    """Insert one slice of stakes' entries, pending; after commit, send the next slice's task
+    and, if the job is running, batches starting at this slice's first entry, so payment
+    starts after the first slice instead of after the last. Slices are created whatever the
+    job's state, so that its counters always add up to ``total_entries``. (The Stripe rail's
+    expansion, and any rail's in process; the ledger rail's task: ``_ledger_expand``.)
 
     Given ``start_size`` (the expansion task passes ``PAYOUT_START_SIZE``; in-process callers
-    get a full first slice), the first slice holds that many stakes: a running ledger job's
-    are created paid (``_start_pay``; the job is finalized after commit when that was all of
-    it), and it sends its ``parallelism`` in batches at ``CONTINUE_PRIORITY``; otherwise it
-    sends one batch of at most as many entries at ``START_PRIORITY`` (a job starts paying
-    after a few milliseconds of work, ahead of the jobs already paying) plus the rest of its
-    ``parallelism`` at ``CONTINUE_PRIORITY``; none on the ledger rail when the rest fits one
-    batch. Later slices hold ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at
-    ``CONTINUE_PRIORITY``.
+    get a full first slice), the first slice holds that many stakes and sends one batch of at
+    most as many entries at ``START_PRIORITY`` (a job starts paying after a few milliseconds
+    of work, ahead of the jobs already paying) plus the rest of its ``parallelism`` at
+    ``CONTINUE_PRIORITY`` (none on the ledger rail when the rest fits one batch); later slices
+    hold ``PAYOUT_EXPAND_CHUNK`` stakes and send one batch, both at ``CONTINUE_PRIORITY``.
     ``analyze`` (the slice after the first) refreshes the planner's statistics for a large
-    job, once its entries are more than a start."""
+    job, once its entries are more than a start, so the batches' claim is planned on them."""
     first = from_stake_id == terms.first_stake_id
     start = first and start_size is not None
     limit = start_size if start and start_size else settings.PAYOUT_EXPAND_CHUNK
-    running = job["status"] == PayoutJob.Status.RUNNING
-    paid_start = (
-        _start_pay(
-            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit, kind=job["kind"]
-        )
-        if start and running and job["rail"] == PayoutJob.Rail.LEDGER
-        else None
-    )
-    chunk = (
-        paid_start.chunk
-        if paid_start
-        else payout_entries_insert(
-            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
-        )
+    chunk = payout_entries_insert(
+        job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
     )
     # The first full-size slice (the first one, or the one after a small start) analyzes.
     if (analyze or (first and not start)) and terms.entries >= ANALYZE_ENTRIES_THRESHOLD:
@@ -339,57 +346,183 @@ def _slice_expand(
                 priority=CONTINUE_PRIORITY,
             )
         )
-    if paid_start and paid_start.still_open is not None:
-        transaction.on_commit(partial(payout_progress_publish, job_id=job_id))
-        if paid_start.still_open == 0:
-            # Paid in full by its start: closed here, as a batch closes the job it finishes
-            # (robust: should it fail, the watchdog finalizes a job that stopped moving).
-            transaction.on_commit(partial(payout_job_finalize, job_id=job_id), robust=True)
-    if chunk.first_entry_id is not None and running:
+    if chunk.first_entry_id is not None and job["status"] == PayoutJob.Status.RUNNING:
         enqueue = partial(
             payout_batches_enqueue,
             job_id=job_id,
             rail=job["rail"],
             after_id=chunk.first_entry_id - 1,
         )
-        if first and not paid_start:
+        if first:
             transaction.on_commit(partial(enqueue, count=1, limit=limit if start else 0))
-        # A ledger job whose rest fits one batch gains nothing from parallel chains (the
-        # batch its next slice sends takes it all); the Stripe rail's parallelism is its calls
-        # in flight. A start batch, when there is one, is the first of the job's chains.
+        # A ledger job whose rest fits one batch gains nothing from parallel chains (its start
+        # batch's follow-up takes it all); the Stripe rail's parallelism is its calls in flight.
         rest = terms.entries - chunk.inserted
         ledger_fits = job["rail"] == PayoutJob.Rail.LEDGER and rest <= job["batch_size"]
-        chains = 0 if ledger_fits else job["parallelism"] - (0 if paid_start else 1)
-        more = chains if first else 1
+        more = (0 if ledger_fits else job["parallelism"] - 1) if first else 1
         if more > 0:
             transaction.on_commit(partial(enqueue, count=more, priority=CONTINUE_PRIORITY))
     return next_id
 
 
+def _ledger_expand(
+    *,
+    job_id: int,
+    terms: SettlementTerms,
+    job: Mapping[str, Any],
+    start_size: int,
+    chained: bool,
+) -> int | None:
+    """The ledger rail's expansion task: every slice's entries are paid by the statement that
+    creates them (``_ledger_slice``), so no entry is written twice and no batch claims it.
+
+    The start (``start_size`` stakes) is paid here, in the expansion's transaction: a job of
+    up to ``PAYOUT_START_SIZE`` winners is paid and finalized by its expansion alone. The rest
+    is cut into slices of ``batch_size`` stakes (``slice_starts``, one pass over the stakes'
+    ids) dealt round-robin to ``parallelism`` chains (``payout_job_slice``; chain ``c`` pays
+    slices ``c``, ``c + parallelism``, ...), sent after commit at ``CONTINUE_PRIORITY``. A
+    resumed expansion (``chained`` False: a slice's task was lost, the watchdog sent the
+    expansion again) sends every slice once, unchained: a slice that exists creates nothing.
+    Returns where the first of the other slices starts, or None.
+    """
+    chunk = _ledger_slice(
+        job_id=job_id,
+        terms=terms,
+        from_stake_id=terms.first_stake_id or 0,
+        limit=start_size,
+        job=job,
+        priority=START_PRIORITY,
+    )
+    if chunk.stakes < start_size or chunk.last_stake_id is None:
+        return None
+    size = job["batch_size"]
+    starts = slice_starts(terms=terms, from_stake_id=chunk.last_stake_id + 1, size=size)
+    chains = min(job["parallelism"], len(starts)) if chained else len(starts)
+    for c in range(chains):
+        transaction.on_commit(
+            partial(
+                current_app.send_task,
+                SLICE_TASK,
+                args=[job_id, asdict(terms), starts[c::chains], size],
+                priority=CONTINUE_PRIORITY,
+            )
+        )
+    return starts[0] if starts else None
+
+
+def payout_job_slice(
+    *, job_id: int, terms: dict, starts: list[int], size: int, redelivered: bool = False
+) -> int:
+    """Create and pay the ledger-rail entries of the slice of ``size`` stakes from
+    ``starts[0]`` (``_ledger_slice``), one transaction; after commit, send the chain's next
+    slice (``starts[1:]``) -- when this one created entries, so that a duplicated message's
+    chain ends at its first slice, or when its message was ``redelivered`` (its worker died,
+    maybe between the commit and the sending: the next slice then creates nothing or what
+    is missing, and its own chain goes on only if it created something). Returns the
+    entries created.
+
+    Idempotent: entries are unique per job and user, and only the entries a run creates are
+    paid, so a rerun creates and pays nothing. A chain whose message is lost for good (the
+    broker lost it) leaves entries missing: the watchdog sends the expansion again, which
+    resumes every slice unchained.
+    """
+    with transaction.atomic(durable=True):
+        job = PayoutJob.objects.filter(pk=job_id).values("status", "rail", "kind").first()
+        if job is None:
+            raise NotFound("No such payout job.", code="job_not_found")
+        chunk = _ledger_slice(
+            job_id=job_id,
+            terms=SettlementTerms(**terms),
+            from_stake_id=starts[0],
+            limit=size,
+            job=job,
+            priority=CONTINUE_PRIORITY,
+        )
+        if (chunk.inserted or redelivered) and len(starts) > 1:
+            transaction.on_commit(
+                partial(
+                    current_app.send_task,
+                    SLICE_TASK,
+                    args=[job_id, terms, starts[1:], size],
+                    priority=CONTINUE_PRIORITY,
+                )
+            )
+    return chunk.inserted
+
+
+def _ledger_slice(
+    *,
+    job_id: int,
+    terms: SettlementTerms,
+    from_stake_id: int,
+    limit: int,
+    job: Mapping[str, Any],
+    priority: int,
+) -> Chunk:
+    """Create the entries of ``limit`` stakes from ``from_stake_id`` on a ledger-rail job,
+    inside the caller's transaction: paid as they are created when the job is running
+    (``_slice_pay``; the job is finalized after commit when they were its last open
+    entries), else pending -- a paused or cancelled job's, paid on resume or cancelled, as
+    any pending entry; and one batch at ``priority`` when the job runs but its entries could
+    not be paid as created."""
+    running = job["status"] == PayoutJob.Status.RUNNING
+    paid = (
+        _slice_pay(
+            job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit, kind=job["kind"]
+        )
+        if running
+        else None
+    )
+    if paid is not None:
+        if paid.still_open is not None:
+            transaction.on_commit(partial(payout_progress_publish, job_id=job_id))
+            if paid.still_open == 0:
+                # Paid in full by this slice: closed here, as a batch closes the job it
+                # finishes (robust: should it fail, the watchdog finalizes a job that stopped
+                # moving).
+                transaction.on_commit(partial(payout_job_finalize, job_id=job_id), robust=True)
+        return paid.chunk
+    chunk = payout_entries_insert(
+        job_id=job_id, terms=terms, from_stake_id=from_stake_id, limit=limit
+    )
+    if running and chunk.first_entry_id is not None:
+        transaction.on_commit(
+            partial(
+                payout_batches_enqueue,
+                job_id=job_id,
+                rail=PayoutJob.Rail.LEDGER,
+                count=1,
+                after_id=chunk.first_entry_id - 1,
+                limit=limit,
+                priority=priority,
+            )
+        )
+    return chunk
+
+
 @dataclass(frozen=True, slots=True)
-class StartPaid:
+class SlicePaid:
     chunk: Chunk
     still_open: int | None  # the job's open entries after it; None when it created nothing
 
 
-class _StartNotPaid(Exception):
-    """The start's slice could not be paid as it was created: undo it (see ``_start_pay``)."""
+class _SliceNotPaid(Exception):
+    """A slice could not be paid as it was created: undo it (see ``_slice_pay``)."""
 
 
-def _start_pay(
+def _slice_pay(
     *, job_id: int, terms: SettlementTerms, from_stake_id: int, limit: int, kind: str
-) -> StartPaid | None:
-    """Create the start slice's entries already paid (``_START_PAY_SQL``), count them on the
-    job and take them out of the escrow; inside the caller's transaction, in a savepoint.
+) -> SlicePaid | None:
+    """Create a slice's entries already paid (``_SLICE_PAY_SQL``), count them on the job and
+    take them out of the escrow; inside the caller's transaction, in a savepoint.
 
-    None, with nothing written, when a created entry found no wallet to pay or the job is not
-    running: the caller then creates the slice ``pending`` for batches, as any other slice
-    (neither happens: every staker's stake came out of a wallet, and the expansion holds the
-    running job's row). A slice whose entries exist already (a rerun) creates and pays
-    nothing.
+    None, with nothing written, when a created entry found no wallet to pay (none does:
+    every staker's stake came out of a wallet) or the job is no longer running (paused or
+    cancelled since the caller read it): the caller then creates the slice ``pending``. A
+    slice whose entries exist already (a rerun) creates and pays nothing.
     """
     escrow_id = Challenge.objects.values_list("escrow_id", flat=True).get(pk=terms.challenge_id)
-    sql = _START_PAY_SQL.format(
+    sql = _SLICE_PAY_SQL.format(
         slice=slice_entries_ctes(terms),
         posting=_POSTING_CTES.format(source="ins"),
         figures=SLICE_FIGURES,
@@ -405,21 +538,21 @@ def _start_pay(
     }
     try:
         with transaction.atomic():
-            return _start_paid(sql=sql, params=params, job_id=job_id)
-    except _StartNotPaid:
-        logger.warning("payout job %s: its start is created pending, for batches", job_id)
+            return _slice_paid(sql=sql, params=params, job_id=job_id)
+    except _SliceNotPaid:
+        logger.warning("payout job %s: a slice is created pending, for a batch", job_id)
         return None
 
 
-def _start_paid(*, sql: str, params: dict[str, Any], job_id: int) -> StartPaid:
-    """``_start_pay``'s statement and booking; raises ``_StartNotPaid`` to have them undone."""
+def _slice_paid(*, sql: str, params: dict[str, Any], job_id: int) -> SlicePaid:
+    """``_slice_pay``'s statement and booking; raises ``_SliceNotPaid`` to have them undone."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         stakes, last_stake_id, inserted, first_entry_id, paid, amount = cursor.fetchone()
     still_open = None
     if inserted:
         if paid != inserted:
-            raise _StartNotPaid
+            raise _SliceNotPaid
         still_open = _paid_book(
             job_id=job_id,
             entries=paid,
@@ -428,8 +561,8 @@ def _start_paid(*, sql: str, params: dict[str, Any], job_id: int) -> StartPaid:
             rail=PayoutJob.Rail.LEDGER,
         )
         if still_open is None:
-            raise _StartNotPaid
-    return StartPaid(Chunk(stakes, last_stake_id, inserted, first_entry_id), still_open)
+            raise _SliceNotPaid
+    return SlicePaid(Chunk(stakes, last_stake_id, inserted, first_entry_id), still_open)
 
 
 _COUNTERS_BUMP_SQL = """
@@ -528,13 +661,12 @@ SELECT (SELECT count(*) FROM marked),
 """
 LEDGER_BATCH_SQL = _LEDGER_BATCH_TEMPLATE.format(posting=_POSTING_CTES.format(source="claimed"))
 
-# A ledger job's start: its first slice of stakes becomes entries created ``completed`` and
-# paid by the same statement, in the expansion's transaction, so the start needs no batch of
-# its own (no claim, no second write of each entry, no task), and a job of a few winners is
-# paid by its expansion alone. The slice's CTEs are the settlement's; then what was created,
-# and what was paid (entries created with no wallet to pay: none, since every staker's stake
-# came out of a wallet; the caller checks it).
-_START_PAY_SQL = """
+# A ledger-rail slice: its stakes become entries created ``completed`` and paid by the same
+# statement, so a payout needs no claim, no second write of its entry and no batch task. The
+# slice's CTEs are the settlement's; then what was created, and what was paid (entries
+# created with no wallet to pay: none, since every staker's stake came out of a wallet; the
+# caller checks it).
+_SLICE_PAY_SQL = """
 WITH {slice}, {posting}
 SELECT {figures}, (SELECT count(*) FROM credited), (SELECT coalesce(sum(amount), 0) FROM credited)
 """

@@ -265,6 +265,36 @@ def payout_entries_insert(
     return Chunk(stakes, last_stake_id, inserted, first_entry_id)
 
 
+# The first stake of every slice of ``size`` stakes from ``from_id`` on, in one pass over the
+# index of the job's stakes (no row is read: an index-only scan of ids).
+_SLICE_STARTS_SQL = """
+SELECT id FROM (
+    SELECT s.id, row_number() OVER (ORDER BY s.id) AS n FROM challenges_stake AS s
+    WHERE s.challenge_id = %(challenge_id)s AND s.id >= %(from_id)s {side_filter}
+) AS ranked
+WHERE (n - 1) %% %(size)s = 0
+ORDER BY id
+"""
+
+
+def slice_starts(*, terms: SettlementTerms, from_stake_id: int, size: int) -> list[int]:
+    """Where each slice of ``size`` of the job's stakes (winners, or every staker for a
+    refund) begins, from ``from_stake_id`` on: slice ``i`` is the ``size`` stakes from
+    ``starts[i]``, ending just before ``starts[i + 1]`` (stakes no longer change once a
+    challenge is resolved), so slices can be created in any order and in parallel."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SLICE_STARTS_SQL.format(side_filter=_amount_sql(terms)["side_filter"]),
+            {
+                "challenge_id": terms.challenge_id,
+                "side": terms.winning_side,
+                "from_id": from_stake_id,
+                "size": size,
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def slice_entries_ctes(terms: SettlementTerms) -> str:
     """The CTEs ``slice`` (the stakes) and ``ins`` (their entries, as created) of one slice of
     a job's stakes, for a statement that does more with them (the ledger rail's start pays

@@ -1,7 +1,7 @@
-"""Worker app that publishes every payout batch message three times (same task id).
+"""Worker app that publishes every payout batch and slice message three times (same task id).
 
-Used to prove that duplicated deliveries pay nobody twice: each batch task sent by a worker
-(the fan-out after expansion and every self re-enqueue) reaches the broker three times.
+Used to prove that duplicated deliveries pay nobody twice: each batch or slice task sent by a
+worker (the fan-out after expansion and every self re-enqueue) reaches the broker three times.
 """
 
 import os
@@ -14,7 +14,11 @@ from tests.worker_app import app
 __all__ = ["app"]
 
 # Literal names: this module is imported before Django is set up, so no model imports here.
-BATCH_TASKS = {"payouts.tasks.payout_batch_ledger_task", "payouts.tasks.payout_batch_stripe_task"}
+DUPLICATED = {
+    "payouts.tasks.payout_batch_ledger_task",
+    "payouts.tasks.payout_batch_stripe_task",
+    "payouts.tasks.payout_job_slice_task",
+}
 _republishing = False
 
 
@@ -22,7 +26,7 @@ _republishing = False
 def _publish_twice_more(sender=None, headers=None, body=None, **_) -> None:
     # One flag per worker process: the copies published below must not be copied again.
     global _republishing
-    if _republishing or sender not in BATCH_TASKS:
+    if _republishing or sender not in DUPLICATED:
         return
     args, kwargs, _embed = body
     _republishing = True
@@ -30,6 +34,6 @@ def _publish_twice_more(sender=None, headers=None, body=None, **_) -> None:
         for _ in range(2):
             app.send_task(sender, args=args, kwargs=kwargs, task_id=headers["id"])
         # The test checks this count to know the duplication really happened.
-        redis.Redis.from_url(os.environ["REDIS_URL"]).incrby("duplicated_batches", 2)
+        redis.Redis.from_url(os.environ["REDIS_URL"]).incrby("duplicated_messages", 2)
     finally:
         _republishing = False

@@ -1,5 +1,7 @@
 """Shared checks for payout tests: what every settled challenge must look like."""
 
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 
 from challenges.models import Challenge, Stake
@@ -8,10 +10,12 @@ from ledger.selectors import ledger_check
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.connected_accounts import connected_accounts_seed
 from payouts.services.engine import (
+    SLICE_TASK,
     payout_batch_ledger,
     payout_job_expand,
     payout_job_expand_chunk,
     payout_job_notify,
+    payout_job_slice,
 )
 from payouts.services.settlement import StakeRow, settlement_compute
 from proof.seeding import challenge_seed
@@ -39,6 +43,34 @@ def expand_inline(job_id: int) -> None:
         start = payout_job_expand_chunk(
             job_id=job_id, terms=asdict(expansion.terms), from_stake_id=start
         )
+
+
+def slice_messages(sent: Iterable) -> list[list[int]]:
+    """The ``starts`` of each slice task among ``sent`` (captured on-commit callbacks)."""
+    return [c.keywords["args"][2] for c in sent if _is_slice(c)]
+
+
+def _is_slice(callback) -> bool:
+    return getattr(callback.func, "__name__", "") == "send_task" and callback.args == (SLICE_TASK,)
+
+
+def slices_run_inline(sent: Iterable, capture: Callable) -> list[list[int]]:
+    """Run in this process, first in first out, what ``sent`` (on-commit callbacks captured
+    by ``capture``, pytest-django's ``django_capture_on_commit_callbacks``) would do: every
+    slice task and the slices they send; the other callbacks (progress, finalize, the
+    notification task) as they come. Returns the ``starts`` of every slice run."""
+    queue, ran = deque(sent), []
+    while queue:
+        callback = queue.popleft()
+        if not _is_slice(callback):
+            callback()
+            continue
+        job_id, terms, starts, size = callback.keywords["args"]
+        ran.append(starts)
+        with capture() as more:
+            payout_job_slice(job_id=job_id, terms=terms, starts=starts, size=size)
+        queue.extend(more)
+    return ran
 
 
 def run_job_inline(job_id: int, *, max_batches: int | None = None) -> int:

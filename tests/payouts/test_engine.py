@@ -1,6 +1,7 @@
 """The job engine driven in-process: expand, batches, finalize, controls, watchdog."""
 
 import threading
+from dataclasses import asdict
 from datetime import timedelta
 
 import pytest
@@ -28,6 +29,7 @@ from payouts.services.engine import (
     payout_job_expand,
     payout_job_finalize,
     payout_job_notify,
+    payout_job_slice,
 )
 from payouts.services.jobs import (
     challenge_cancel,
@@ -44,6 +46,8 @@ from tests.payouts.helpers import (
     assert_settled,
     expand_inline,
     run_job_inline,
+    slice_messages,
+    slices_run_inline,
     wallet_balances,
 )
 
@@ -452,12 +456,15 @@ def test_deadline_sweep_task_creates_the_refund_job(make_user):
     assert wallet_balances(challenge)[creator.pk] == 500
 
 
-def test_a_ledger_job_s_start_is_paid_by_its_expansion(
+def _stake_ids(challenge: Challenge) -> list[int]:
+    return list(challenge.stakes.order_by("id").values_list("id", flat=True))
+
+
+def test_a_ledger_job_s_start_is_paid_by_its_expansion_and_its_slices_as_they_are_created(
     staff, settings, django_capture_on_commit_callbacks
 ):
     settings.PAYOUT_START_SIZE = 2
-    settings.PAYOUT_EXPAND_CHUNK = 5
-    # Given a job of 12 stakers (batches of 3, two in parallel)
+    # Given a job of 12 stakers (slices of 3, two chains in parallel)
     challenge = challenge_seed(stakers=12, seed=21)
     before = wallet_balances(challenge)
     job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
@@ -480,32 +487,109 @@ def test_a_ledger_job_s_start_is_paid_by_its_expansion(
     assert (job.completed_count, job.paid_amount) == (2, sum(e.amount for e in entries))
     escrow = Account.objects.get(pk=challenge.escrow_id).balance
     assert escrow == job.total_amount - job.paid_amount
-    # And no start batch is sent: the next slice and both parallel chains wait at
-    # CONTINUE_PRIORITY
-    by_kind = [(c.func.__name__, c.keywords) for c in sent]
-    chunk = next(kw for name, kw in by_kind if name == "send_task")
-    assert (chunk["priority"], chunk["kwargs"]) == (CONTINUE_PRIORITY, {"analyze": True})
-    batches = [kw for name, kw in by_kind if name == "payout_batches_enqueue"]
-    assert [(kw["count"], kw.get("limit"), kw["priority"]) for kw in batches] == [
-        (2, None, CONTINUE_PRIORITY)
-    ]
-    # And whatever order the rest runs in, everyone is paid exactly once
-    run_job_inline(job.pk)
+    # And the other 10 stakes are 4 slices (3, 3, 3, 1) dealt to two chains at
+    # CONTINUE_PRIORITY; no batch is sent
+    ids = _stake_ids(challenge)
+    assert slice_messages(sent) == [[ids[2], ids[8]], [ids[5], ids[11]]]
+    assert {c.keywords["priority"] for c in sent if c.keywords.get("args")} == {CONTINUE_PRIORITY}
+    assert not [c for c in sent if c.func.__name__ == "payout_batches_enqueue"]
+    # And each slice creates its entries paid, then sends the next of its chain; the last
+    # one finalizes the job: everyone paid exactly once, no entry ever pending
+    ran = slices_run_inline(sent, django_capture_on_commit_callbacks)
+    assert ran == [[ids[2], ids[8]], [ids[5], ids[11]], [ids[8]], [ids[11]]]
     assert_settled(job, winning_side=None, wallets_before=before)
 
 
-def test_a_job_that_fits_its_start_and_one_batch_sends_no_extra_chain(
+def test_a_job_whose_rest_fits_one_slice_sends_one_chain(
     staff, settings, django_capture_on_commit_callbacks
 ):
     settings.PAYOUT_START_SIZE = 2
-    settings.PAYOUT_EXPAND_CHUNK = 5
-    job = challenge_resolve(
-        challenge_id=challenge_seed(stakers=5, seed=22).pk, result="draw", actor=staff
-    )
+    challenge = challenge_seed(stakers=5, seed=22)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
     with django_capture_on_commit_callbacks() as sent:
         payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
-    # (the batch its next slice sends takes the other 3)
-    assert not [c for c in sent if c.func.__name__ == "payout_batches_enqueue"]
+    # (the 3 stakes after the start are one slice of 3)
+    assert slice_messages(sent) == [[_stake_ids(challenge)[2]]]
+
+
+def test_a_duplicated_slice_creates_and_pays_nothing_and_its_chain_ends(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    # Given a job of 12 stakers whose first chain's first slice ran
+    challenge = challenge_seed(stakers=12, seed=27)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    with django_capture_on_commit_callbacks() as sent:
+        terms = asdict(payout_job_expand(job_id=job.pk, start_size=2).terms)
+    first = slice_messages(sent)[0]
+    with django_capture_on_commit_callbacks() as after_first:
+        assert payout_job_slice(job_id=job.pk, terms=terms, starts=first, size=3) == 3
+    assert slice_messages(after_first) == [first[1:]]
+    transfers = Transfer.objects.count()
+    # When the same message runs again
+    with django_capture_on_commit_callbacks() as after_copy:
+        created = payout_job_slice(job_id=job.pk, terms=terms, starts=first, size=3)
+    # Then it creates and pays nothing, and sends no next slice: its copy's chain goes on
+    assert created == 0
+    assert Transfer.objects.count() == transfers
+    assert slice_messages(after_copy) == []
+    # Unless the broker handed it back after its worker died: the next slice is sent again,
+    # in case the worker died between the commit and the sending
+    with django_capture_on_commit_callbacks() as after_redelivery:
+        payout_job_slice(job_id=job.pk, terms=terms, starts=first, size=3, redelivered=True)
+    assert slice_messages(after_redelivery) == [first[1:]]
+    job.refresh_from_db()
+    assert job.completed_count == 5
+
+
+def test_a_resumed_ledger_expansion_sends_every_slice_once_unchained(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    # Given a job of 12 stakers whose second chain was lost after its first slice
+    challenge = challenge_seed(stakers=12, seed=28)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_expand(job_id=job.pk, start_size=2)
+    chains = [c for c in sent if c.func.__name__ == "send_task"]
+    assert len(chains) == 2
+    slices_run_inline(chains[:1], django_capture_on_commit_callbacks)
+    job.refresh_from_db()
+    assert (job.status, job.completed_count) == (PayoutJob.Status.RUNNING, 8)
+    # When the watchdog sends its expansion again
+    with django_capture_on_commit_callbacks() as resumed:
+        payout_job_expand(job_id=job.pk, start_size=2)
+    # Then every slice is sent once, on its own, and the missing ones pay the job in full
+    ids = _stake_ids(challenge)
+    assert slice_messages(resumed) == [[ids[2]], [ids[5]], [ids[8]], [ids[11]]]
+    slices_run_inline(resumed, django_capture_on_commit_callbacks)
+    assert_settled(job, winning_side=None, wallets_before=before)
+
+
+def test_the_slices_of_a_paused_job_are_created_pending_and_paid_on_resume(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    # Given a job of 12 stakers paused right after its expansion
+    challenge = challenge_seed(stakers=12, seed=29)
+    before = wallet_balances(challenge)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    with django_capture_on_commit_callbacks() as sent:
+        payout_job_expand(job_id=job.pk, start_size=2)
+    payout_job_pause(job_id=job.pk, actor=staff)
+    # When its slices run
+    slices_run_inline(sent, django_capture_on_commit_callbacks)
+    # Then they are created pending and pay nobody, and send no batch
+    assert job.entries.filter(status=PayoutEntry.Status.PENDING).count() == 10
+    job.refresh_from_db()
+    assert job.completed_count == 2
+    # And resume's batches pay them
+    with django_capture_on_commit_callbacks() as resumed:
+        payout_job_resume(job_id=job.pk, actor=staff)
+    assert [c.func.__name__ for c in resumed] == ["payout_batches_enqueue"]
+    run_job_inline(job.pk)
+    assert_settled(job, winning_side=None, wallets_before=before)
 
 
 def test_a_job_its_start_holds_is_paid_and_closed_by_its_expansion_alone(

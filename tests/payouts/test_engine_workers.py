@@ -56,16 +56,16 @@ def test_resolve_to_completed_with_real_workers(workers, staff, result, winning_
 
 @pytest.fixture
 def duplicating_workers(workers, worker_env):
-    """Workers whose every batch message reaches the broker three times (same task id)."""
+    """Workers whose every batch and slice message reaches the broker three times (same task id)."""
     pool = WorkerPool(worker_env, app="tests.payouts.duplicating_worker_app")
     yield pool
     pool.stop_all()
 
 
-def test_every_batch_published_three_times_pays_nobody_twice(
+def test_every_batch_and_slice_published_three_times_pays_nobody_twice(
     duplicating_workers, staff, redis_client
 ):
-    # Given two workers that publish every batch message three times
+    # Given two workers that publish every batch and slice message three times
     duplicating_workers.start(
         "payouts", name="d1", PAYOUT_EXPAND_CHUNK=SLICE, PAYOUT_START_SIZE=START
     )
@@ -80,7 +80,7 @@ def test_every_batch_published_three_times_pays_nobody_twice(
     _finished(job.pk)
     assert_settled(job, winning_side="no", wallets_before=before)
     assert Transfer.objects.filter(kind="payout").count() == job.total_entries
-    assert int(redis_client.get("duplicated_batches")) >= 2 * (job.total_entries // 17)
+    assert int(redis_client.get("duplicated_messages")) >= 2 * (job.total_entries // 17)
 
 
 def test_sigkill_mid_job_still_pays_everyone_once(workers, staff, settings):

@@ -56,7 +56,7 @@ class Command(BaseCommand):
             f"{injected['postgres_kills']} SIGKILL(s) + {injected['postgres_restarts']} "
             f"restart(s), beat {injected['beat_kills']} SIGKILL(s) mid-sweep (then "
             f"{injected['sweeps_after_beat_kill']} sweeps), {injected['duplicate_publishes']} "
-            f"duplicate batch messages, Stripe faults {injected['stripe_faults']}"
+            f"duplicate batch and slice messages, Stripe faults {injected['stripe_faults']}"
         )
         for rail, job in report["jobs"].items():
             self.stdout.write(f"{rail} job: {job}  entries {report['entries'][rail]}")
