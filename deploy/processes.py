@@ -160,15 +160,15 @@ ROLES = (
     Role(
         name="worker-payouts",
         kind="worker",
-        summary="ledger payout batches and job expansion",
+        summary="job expansion and ledger payouts (slices and batches)",
         resources=Resources(cpu="500m", memory="512Mi", cpu_limit="2", memory_limit="1Gi"),
         grace_seconds=600 + STOP_MARGIN_SECONDS,  # payout_job_expand_task
         replicas=2,
         queues=("payouts",),
         concurrency=2,
         node="payouts",
-        # Batches re-send themselves, PAYOUT_PARALLELISM (2) per job: a backlog beyond that is
-        # several jobs at once, and each pod takes two.
+        # Slices and batches re-send themselves, PAYOUT_PARALLELISM (2) chains per job: a
+        # backlog beyond that is several jobs at once, and each pod takes two.
         autoscale=Autoscale(min_replicas=1, max_replicas=8, list_length=2),
     ),
     Role(

@@ -4,32 +4,31 @@ Seconds move with the machine and with whoever else uses it; what one payout cos
 database does not. Two functions, each returning a JSON-able dict:
 
 ``engine_limits(winners=...)``
-    Seeds a challenge of ``winners`` winners, expands its job and pauses it (so no worker
-    touches it), then, on its pending entries:
+    Seeds a challenge of ``winners`` winners and settles its job (``payout_job_settle``: the
+    terms and totals, no entry yet; no worker runs meanwhile), cuts its stakes into slices
+    of ``batch_size`` as the engine does (``slice_starts``), then:
 
-    - **the expansion's work per entry**: WAL bytes of the expansion (the settlement and the
-      insert of every entry, from a ``CHECKPOINT``), in all and by table and index;
-
-    - **work per payout**: ``explain_batches`` batches of the engine's own statement
-      (``payouts.services.engine.LEDGER_BATCH_SQL``), one at a time on one backend, each under
-      ``EXPLAIN (ANALYZE, WAL, BUFFERS)``: rows written and whether their updates were
-      heap-only (``pg_stat_xact_user_tables``, read inside the batch's transaction), index
-      entries written (rows that are not heap-only updates times the indexes of their table
-      whose predicate holds for the row), WAL records, full-page images and WAL bytes (from
-      EXPLAIN's WAL counters), WAL bytes without the full-page images and WAL bytes by table
-      and index (``pg_waldump`` of the batch's own transaction, when the server's WAL files are
-      readable from here),
-      execution time and the backend's CPU time (``/proc/<pid>/stat`` of the backend, when the
-      server runs on this host). Medians, with min and max; the first batch starts right after a
-      ``CHECKPOINT``. With the expansion's: the WAL bytes of a payout's whole life (its entry
-      created, then paid) by table and index, which says where each byte goes;
+    - **work per payout**: ``explain_batches`` slices of the engine's own statement, which
+      creates a slice's entries paid (``payouts.services.engine.ledger_slice_statement``),
+      one at a time on one backend, each under ``EXPLAIN (ANALYZE, WAL, BUFFERS)``: rows
+      written and whether their updates were heap-only (``pg_stat_xact_user_tables``, read
+      inside the slice's transaction), index entries written (rows that are not heap-only
+      updates times the indexes of their table whose predicate holds for the row), WAL
+      records, full-page images and WAL bytes (from EXPLAIN's WAL counters), WAL bytes
+      without the full-page images, by kind and by table and index (``pg_waldump`` of the
+      slice's own transaction, when the server's WAL files are readable from here: every
+      record counted to the table or index of its first block, which says where each byte of
+      a payout goes), execution time and the backend's CPU time (``/proc/<pid>/stat`` of
+      the backend, when the server runs on this host). Medians, with min and max; the first
+      slice starts right after a ``CHECKPOINT``;
     - **the database's own limits**, each timed from a ``CHECKPOINT``, with no Celery:
-      (a) ``statement``: the engine's batch statement, bare (no job counters, no escrow debit),
-      on ``connections`` connections in parallel, as the engine's parallel batches run it, over
-      half of the entries; (b) ``posting``: a minimal two-row posting (transfer insert + wallet
-      credit, ``ON CONFLICT`` on the same key; no claim, no entry update, no job tracking) over
-      the other half, in id ranges, on as many connections. Each reports payouts/s and how busy
-      the backends kept the machine's cores.
+      (a) ``statement``: the engine's slice statement, bare (no job counters, no escrow
+      debit), on ``connections`` connections in parallel, as the engine's parallel chains
+      run it, over half of the other slices; (b) ``posting``: a minimal two-row posting
+      (transfer insert + wallet credit, ``ON CONFLICT`` on the same key; no entry written, no
+      job tracking) over the entries of the other half, created pending beforehand (not
+      timed), in id ranges, on as many connections. Each reports payouts/s and how busy the
+      backends kept the machine's cores.
 
     Afterwards the job is closed the way the engine closes it (escrow debited by what was paid,
     counters, ``payout_job_finalize``: fee posted, escrow 0), so the ledger stays balanced and
@@ -49,17 +48,25 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Min, Q
-from django.test import override_settings
+from django.db.models import Min
 
 from payouts.models import PayoutEntry, PayoutJob
-from payouts.services.engine import LEDGER_BATCH_SQL, payout_job_expand, payout_job_finalize
-from payouts.services.jobs import challenge_resolve, payout_job_pause
+from payouts.services.engine import (
+    ledger_slice_statement,
+    payout_job_finalize,
+    payout_job_settle,
+)
+from payouts.services.jobs import challenge_resolve
+from payouts.services.settlement import (
+    SettlementTerms,
+    payout_entries_insert,
+    slice_starts,
+)
 from proof.cpu import process_cpu
 from proof.figures import summarize
 from proof.payout_bench import (
@@ -69,15 +76,11 @@ from proof.payout_bench import (
 )
 from proof.seeding import challenge_seed
 
-# Relations that get less WAL than this per payout are left out of the split by relation:
-# what is written once per job or per batch (the job's row, the planner's statistics).
-NEGLIGIBLE_BYTES = 0.5
+# The tables one ledger slice writes.
+SLICE_TABLES = ("payouts_payoutentry", "payouts_transfer", "payouts_account")
 
-# The tables one ledger batch writes.
-BATCH_TABLES = ("payouts_payoutentry", "payouts_transfer", "payouts_account")
-
-# (b) The least a ledger payout can write: its transfer and its wallet credit. Entries are read
-# by id range (no lock, no status), and nothing is marked or counted.
+# (b) The least a ledger payout can write: its transfer and its wallet credit. Entries, created
+# beforehand, are read by id range (no lock, no status), and nothing is marked or counted.
 POSTING_SQL = """
 WITH targets AS (
     SELECT e.id, e.amount, w.id AS wallet_id
@@ -120,35 +123,34 @@ def engine_limits(
     explain_batches: int = 5,
     seed: int = 21,
 ) -> dict[str, Any]:
-    """Work per payout of the engine's batch, and the database's two limits, in one run.
+    """Work per payout of the engine's slice, and the database's two limits, in one run.
 
     Seeds its own challenge of ``winners`` winners (plus a tenth as many losers); needs
     ``winners >= 2 * explain_batches * batch_size`` or so for the limits to time more than a
-    few batches. Leaves the ledger balanced and the job completed. See the module docstring.
+    few slices. Leaves the ledger balanced and the job completed. See the module docstring.
     """
-    job, expansion = paused_job_seed(winners=winners, seed=seed)
-    params = _job_params(job)
+    job, terms = settled_job_seed(winners=winners, seed=seed)
+    starts = slice_starts(terms=terms, from_stake_id=terms.first_stake_id or 0, size=batch_size)
+    statement = _SliceStatement(job=job, terms=terms, size=batch_size)
     database_settle()
-    work = batch_work(params=params, batches=explain_batches, batch_size=batch_size)
-    start_after = work.pop("last_id")
-    end_to_end = _end_to_end(expansion, work)
-    pending = Q(status=PayoutEntry.Status.PENDING)
-    bounds = PayoutEntry.objects.filter(job=job).aggregate(
-        first=Min("id", filter=pending), last=Max("id")
-    )
-    first_id, last_id = bounds["first"], bounds["last"]
-    middle = (first_id + last_id) // 2
+    work = slice_work(statement=statement, starts=starts[:explain_batches])
+    rest = starts[explain_batches:]
+    half = (len(rest) + 1) // 2
 
     _checkpoint()
-    statement = _parallel(
-        connections,
-        lambda conn, claim: _statement_chain(conn, params, start_after, middle, batch_size, claim),
+    slices = _Shared(rest[:half])
+    timed = _parallel(connections, lambda conn, claim: _slices_run(conn, statement, slices, claim))
+    # The posting pays entries: the other half's are created pending first, as a paused job's.
+    for start in rest[half:]:
+        with transaction.atomic():
+            payout_entries_insert(job_id=job.pk, terms=terms, from_stake_id=start, limit=batch_size)
+    database_settle()
+    pending = PayoutEntry.objects.filter(job=job, status=PayoutEntry.Status.PENDING)
+    first_pending = pending.aggregate(first=Min("id"))["first"]
+    ranges = (
+        _id_ranges(job.pk, after_id=first_pending - 1, size=batch_size) if first_pending else ()
     )
-    _checkpoint()
-    remaining_from = PayoutEntry.objects.filter(job=job).aggregate(first=Min("id", filter=pending))[
-        "first"
-    ]
-    ranges = _id_ranges(job.pk, after_id=(remaining_from or last_id + 1) - 1, size=batch_size)
+    params = statement.posting_params()
     posting = _parallel(
         connections, lambda conn, claim: _posting_ranges(conn, params, ranges, claim)
     )
@@ -157,14 +159,13 @@ def engine_limits(
         "winners": winners,
         "batch_size": batch_size,
         "connections": connections,
-        "expansion_per_entry": expansion,
         "work_per_payout": work,
-        "wal_bytes_by_relation_end_to_end": end_to_end,
-        "limits": {"statement": statement, "posting": posting},
-        "limits_how": "each timed from a CHECKPOINT on its own half of the job's entries, "
-        "with no Celery: statement = the engine's batch statement and commit on each "
-        "connection, chains keyset by id as the engine's batches; posting = transfer insert + "
-        "wallet credit per id range; cores_busy = the backends' CPU time / wall time / cores",
+        "limits": {"statement": timed, "posting": posting},
+        "limits_how": "each timed from a CHECKPOINT on its own half of the job's slices, with "
+        "no Celery: statement = the engine's slice statement (entries created paid) and "
+        "commit on each connection, slices handed to whichever connection asks next; posting = "
+        "transfer insert + wallet credit per id range of entries created beforehand; "
+        "cores_busy = the backends' CPU time / wall time / cores",
     }
 
 
@@ -188,131 +189,104 @@ def engine_cost(report: PayoutBenchReport, limits: dict[str, Any] | None = None)
     return figures
 
 
-def paused_job_seed(*, winners: int, seed: int) -> tuple[PayoutJob, dict[str, Any]]:
-    """A resolved ledger-rail job with every entry created and pending, paused so that no
-    worker pays it: the work these measurements do by hand. With it, what its expansion (one
-    slice: the settlement and the insert of every entry) wrote per entry, from a CHECKPOINT:
-    WAL bytes, and by table and index when ``pg_waldump`` can read the server's WAL."""
+def settled_job_seed(*, winners: int, seed: int) -> tuple[PayoutJob, SettlementTerms]:
+    """A resolved ledger-rail job, settled (terms, totals, ``running``) with no entry yet: the
+    work these measurements do by hand. Its expansion task, sent by the resolve, finds no
+    worker here (the bench purges the queues before each phase)."""
     challenge = challenge_seed(
         stakers=winners + winners // LOSER_RATIO,
         yes_share=winners / (winners + winners // LOSER_RATIO),
         seed=seed,
     )
-    # One slice, created here: no later slice's task is left for some worker to run.
-    with override_settings(PAYOUT_EXPAND_CHUNK=winners + winners // LOSER_RATIO + 1):
-        job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
-        database_settle()
-        start = _wal_insert_lsn()
-        payout_job_expand(job_id=job.pk)
-        end = _wal_insert_lsn()
-    with _connect() as conn:
-        wal = conn.execute(
-            "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", [end, start]
-        ).fetchone()[0]
-        dump = _waldump(conn, start, end)
-    expansion: dict[str, Any] = {
-        "entries": winners,
-        "wal_bytes": round(float(wal) / winners, 1),
-        "how": "WAL between the insert positions before and after payout_job_expand, from a "
-        "CHECKPOINT; by relation: pg_waldump of that WAL, every record's bytes (full-page "
-        "images included) counted to the table or index of its first block",
-    }
-    if dump:
-        expansion["wal_bytes_by_relation"] = {
-            name: round(size / winners, 1)
-            for name, size in dump["relations"].items()
-            if size / winners >= NEGLIGIBLE_BYTES
+    job = challenge_resolve(challenge_id=challenge.pk, result="challenger_won", actor=None)
+    with transaction.atomic(durable=True):
+        terms = payout_job_settle(PayoutJob.objects.select_for_update().get(pk=job.pk))
+    job.refresh_from_db()
+    return job, terms
+
+
+class _SliceStatement:
+    """The engine's slice statement for one job, run bare: as many of them as asked."""
+
+    def __init__(self, *, job: PayoutJob, terms: SettlementTerms, size: int) -> None:
+        self.job, self.terms, self.size = job, terms, size
+        self.escrow_id = job.challenge.escrow_id
+
+    def at(self, start: int) -> tuple[str, dict[str, Any]]:
+        return ledger_slice_statement(
+            job_id=self.job.pk,
+            terms=self.terms,
+            from_stake_id=start,
+            limit=self.size,
+            kind=self.job.kind,
+            escrow_id=self.escrow_id,
+        )
+
+    def posting_params(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.pk,
+            "currency": settings.CURRENCY,
+            "escrow_id": self.escrow_id,
+            "kind": self.job.kind,
         }
-    return payout_job_pause(job_id=job.pk, actor=None), expansion
 
 
-def _wal_insert_lsn() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_insert_lsn()")
-        return str(cursor.fetchone()[0])
-
-
-def _end_to_end(expansion: dict[str, Any], work: dict[str, Any]) -> dict[str, float] | None:
-    """WAL bytes per payout by table and index over a payout's whole life: its entry's share of
-    the expansion plus the median batch's, the larger first (None without pg_waldump)."""
-    created = expansion.get("wal_bytes_by_relation")
-    paid = work.get("wal_bytes_by_relation")
-    if not created or not paid:
-        return None
-    names = {*created, *paid}
-    both = {n: round(created.get(n, 0) + paid.get(n, {}).get("median", 0), 1) for n in names}
-    kept = ((n, b) for n, b in both.items() if b >= NEGLIGIBLE_BYTES)
-    return dict(sorted(kept, key=lambda item: -item[1]))
-
-
-def batch_work(*, params: dict[str, Any], batches: int, batch_size: int) -> dict[str, Any]:
-    """Run ``batches`` engine batches one after the other under EXPLAIN ANALYZE on one backend
-    and return the medians (with min and max) of what each payout cost; ``last_id`` is where
-    they stopped."""
+def slice_work(*, statement: _SliceStatement, starts: list[int]) -> dict[str, Any]:
+    """Run the slices from ``starts`` one after the other under EXPLAIN ANALYZE on one backend
+    and return the medians (with min and max) of what each payout cost."""
     samples = []
-    after_id = params["after_id"]
     with _connect() as conn:
-        indexes = dict(conn.execute(_INDEXES_SQL, [list(BATCH_TABLES)]).fetchall())
-        for n in range(batches):
-            if n == 0:
-                conn.execute("CHECKPOINT")
-                conn.commit()
-            sample = _explained_batch(conn, {**params, "after_id": after_id, "limit": batch_size})
-            if not sample["payouts"]:
-                break
-            after_id = sample.pop("last_id")
-            samples.append(_per_payout(sample, indexes))
+        indexes = dict(conn.execute(_INDEXES_SQL, [list(SLICE_TABLES)]).fetchall())
+        conn.execute("CHECKPOINT")
+        conn.commit()
+        for start in starts:
+            sample = _explained_slice(conn, *statement.at(start))
+            if sample["payouts"]:
+                samples.append(_per_payout(sample, indexes))
     figures = {
         key: summarize([s[key] for s in samples if s.get(key) is not None])
         for key in samples[0]
         if key != "payouts"
     }
     return {
-        "batches": len(samples),
-        "payouts_per_batch": samples[0]["payouts"],
-        "how": "EXPLAIN (ANALYZE, WAL, BUFFERS) of one engine batch at a time on one backend, "
-        "the first right after a CHECKPOINT; rows from pg_stat_xact_user_tables; index "
-        "entries = rows not heap-only x full indexes of the table; wal_records, wal_fpi, "
-        "wal_bytes: EXPLAIN's (the statement); wal_bytes_transaction, its split into "
-        "full-page images and the rest, and the by_kind and by_relation figures: pg_waldump "
-        "of the batch's transaction (with its commit), each record counted to the table or "
-        "index of its first block; backend_cpu_us: /proc/<backend pid>/stat "
-        "over the statement",
+        "slices": len(samples),
+        "payouts_per_slice": samples[0]["payouts"],
+        "how": "EXPLAIN (ANALYZE, WAL, BUFFERS) of one engine slice at a time on one backend "
+        "(its entries created paid: entry, transfer and wallet credit), the first right "
+        "after a CHECKPOINT; rows from pg_stat_xact_user_tables; index entries = rows not "
+        "heap-only x full indexes of the table; wal_records, wal_fpi, wal_bytes: EXPLAIN's "
+        "(the statement); wal_bytes_transaction, its split into full-page images and the "
+        "rest, and the by_kind and by_relation figures: pg_waldump of the slice's "
+        "transaction (with its commit), each record counted to the table or index of its "
+        "first block; backend_cpu_us: /proc/<backend pid>/stat over the statement",
         **figures,
-        "last_id": after_id,
     }
 
 
-def _explained_batch(conn: psycopg.Connection, params: dict[str, Any]) -> dict[str, Any]:
+def _explained_slice(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> dict[str, Any]:
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     start_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
-    rows_before = conn.execute(_XACT_ROWS_SQL, [list(BATCH_TABLES)]).fetchall()
+    rows_before = conn.execute(_XACT_ROWS_SQL, [list(SLICE_TABLES)]).fetchall()
     cpu_before = process_cpu(pid)
     plan = conn.execute(
-        "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + LEDGER_BATCH_SQL, params
+        "EXPLAIN (ANALYZE, WAL, BUFFERS, TIMING OFF, FORMAT JSON) " + sql, params
     ).fetchone()[0][0]
     cpu_after = process_cpu(pid)
     xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0]
     # Counts not yet flushed to the shared statistics stay in these views after a commit:
-    # the batch's own are the difference.
+    # the slice's own are the difference.
     before = {name: counts for name, *counts in rows_before}
     rows = {
         name: tuple(c - b for c, b in zip(counts, before.get(name, (0, 0, 0)), strict=True))
-        for name, *counts in conn.execute(_XACT_ROWS_SQL, [list(BATCH_TABLES)]).fetchall()
+        for name, *counts in conn.execute(_XACT_ROWS_SQL, [list(SLICE_TABLES)]).fetchall()
     }
-    payouts, _, last_id = conn.execute(
-        "SELECT count(*), 0, coalesce(max(id), 0) FROM payouts_payoutentry "
-        "WHERE job_id = %(job_id)s AND id > %(after_id)s AND status = 'completed' "
-        "AND completed_at = now()",
-        params,
-    ).fetchone()
     conn.commit()
     end_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
     conn.commit()
     top = plan["Plan"]
     return {
-        "payouts": payouts,
-        "last_id": last_id,
+        # Each payout is one transfer inserted.
+        "payouts": rows.get("payouts_transfer", (0, 0, 0))[0],
         "rows": rows,
         # The top node's counters cover the whole statement, its data-modifying CTEs included.
         "wal_records": top["WAL Records"],
@@ -441,18 +415,8 @@ def _checkpoint() -> None:
         cursor.execute("CHECKPOINT")
 
 
-def _job_params(job: PayoutJob) -> dict[str, Any]:
-    first = PayoutEntry.objects.filter(job=job).order_by("id").values_list("id", flat=True)[:1]
-    return {
-        "job_id": job.pk,
-        "after_id": first.get() - 1,
-        "currency": settings.CURRENCY,
-        "escrow_id": job.challenge.escrow_id,
-        "kind": job.kind,
-    }
-
-
 Claim = Callable[[int], None]
+T = TypeVar("T")
 
 
 def _parallel(count: int, run: Callable[[psycopg.Connection, Claim], None]) -> dict[str, Any]:
@@ -494,25 +458,29 @@ def _parallel(count: int, run: Callable[[psycopg.Connection, Claim], None]) -> d
     }
 
 
-def _statement_chain(
-    conn: psycopg.Connection,
-    params: dict[str, Any],
-    after_id: int,
-    upto: int,
-    batch_size: int,
-    claim: Claim,
+class _Shared(Generic[T]):
+    """``items`` handed out to whichever thread asks next."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items = iter(items)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> "_Shared[T]":
+        return self
+
+    def __next__(self) -> T:
+        with self._lock:
+            return next(self._items)
+
+
+def _slices_run(
+    conn: psycopg.Connection, statement: _SliceStatement, starts: Iterable[int], claim: Claim
 ) -> None:
-    """One chain of engine batches, as one batch task and its successors run it, until it has
-    passed ``upto``: each batch starts after the last entry of the one before."""
-    while after_id < upto:
-        claimed, _, last_id = conn.execute(
-            LEDGER_BATCH_SQL, {**params, "after_id": after_id, "limit": batch_size}
-        ).fetchone()
+    """Slices, each its statement and commit, as the engine's chains run them."""
+    for start in starts:
+        created = conn.execute(*statement.at(start)).fetchone()[2]
         conn.commit()
-        if not claimed:
-            return
-        claim(claimed)
-        after_id = last_id
+        claim(created)
 
 
 def _id_ranges(job_id: int, *, after_id: int, size: int) -> Iterable[tuple[int, int]]:
@@ -527,18 +495,7 @@ def _id_ranges(job_id: int, *, after_id: int, size: int) -> Iterable[tuple[int, 
             [job_id, after_id, size, job_id],
         )
         bounds = [row[0] for row in cursor.fetchall()]
-    lock = threading.Lock()
-    pairs = iter(zip([after_id, *bounds], bounds, strict=False))
-
-    class Shared:
-        def __iter__(self) -> "Shared":
-            return self
-
-        def __next__(self) -> tuple[int, int]:
-            with lock:
-                return next(pairs)
-
-    return Shared()
+    return _Shared(zip([after_id, *bounds], bounds, strict=False))
 
 
 def _posting_ranges(

@@ -226,24 +226,7 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
             raise NotFound("No such payout job.", code="job_not_found")
         resumed = False
         if job.status in EXPANDABLE:
-            terms = _job_terms(job)
-            job.kind = PayoutJob.Kind.REFUND if terms.refund else job.kind
-            job.total_entries = terms.entries
-            job.total_amount = terms.total_amount
-            job.fee_amount = terms.fee
-            job.status = PayoutJob.Status.RUNNING
-            job.started_at = job.updated_at = timezone.now()
-            job.save(
-                update_fields=[
-                    "kind",
-                    "total_entries",
-                    "total_amount",
-                    "fee_amount",
-                    "status",
-                    "started_at",
-                    "updated_at",
-                ]
-            )
+            terms = payout_job_settle(job)
         elif job.status in RESUMABLE and entries_missing(job):
             terms = _job_terms(job)
             resumed = True
@@ -274,6 +257,31 @@ def payout_job_expand(*, job_id: int, start_size: int | None = None) -> Expansio
                 job=values,
             )
     return Expansion(terms, next_id)
+
+
+def payout_job_settle(job: PayoutJob) -> SettlementTerms:
+    """Settle a queued or expanding job whose row the caller holds locked: its settlement's
+    terms, and its kind, totals and ``running`` saved. The expansion's first step; the proof
+    (``proof.engine_limits``) settles a job with it and creates the entries itself."""
+    terms = _job_terms(job)
+    job.kind = PayoutJob.Kind.REFUND if terms.refund else job.kind
+    job.total_entries = terms.entries
+    job.total_amount = terms.total_amount
+    job.fee_amount = terms.fee
+    job.status = PayoutJob.Status.RUNNING
+    job.started_at = job.updated_at = timezone.now()
+    job.save(
+        update_fields=[
+            "kind",
+            "total_entries",
+            "total_amount",
+            "fee_amount",
+            "status",
+            "started_at",
+            "updated_at",
+        ]
+    )
+    return terms
 
 
 def payout_job_expand_chunk(
@@ -521,7 +529,34 @@ def _slice_pay(
     cancelled since the caller read it): the caller then creates the slice ``pending``. A
     slice whose entries exist already (a rerun) creates and pays nothing.
     """
-    escrow_id = Challenge.objects.values_list("escrow_id", flat=True).get(pk=terms.challenge_id)
+    sql, params = ledger_slice_statement(
+        job_id=job_id,
+        terms=terms,
+        from_stake_id=from_stake_id,
+        limit=limit,
+        kind=kind,
+        escrow_id=Challenge.objects.values_list("escrow_id", flat=True).get(pk=terms.challenge_id),
+    )
+    try:
+        with transaction.atomic():
+            return _slice_paid(sql=sql, params=params, job_id=job_id)
+    except _SliceNotPaid:
+        logger.warning("payout job %s: a slice is created pending, for a batch", job_id)
+        return None
+
+
+def ledger_slice_statement(
+    *,
+    job_id: int,
+    terms: SettlementTerms,
+    from_stake_id: int,
+    limit: int,
+    kind: str,
+    escrow_id: int,
+) -> tuple[str, dict[str, Any]]:
+    """The statement that creates and pays a ledger slice (``_SLICE_PAY_SQL``) and its
+    parameters: what ``_slice_pay`` runs, and what the proof runs bare as the database's
+    limit (``proof.engine_limits``)."""
     sql = _SLICE_PAY_SQL.format(
         slice=slice_entries_ctes(terms),
         posting=_POSTING_CTES.format(source="ins"),
@@ -536,12 +571,7 @@ def _slice_pay(
         # The job kinds are also transfer kinds: "payout" or "refund".
         "kind": kind,
     }
-    try:
-        with transaction.atomic():
-            return _slice_paid(sql=sql, params=params, job_id=job_id)
-    except _SliceNotPaid:
-        logger.warning("payout job %s: a slice is created pending, for a batch", job_id)
-        return None
+    return sql, params
 
 
 def _slice_paid(*, sql: str, params: dict[str, Any], job_id: int) -> SlicePaid:
@@ -639,8 +669,7 @@ _POSTING_CTES = """targets AS (
 
 # Claim, post, credit and mark in one statement (no hot row touched here, so parallel batches
 # of one job do not wait on each other); a claimed entry is marked completed with its
-# transfer, or as already paid. Public: the proof measures this very statement run bare on
-# its own connections (proof.engine_limits), as the database's limit.
+# transfer, or as already paid.
 _LEDGER_BATCH_TEMPLATE = """
 WITH claimed AS (
     SELECT id, user_id, amount FROM payouts_payoutentry
@@ -659,7 +688,7 @@ SELECT (SELECT count(*) FROM marked),
        (SELECT coalesce(sum(amount), 0) FROM credited),
        (SELECT coalesce(max(id), 0) FROM claimed)
 """
-LEDGER_BATCH_SQL = _LEDGER_BATCH_TEMPLATE.format(posting=_POSTING_CTES.format(source="claimed"))
+_LEDGER_BATCH_SQL = _LEDGER_BATCH_TEMPLATE.format(posting=_POSTING_CTES.format(source="claimed"))
 
 # A ledger-rail slice: its stakes become entries created ``completed`` and paid by the same
 # statement, so a payout needs no claim, no second write of its entry and no batch task. The
@@ -726,7 +755,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
     still_open: int | None = None
     with transaction.atomic(durable=True):
         with connection.cursor() as cursor:
-            cursor.execute(LEDGER_BATCH_SQL, params)
+            cursor.execute(_LEDGER_BATCH_SQL, params)
             claimed, paid, last_id = cursor.fetchone()
         if claimed:
             still_open = _paid_book(

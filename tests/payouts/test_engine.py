@@ -567,6 +567,34 @@ def test_a_resumed_ledger_expansion_sends_every_slice_once_unchained(
     assert_settled(job, winning_side=None, wallets_before=before)
 
 
+def test_a_slice_that_cannot_be_paid_as_created_is_left_to_a_batch(
+    staff, settings, django_capture_on_commit_callbacks
+):
+    settings.PAYOUT_START_SIZE = 2
+    # Given a job of 12 stakers, one of whose wallets in its first chain's slice the payment
+    # cannot find (a wallet in another currency)
+    challenge = challenge_seed(stakers=12, seed=30)
+    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
+    with django_capture_on_commit_callbacks() as sent:
+        terms = asdict(payout_job_expand(job_id=job.pk, start_size=2).terms)
+    first = slice_messages(sent)[0]
+    lost = challenge.stakes.get(pk=first[0])
+    Account.objects.filter(user_id=lost.user_id, kind="user_wallet").update(currency="XXX")
+    # When that slice runs
+    with django_capture_on_commit_callbacks() as after:
+        assert payout_job_slice(job_id=job.pk, terms=terms, starts=first, size=3) == 3
+    # Then its entries are created pending and paid by nobody yet, a batch is sent for them
+    # and the chain goes on
+    assert job.entries.filter(status=PayoutEntry.Status.PENDING).count() == 3
+    job.refresh_from_db()
+    assert job.completed_count == 2
+    batches = [c.keywords for c in after if c.func.__name__ == "payout_batches_enqueue"]
+    assert [(kw["count"], kw["limit"], kw["priority"]) for kw in batches] == [
+        (1, 3, CONTINUE_PRIORITY)
+    ]
+    assert slice_messages(after) == [first[1:]]
+
+
 def test_the_slices_of_a_paused_job_are_created_pending_and_paid_on_resume(
     staff, settings, django_capture_on_commit_callbacks
 ):

@@ -34,7 +34,7 @@ def _errors(by_kind: dict[str, Any]) -> str:
     return ", ".join(f"{kind} {_figure(count)}" for kind, count in by_kind.items()) or "none"
 
 
-# What one payout of a batch costs the database, in the table (every figure is in the JSON).
+# What one payout of a slice costs the database, in the table (every figure is in the JSON).
 WORK_FIGURES = (
     "rows_written",
     "index_entries",
@@ -196,7 +196,7 @@ class Command(BaseCommand):
                 for name in ("hot", "spread")
             ),
             (
-                "work per payout (one batch)",
+                "work per payout (one slice)",
                 ", ".join(
                     f"{name} {_figure(work[name]['median'])}"
                     for name in WORK_FIGURES
