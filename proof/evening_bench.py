@@ -10,12 +10,15 @@ same worker processes the ledger benchmark uses (``payouts`` queue, solo pool):
 3. reports fairness from the database's own timestamps (one clock for every figure): for each
    job the seconds from its resolve (``created_at``) to its first paid entry, max and p50 over
    the jobs; and how many jobs waited for another to finish: paid their first winner only
-   after some other job of the evening had paid its last one, which it did after this one was
-   resolved (``jobs_started_after_another_finished``; the goal is 0).
+   after some other job of the evening had finished (``finished_at``, its finalize), which
+   it did after this one was resolved (``jobs_started_after_another_finished``; the goal is
+   0).
 
-Entry ``completed_at`` is the start of the batch transaction that paid it (of the statement,
-for a job's start, which its expansion pays), so "first paid" is a few milliseconds early and
-"last paid" a few milliseconds early too; both err the same way.
+Entry ``completed_at`` is the start of the statement that paid it (a ledger slice's, or a
+job's start, which its expansion pays), so "first paid" is a few milliseconds early. A job's
+finish is its ``finished_at``, not its last entry's ``completed_at``: that is when its last
+slice began, so a job whose last slice ran on one worker beside another job's start on the
+other would have counted as making that one wait.
 
 Seeding is split from measuring (``evening_bench_seed``, then ``evening_benchmark``), so the
 bench can seed once and copy the database for repeated runs. Through the embedded stack (its
@@ -37,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from django.db.models import Max, Min
+from django.db.models import Min
 from django.test import override_settings
 
 from payouts.models import PayoutEntry, PayoutJob
@@ -64,14 +67,14 @@ def _wait(job_ids: list[int], timeout: float) -> None:
     raise TimeoutError(f"payout jobs still active after {timeout} s")
 
 
-def _paid_window(job_ids: list[int]) -> dict[int, tuple[datetime, datetime]]:
-    """Each job's first and last paid entry (``completed_at``)."""
+def _first_paid(job_ids: list[int]) -> dict[int, datetime]:
+    """Each job's first paid entry (``completed_at``)."""
     rows = (
         PayoutEntry.objects.filter(job_id__in=job_ids, status=PayoutEntry.Status.COMPLETED)
         .values("job_id")
-        .annotate(first=Min("completed_at"), last=Max("completed_at"))
+        .annotate(first=Min("completed_at"))
     )
-    return {row["job_id"]: (row["first"], row["last"]) for row in rows}
+    return {row["job_id"]: row["first"] for row in rows}
 
 
 def _throughput(jobs: list[PayoutJob]) -> dict[str, Any]:
@@ -90,20 +93,18 @@ def _throughput(jobs: list[PayoutJob]) -> dict[str, Any]:
 
 
 def _fairness(jobs: list[PayoutJob]) -> dict[str, Any]:
-    windows = _paid_window([job.pk for job in jobs])
+    firsts = _first_paid([job.pk for job in jobs])
     waits = {
-        job.pk: (windows[job.pk][0] - job.created_at).total_seconds()
+        job.pk: (firsts[job.pk] - job.created_at).total_seconds()
         for job in jobs
-        if job.pk in windows
+        if job.pk in firsts
     }
-    # A job waited for another to finish when that one paid its last winner after this one
-    # was resolved and before this one paid its first.
+    # A job waited for another to finish when that one finished after this one was resolved
+    # and before this one paid its first winner.
     resolved = {job.pk: job.created_at for job in jobs}
-    lasts = [last for _, last in windows.values()]
+    finished = [job.finished_at for job in jobs if job.finished_at]
     after_another = sum(
-        1
-        for pk, (first, _) in windows.items()
-        if any(resolved[pk] < last < first for last in lasts)
+        1 for pk, first in firsts.items() if any(resolved[pk] < end < first for end in finished)
     )
     return {
         "jobs": len(jobs),
