@@ -265,8 +265,9 @@ def payout_entries_insert(
     return Chunk(stakes, last_stake_id, inserted, first_entry_id)
 
 
-# The first stake of every slice of ``size`` stakes from ``from_id`` on, in one pass over the
-# index of the job's stakes (no row is read: an index-only scan of ids).
+# The first stake of every slice of ``size`` stakes from ``from_id`` on, in one pass: over
+# ``stake_side_idx`` for a payout's winners (an index-only scan of ids, in order), with one
+# sort of the stakers' ids for a refund, whose stakes no index keeps in id order.
 _SLICE_STARTS_SQL = """
 SELECT id FROM (
     SELECT s.id, row_number() OVER (ORDER BY s.id) AS n FROM challenges_stake AS s
