@@ -1,7 +1,7 @@
 """The job engine driven in-process: expand, batches, finalize, controls, watchdog."""
 
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import pytest
@@ -460,19 +460,40 @@ def _stake_ids(challenge: Challenge) -> list[int]:
     return list(challenge.stakes.order_by("id").values_list("id", flat=True))
 
 
-def test_a_ledger_job_s_start_is_paid_by_its_expansion_and_its_slices_as_they_are_created(
-    staff, settings, django_capture_on_commit_callbacks
-):
-    settings.PAYOUT_START_SIZE = 2
-    # Given a job of 12 stakers (slices of 3, two chains in parallel)
-    challenge = challenge_seed(stakers=12, seed=21)
+# Stakes in the start of the jobs below, expanded as their task expands them (slices of 3,
+# the batch size, after it).
+START = 2
+
+
+@dataclass(frozen=True)
+class _Expanded:
+    challenge: Challenge
+    job: PayoutJob
+    before: dict[int, int]  # wallet balances before the expansion paid the start
+    terms: dict
+    sent: list  # the on-commit callbacks of the expansion
+
+
+def _draw_expanded(staff, capture, *, stakers: int, seed: int) -> _Expanded:
+    """A draw of ``stakers`` stakers resolved, then expanded as its task does (a start of
+    ``START``); ``capture`` is pytest-django's ``django_capture_on_commit_callbacks``."""
+    challenge = challenge_seed(stakers=stakers, seed=seed)
     before = wallet_balances(challenge)
     job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    # When it expands (its task is sent at EXPAND_PRIORITY, ahead of the jobs already paying;
-    # kombu's Redis transport serves lower numbers first)
+    with capture() as sent:
+        expansion = payout_job_expand(job_id=job.pk, start_size=START)
+    return _Expanded(challenge, job, before, asdict(expansion.terms), sent)
+
+
+def test_a_ledger_job_s_start_is_paid_by_its_expansion_and_its_slices_as_they_are_created(
+    staff, django_capture_on_commit_callbacks
+):
+    # Given a job of 12 stakers (slices of 3, two chains in parallel), when it expands (its
+    # task is sent at EXPAND_PRIORITY, ahead of the jobs already paying; kombu's Redis
+    # transport serves lower numbers first)
     assert START_PRIORITY < EXPAND_PRIORITY < CONTINUE_PRIORITY
-    with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=12, seed=21)
+    challenge, job, before, sent = expanded.challenge, expanded.job, expanded.before, expanded.sent
     # Then its first slice holds 2 stakes, created paid by the expansion itself: their
     # transfers, wallets, the job's counters and the escrow moved in its transaction
     entries = list(job.entries.all())
@@ -500,28 +521,19 @@ def test_a_ledger_job_s_start_is_paid_by_its_expansion_and_its_slices_as_they_ar
     assert_settled(job, winning_side=None, wallets_before=before)
 
 
-def test_a_job_whose_rest_fits_one_slice_sends_one_chain(
-    staff, settings, django_capture_on_commit_callbacks
-):
-    settings.PAYOUT_START_SIZE = 2
-    challenge = challenge_seed(stakers=5, seed=22)
-    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk, start_size=settings.PAYOUT_START_SIZE)
+def test_a_job_whose_rest_fits_one_slice_sends_one_chain(staff, django_capture_on_commit_callbacks):
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=5, seed=22)
     # (the 3 stakes after the start are one slice of 3)
-    assert slice_messages(sent) == [[_stake_ids(challenge)[2]]]
+    assert slice_messages(expanded.sent) == [[_stake_ids(expanded.challenge)[2]]]
 
 
 def test_a_duplicated_slice_creates_and_pays_nothing_and_its_chain_ends(
-    staff, settings, django_capture_on_commit_callbacks
+    staff, django_capture_on_commit_callbacks
 ):
-    settings.PAYOUT_START_SIZE = 2
     # Given a job of 12 stakers whose first chain's first slice ran
-    challenge = challenge_seed(stakers=12, seed=27)
-    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    with django_capture_on_commit_callbacks() as sent:
-        terms = asdict(payout_job_expand(job_id=job.pk, start_size=2).terms)
-    first = slice_messages(sent)[0]
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=12, seed=27)
+    job, terms = expanded.job, expanded.terms
+    first = slice_messages(expanded.sent)[0]
     with django_capture_on_commit_callbacks() as after_first:
         assert payout_job_slice(job_id=job.pk, terms=terms, starts=first, size=3) == 3
     assert slice_messages(after_first) == [first[1:]]
@@ -543,42 +555,35 @@ def test_a_duplicated_slice_creates_and_pays_nothing_and_its_chain_ends(
 
 
 def test_a_resumed_ledger_expansion_sends_every_slice_once_unchained(
-    staff, settings, django_capture_on_commit_callbacks
+    staff, django_capture_on_commit_callbacks
 ):
-    settings.PAYOUT_START_SIZE = 2
     # Given a job of 12 stakers whose second chain was lost after its first slice
-    challenge = challenge_seed(stakers=12, seed=28)
-    before = wallet_balances(challenge)
-    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk, start_size=2)
-    chains = [c for c in sent if c.func.__name__ == "send_task"]
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=12, seed=28)
+    job = expanded.job
+    chains = [c for c in expanded.sent if c.func.__name__ == "send_task"]
     assert len(chains) == 2
     slices_run_inline(chains[:1], django_capture_on_commit_callbacks)
     job.refresh_from_db()
     assert (job.status, job.completed_count) == (PayoutJob.Status.RUNNING, 8)
     # When the watchdog sends its expansion again
     with django_capture_on_commit_callbacks() as resumed:
-        payout_job_expand(job_id=job.pk, start_size=2)
+        payout_job_expand(job_id=job.pk, start_size=START)
     # Then every slice is sent once, on its own, and the missing ones pay the job in full
-    ids = _stake_ids(challenge)
+    ids = _stake_ids(expanded.challenge)
     assert slice_messages(resumed) == [[ids[2]], [ids[5]], [ids[8]], [ids[11]]]
     slices_run_inline(resumed, django_capture_on_commit_callbacks)
-    assert_settled(job, winning_side=None, wallets_before=before)
+    assert_settled(job, winning_side=None, wallets_before=expanded.before)
 
 
 def test_a_slice_that_cannot_be_paid_as_created_is_left_to_a_batch(
-    staff, settings, django_capture_on_commit_callbacks
+    staff, django_capture_on_commit_callbacks
 ):
-    settings.PAYOUT_START_SIZE = 2
     # Given a job of 12 stakers, one of whose wallets in its first chain's slice the payment
     # cannot find (a wallet in another currency)
-    challenge = challenge_seed(stakers=12, seed=30)
-    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    with django_capture_on_commit_callbacks() as sent:
-        terms = asdict(payout_job_expand(job_id=job.pk, start_size=2).terms)
-    first = slice_messages(sent)[0]
-    lost = challenge.stakes.get(pk=first[0])
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=12, seed=30)
+    job, terms = expanded.job, expanded.terms
+    first = slice_messages(expanded.sent)[0]
+    lost = expanded.challenge.stakes.get(pk=first[0])
     Account.objects.filter(user_id=lost.user_id, kind="user_wallet").update(currency="XXX")
     # When that slice runs
     with django_capture_on_commit_callbacks() as after:
@@ -596,18 +601,14 @@ def test_a_slice_that_cannot_be_paid_as_created_is_left_to_a_batch(
 
 
 def test_the_slices_of_a_paused_job_are_created_pending_and_paid_on_resume(
-    staff, settings, django_capture_on_commit_callbacks
+    staff, django_capture_on_commit_callbacks
 ):
-    settings.PAYOUT_START_SIZE = 2
     # Given a job of 12 stakers paused right after its expansion
-    challenge = challenge_seed(stakers=12, seed=29)
-    before = wallet_balances(challenge)
-    job = challenge_resolve(challenge_id=challenge.pk, result="draw", actor=staff)
-    with django_capture_on_commit_callbacks() as sent:
-        payout_job_expand(job_id=job.pk, start_size=2)
+    expanded = _draw_expanded(staff, django_capture_on_commit_callbacks, stakers=12, seed=29)
+    job = expanded.job
     payout_job_pause(job_id=job.pk, actor=staff)
     # When its slices run
-    slices_run_inline(sent, django_capture_on_commit_callbacks)
+    slices_run_inline(expanded.sent, django_capture_on_commit_callbacks)
     # Then they are created pending and pay nobody, and send no batch
     assert job.entries.filter(status=PayoutEntry.Status.PENDING).count() == 10
     job.refresh_from_db()
@@ -617,7 +618,7 @@ def test_the_slices_of_a_paused_job_are_created_pending_and_paid_on_resume(
         payout_job_resume(job_id=job.pk, actor=staff)
     assert [c.func.__name__ for c in resumed] == ["payout_batches_enqueue"]
     run_job_inline(job.pk)
-    assert_settled(job, winning_side=None, wallets_before=before)
+    assert_settled(job, winning_side=None, wallets_before=expanded.before)
 
 
 def test_a_job_its_start_holds_is_paid_and_closed_by_its_expansion_alone(
