@@ -57,6 +57,7 @@ from django.db.models import Min
 
 from payouts.models import PayoutEntry, PayoutJob
 from payouts.services.engine import (
+    escrow_debit,
     ledger_slice_statement,
     payout_job_finalize,
     payout_job_settle,
@@ -529,11 +530,8 @@ def _job_close(*, job_id: int, escrow_id: int) -> None:
             [job_id],
         )
         completed, paid = cursor.fetchone()
-        cursor.execute(_ESCROW_BOOK_SQL, [paid, escrow_id])
+        escrow_debit(escrow_id=escrow_id, amount=paid)
         PayoutJob.objects.filter(pk=job_id).update(
             completed_count=completed, paid_amount=paid, status=PayoutJob.Status.RUNNING
         )
     payout_job_finalize(job_id=job_id)
-
-
-_ESCROW_BOOK_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"

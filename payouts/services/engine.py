@@ -703,6 +703,12 @@ SELECT {figures}, (SELECT count(*) FROM credited), (SELECT coalesce(sum(amount),
 _ESCROW_DEBIT_SQL = "UPDATE payouts_account SET balance = balance - %s WHERE id = %s"
 
 
+def escrow_debit(*, escrow_id: int, amount: int) -> None:
+    """Take ``amount`` paid out of a job's escrow, in the transaction that paid it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ESCROW_DEBIT_SQL, [amount, escrow_id])
+
+
 def _paid_book(*, job_id: int, entries: int, amount: int, escrow_id: int, rail: str) -> int | None:
     """Count ``entries`` paid ``amount`` on a running job and take ``amount`` out of its
     escrow, in the transaction that paid them; the paid-payouts metric follows the commit.
@@ -717,8 +723,7 @@ def _paid_book(*, job_id: int, entries: int, amount: int, escrow_id: int, rail: 
     )
     if still_open is None:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_ESCROW_DEBIT_SQL, [amount, escrow_id])
+    escrow_debit(escrow_id=escrow_id, amount=amount)
     transaction.on_commit(partial(payouts_paid_count, rail=rail, entries=entries, amount=amount))
     return still_open
 
