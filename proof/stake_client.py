@@ -52,6 +52,7 @@ async def _exchange(reader, writer, data: bytes) -> tuple[int, bool]:
 
 
 async def _client(host: str, port: int, requests: list, samples: list, errors: dict) -> None:
+    """Send ``requests`` one after another; each answered one's time goes to ``samples``."""
     reader = writer = None
     for path, token, body in requests:
         data = _request_bytes(host, path, token, body)
@@ -77,14 +78,21 @@ async def _client(host: str, port: int, requests: list, samples: list, errors: d
 
 
 async def _run(plan: dict) -> dict:
-    samples: list[float] = []
+    per_client: list[list[float]] = [[] for _ in plan["requests"]]
     errors: dict[str, int] = {}
     cpu, started = time.process_time(), time.perf_counter()
     await asyncio.gather(
-        *(_client(plan["host"], plan["port"], reqs, samples, errors) for reqs in plan["requests"])
+        *(
+            _client(plan["host"], plan["port"], reqs, samples, errors)
+            for reqs, samples in zip(plan["requests"], per_client, strict=True)
+        )
     )
     seconds = time.perf_counter() - started
+    samples = [sample for mine in per_client for sample in mine]
     ordered = sorted(samples) or [0.0]
+    # Each client's median: equal when the server serves its clients alike; two groups apart
+    # when some connections wait longer than others (e.g. a web process holding more of them).
+    medians = sorted(percentile(mine, 0.50) for mine in per_client if mine) or [0.0]
     refused = sum(n for code, n in errors.items() if code.isdigit())
     return {
         "requests": sum(len(reqs) for reqs in plan["requests"]),
@@ -95,6 +103,10 @@ async def _run(plan: dict) -> dict:
         "p50_ms": round(percentile(ordered, 0.50) * 1000, 1),
         "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
+        "client_p50_ms": {
+            "fastest": round(medians[0] * 1000, 1),
+            "slowest": round(medians[-1] * 1000, 1),
+        },
         "errors": errors,
         # This process's own CPU per request: what the load generator takes from the server.
         "client_cpu_us": round((time.process_time() - cpu) / max(1, len(samples)) * 1e6),

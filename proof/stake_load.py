@@ -340,9 +340,11 @@ def stake_load(
             figures["per_stake"] = Counters.per_stake(before, after, stakes)
             figures["share_of_floor"] = round(figures["per_s"] / floor["per_s"], 3)
             report[name] = figures
+            clients_p50 = figures["client_p50_ms"]
             log(
                 f"  {name}: {figures['per_s']:,} stakes/s, p50 {figures['p50_ms']} ms, "
-                f"p99 {figures['p99_ms']} ms, errors {figures['errors'] or 'none'}"
+                f"p99 {figures['p99_ms']} ms, each client's p50 {clients_p50['fastest']}"
+                f"-{clients_p50['slowest']} ms, errors {figures['errors'] or 'none'}"
             )
     report["hot_to_spread"] = round(report["hot"]["per_s"] / max(0.1, report["spread"]["per_s"]), 3)
     return report

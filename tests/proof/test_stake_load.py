@@ -16,6 +16,8 @@ def test_stake_load_reports_both_phases_next_to_the_floor():
         assert figures["requests"] == 8
         assert figures["per_s"] > 0
         assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+        clients_p50 = figures["client_p50_ms"]
+        assert 0 < clients_p50["fastest"] <= clients_p50["slowest"] <= figures["max_ms"]
         assert figures["per_stake"]["pg_transactions"] >= 1
         assert figures["share_of_floor"] > 0
     assert report["floor"]["stakes"] == 4
