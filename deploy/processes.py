@@ -85,6 +85,15 @@ class Role:
     def argv(self, dialect: Dialect) -> list[str]:
         """The command, with ``gunicorn``/``celery`` as bare program names."""
         if self.kind == "web":
+            # gunicorn's sync workers, 2 x cores + 1 for two cores: a process takes a connection
+            # only when it is free, so waiting requests queue in the kernel in arrival order.
+            # Threads kept each client's connection in the process that accepted it, and the
+            # clients of the busier process waited longer: the stake bench's p99 fell by about
+            # a fifth without them (README, Performance). One request per connection: the
+            # buffering proxy in front (README, Deploy) keeps the clients' connections open.
+            # --timeout: a sync worker busy on one request this long is killed; it is longer
+            # than what a request may wait on Stripe or a statement (30 s each by default), so
+            # those answer with their own errors first.
             return [
                 "gunicorn",
                 f"{APP}.wsgi",
@@ -93,9 +102,9 @@ class Role:
                 "--bind",
                 f"{dialect.web_address}:{dialect.web_port}",
                 "--workers",
-                "2",
-                "--threads",
-                "4",
+                "5",
+                "--timeout",
+                "60",
                 "--access-logfile",
                 "-",
                 "--log-level",
@@ -151,8 +160,9 @@ ROLES = (
     Role(
         name="web",
         kind="web",
-        summary="the API, the admin and the health checks (gunicorn, 2 processes x 4 threads)",
-        resources=Resources(cpu="250m", memory="384Mi", cpu_limit="1", memory_limit="768Mi"),
+        summary="the API, the admin and the health checks (gunicorn, 5 sync processes)",
+        # Each process holds about 95 MB once warm.
+        resources=Resources(cpu="250m", memory="512Mi", cpu_limit="1", memory_limit="1Gi"),
         # gunicorn's graceful timeout (30 s) for requests in flight, plus the margin.
         grace_seconds=30 + STOP_MARGIN_SECONDS,
         replicas=2,
