@@ -1,13 +1,15 @@
-"""The load generator of ``proof.stake_load``: closed-loop HTTP/1.1 clients with keep-alive.
+"""The load generator of ``proof.stake_load``: closed-loop HTTP/1.1 clients.
 
 It runs as its own process (``python -m proof.stake_client`` with a plan as JSON on standard
 input, the figures as JSON on standard output) so that it never shares the server's GIL, and it
 imports nothing of Django, so it starts in a blink. One asyncio loop drives every client: each
-client is one keep-alive connection sending its requests one after another, the next as soon as
-the previous answer is read (closed loop: the figures are what a fixed crowd of users sees). A
-raw HTTP/1.1 exchange over asyncio streams costs a few tens of microseconds of this process's
-CPU per request, a small share of what the server spends, which leaves the two cores to the
-server; a Debian ``wrk`` would cost less still but is not on a user's machine.
+client sends its requests one after another, the next as soon as the previous answer is read
+(closed loop: the figures are what a fixed crowd of users sees), on one connection while the
+server keeps it open and on a new one each time it closes it (gunicorn's sync workers close
+theirs after each answer). A raw HTTP/1.1 exchange over asyncio streams costs this process
+about 0.3 ms of CPU per request on a kept connection and 0.6-0.7 ms with a connection each
+(``client_cpu_us``), a share of what the server spends; a Debian ``wrk`` would cost less
+but is not on a user's machine.
 
 Plan: ``{"host", "port", "requests": [[request, ...] per client]}`` where a request is
 ``[path, token, body]``; the run is timed from the moment the clients start.
