@@ -293,7 +293,7 @@ PAYOUT_START_SIZE = env.int("PAYOUT_START_SIZE", default=100)
 # --- Redis and Celery -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Seconds a Redis call may wait: a hung Redis fails requests and tasks fast instead of
-# holding every web thread.
+# holding every web process.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
 REDIS_SOCKET_CONNECT_TIMEOUT = env.float("REDIS_SOCKET_CONNECT_TIMEOUT", default=3.0)
 # The shared cache: throttle counters and admin lockouts, counted across every process.

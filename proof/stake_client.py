@@ -7,7 +7,7 @@ client sends its requests one after another, the next as soon as the previous an
 (closed loop: the figures are what a fixed crowd of users sees), on one connection while the
 server keeps it open and on a new one each time it closes it (gunicorn's sync workers close
 theirs after each answer). A raw HTTP/1.1 exchange over asyncio streams costs this process
-about 0.3 ms of CPU per request on a kept connection and 0.6-0.7 ms with a connection each
+about 0.3 ms of CPU per request on a kept connection and 0.6-0.8 ms with a connection each
 (``client_cpu_us``), a share of what the server spends; a Debian ``wrk`` would cost less
 but is not on a user's machine.
 
