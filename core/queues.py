@@ -13,8 +13,9 @@ is too slow for a scrape or a dashboard and falls over exactly when workers are 
   does not silence it), and removes it when it stops; a worker counts while its heartbeat is
   younger than ``WORKER_STALE_SECONDS``.
 
-``queue_states()`` is the selector the metrics, the alerts and the staff dashboard share. It
-reads Redis only (the broker must be Redis, as configured), in one pipelined round trip.
+``send_task`` is how the apps send a task by name (its result ignored). ``queue_states()`` is
+the selector the metrics, the alerts and the staff dashboard share. It reads Redis only (the
+broker must be Redis, as configured), in one pipelined round trip.
 """
 
 import json
@@ -23,8 +24,10 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import redis
+from celery import current_app
 from celery.signals import before_task_publish, worker_ready, worker_shutdown
 from django.conf import settings
 from kombu.transport.redis import PRIORITY_STEPS, Channel
@@ -46,6 +49,18 @@ def _redis(url: str) -> redis.Redis:
 
 def _broker() -> redis.Redis:
     return _redis(settings.CELERY_BROKER_URL)
+
+
+def send_task(name: str, **options: Any) -> None:
+    """Send the task ``name`` by name (Celery's ``send_task``), its result ignored.
+
+    ``CELERY_TASK_IGNORE_RESULT`` reaches a registered task's ``apply_async`` only. A message
+    sent by name from outside a task made the Redis result backend subscribe the sending
+    process to the result's channel, and unsubscribe once the result object was dropped: two
+    Redis commands more per message and a pub/sub connection in every web process, for results
+    nothing reads (Postgres holds every outcome). A resolve sent its expansion so.
+    """
+    current_app.send_task(name, ignore_result=True, **options)
 
 
 @before_task_publish.connect(dispatch_uid="core.queues.stamp")

@@ -4,13 +4,14 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from celery import current_app, uuid
+from celery import uuid
 from django.db import transaction
 from django.utils import timezone
 
 from core.errors import Conflict, NotFound
 from core.metrics import DEAD_LETTERS
 from core.models import AuditEntry, DeadLetter
+from core.queues import send_task
 from core.retention import rows_delete_batched
 
 
@@ -86,7 +87,7 @@ def dead_letter_replay(*, dead_letter_id: int, actor: Any) -> DeadLetter:
         )
         transaction.on_commit(
             partial(
-                current_app.send_task,
+                send_task,
                 letter.task_name,
                 args=letter.args,
                 kwargs=letter.kwargs,

@@ -88,7 +88,6 @@ from functools import cache, partial
 from typing import Any
 
 import redis
-from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.functions import Now
@@ -96,6 +95,7 @@ from django.utils import timezone
 
 from challenges.models import Challenge
 from core.errors import InsufficientFunds, NotFound
+from core.queues import send_task
 from core.redis_client import redis_from_url
 from ledger.models import Account, Transfer
 from ledger.services import system_account_id, transfer_post
@@ -155,7 +155,7 @@ def _redis() -> redis.Redis:
 
 def expand_enqueue(*, job_id: int) -> None:
     """Send the expansion task of a job (call it after commit)."""
-    current_app.send_task(EXPAND_TASK, args=[job_id], priority=EXPAND_PRIORITY)
+    send_task(EXPAND_TASK, args=[job_id], priority=EXPAND_PRIORITY)
 
 
 def payout_batches_enqueue(
@@ -178,7 +178,7 @@ def payout_batches_enqueue(
     if rail == PayoutJob.Rail.LEDGER:
         kwargs = {k: v for k, v in (("after_id", after_id), ("limit", limit)) if v}
     for _ in range(count):
-        current_app.send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs, priority=priority)
+        send_task(BATCH_TASKS[rail], args=[job_id], kwargs=kwargs, priority=priority)
 
 
 def _job_terms(job: PayoutJob) -> SettlementTerms:
@@ -347,7 +347,7 @@ def _slice_expand(
     if next_id is not None:
         transaction.on_commit(
             partial(
-                current_app.send_task,
+                send_task,
                 EXPAND_CHUNK_TASK,
                 args=[job_id, asdict(terms), next_id],
                 kwargs={"analyze": start},
@@ -409,7 +409,7 @@ def _ledger_expand(
     for c in range(chains):
         transaction.on_commit(
             partial(
-                current_app.send_task,
+                send_task,
                 SLICE_TASK,
                 args=[job_id, asdict(terms), starts[c::chains], size],
                 priority=CONTINUE_PRIORITY,
@@ -449,7 +449,7 @@ def payout_job_slice(
         if (chunk.inserted or redelivered) and len(starts) > 1:
             transaction.on_commit(
                 partial(
-                    current_app.send_task,
+                    send_task,
                     SLICE_TASK,
                     args=[job_id, terms, starts[1:], size],
                     priority=CONTINUE_PRIORITY,
@@ -780,7 +780,7 @@ def payout_batch_ledger(*, job_id: int, after_id: int = 0, limit: int = 0) -> Ba
             if still_open:
                 transaction.on_commit(
                     partial(
-                        current_app.send_task,
+                        send_task,
                         BATCH_TASKS[job["rail"]],
                         args=[job_id],
                         kwargs={"after_id": last_id},
@@ -1004,7 +1004,7 @@ def _job_finalize(*, job_id: int) -> bool:
             challenge.completed_at = now
             challenge.updated_at = now
             challenge.save(update_fields=["status", "completed_at", "updated_at"])
-        transaction.on_commit(partial(current_app.send_task, NOTIFY_TASK, args=[job.pk]))
+        transaction.on_commit(partial(send_task, NOTIFY_TASK, args=[job.pk]))
         transaction.on_commit(partial(payout_progress_publish, job_id=job.pk, force=True))
         transaction.on_commit(partial(JOBS_FINISHED.inc, status=job.status))
     return True
@@ -1075,5 +1075,5 @@ def payout_job_cancel_entries(*, job_id: int) -> int:
         cursor.execute(_CANCEL_ENTRIES_SQL, {"job_id": job_id, "rail": rail or ""})
         row = cursor.fetchone()
         if row and row[1] > 0 and rail == PayoutJob.Rail.STRIPE:
-            transaction.on_commit(partial(current_app.send_task, RECONCILE_TASK, args=[job_id]))
+            transaction.on_commit(partial(send_task, RECONCILE_TASK, args=[job_id]))
     return int(row[0]) if row else 0

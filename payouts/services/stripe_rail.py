@@ -47,7 +47,6 @@ from functools import partial
 from typing import Any
 
 import stripe
-from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField
@@ -55,6 +54,7 @@ from django.db.models.expressions import RawSQL
 
 from core.db import prepared_cursor
 from core.errors import NotFound
+from core.queues import send_task
 from core.retry import backoff_delay
 from core.services import dead_letter_record
 from ledger.models import Account, Transfer
@@ -578,7 +578,7 @@ def payout_batch_stripe(*, job_id: int, budget: float | None = None) -> int:
         if time.monotonic() + wait > deadline:
             break  # a fresh message waits for it with a full budget
         time.sleep(max(wait, 0.05))
-    current_app.send_task(STRIPE_RAIL_TASK, args=[job_id])
+    send_task(STRIPE_RAIL_TASK, args=[job_id])
     return attempted
 
 

@@ -9,10 +9,10 @@ cancelled challenges need no net: each commits with its cancellation, ``challeng
 from dataclasses import dataclass
 from functools import partial
 
-from celery import current_app
 from django.db import connection, transaction
 from django.db.models import F
 
+from core.queues import send_task
 from payouts.models import PayoutJob
 from payouts.services.engine import (
     EXPANDABLE,
@@ -93,7 +93,7 @@ def payout_watchdog(*, stale_seconds: int = WATCHDOG_STALE_SECONDS) -> WatchdogR
         cursor.execute(_UNNOTIFIED_SQL, [stale_seconds, ACCOUNT_NOT_CONNECTED])
         notified = [row[0] for row in cursor.fetchall()]
         for job_id in notified:
-            transaction.on_commit(partial(current_app.send_task, NOTIFY_TASK, args=[job_id]))
+            transaction.on_commit(partial(send_task, NOTIFY_TASK, args=[job_id]))
     cancelled = 0
     unfinished = PayoutJob.objects.filter(
         status=PayoutJob.Status.CANCELLED,

@@ -235,6 +235,39 @@ def test_a_resolve_through_the_api_is_the_token_lookup_and_one_statement_that_co
     assert AuditEntry.objects.filter(action="challenge.resolve", actor=staff).exists()
 
 
+def _redis_calls(redis_client) -> dict[str, int]:
+    stats = redis_client.info("commandstats")
+    return {name: stat["calls"] for name, stat in stats.items() if name != "cmdstat_info"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resolve_through_the_api_sends_redis_the_throttle_and_the_expansion_only(
+    staff, redis_client, throttle_rates
+):
+    throttle_rates(staff="600/min")  # as deployed
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=staff)[0]}")
+    first, second = challenge_seed(stakers=10), challenge_seed(stakers=10)
+    # Given a web process that has resolved once (its Redis connections are open)
+    resolve = partial(client.post, data={"result": "challenger_won"}, format="json")
+    resolve(f"/api/admin/challenges/{first.pk}/resolve/")
+    before = _redis_calls(redis_client)
+    # When staff resolve the next challenge
+    response = resolve(f"/api/admin/challenges/{second.pk}/resolve/")
+    assert response.status_code == 202, response.json()
+    # Then Redis saw two commands: the staff throttle's script (Redis counts the SET and INCR
+    # it runs apart) and the expansion's message; no subscription to the task's result, which
+    # nothing reads
+    after = _redis_calls(redis_client)
+    sent = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    assert {name: n for name, n in sent.items() if n} == {
+        "cmdstat_evalsha": 1,
+        "cmdstat_set": 1,
+        "cmdstat_incr": 1,
+        "cmdstat_lpush": 1,
+    }
+
+
 def test_a_resolve_without_an_actor_decides_a_challenge_without_a_named_opponent():
     # Scripts and the benches resolve with no actor; nobody is challenged here either, and
     # neither missing id may read as a conflict of interest
