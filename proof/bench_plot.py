@@ -46,7 +46,9 @@ def scale_plot(report: dict[str, Any], path: Path) -> Path:
     wal_axis = cost_axis.twinx()
     wal_axis.plot(winners, wal, marker="s", linestyle="--", color="#6e7781")
     wal_axis.set_ylabel("bytes of WAL (dashed)")
-    wal_axis.set_ylim(bottom=0)
+    # Headroom above the highest point: with the axis ending at it, the dashed line ran along
+    # the frame and could not be told from it.
+    wal_axis.set_ylim(0, max(wal) * 1.25)
     for axis in (rate_axis, cost_axis):
         axis.set_xscale("log")
         axis.set_xticks(winners, labels=[_count(n) for n in winners])
