@@ -133,7 +133,9 @@ QUICK = BenchSizes(
     evening_challenges=20,
     evening_winners=500,
     load_stakers=10_000,
-    load_paying_winners=50_000,
+    # Enough to outlast the loaded samples: 50,000 winners were paid before the 30 samples
+    # ended (load held: False), so the "loaded" figure was partly an idle one.
+    load_paying_winners=150_000,
     limit_winners=60_000,  # each limit's half must outlast one batch per connection
     explain_batches=1,
     sweep_challenges=20_000,
